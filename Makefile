@@ -1,0 +1,25 @@
+# The two set-up commands of the README. Both create .venv with pip when it is missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test test-fast clean
+
+# Re-install when the package metadata changes; the stamp records a finished install.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed  ## train on the bundled digits into runs/demo and print a summary
+	$(BIN)/pyro-vae train --out runs/demo --overwrite
+	$(BIN)/pyro-vae evaluate runs/demo --num-particles 10
+
+test: $(VENV)/.installed  ## the whole test suite
+	$(BIN)/python -m pytest -q
+
+test-fast: $(VENV)/.installed  ## everything but the slow tier
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info .pytest_cache

@@ -1,0 +1,44 @@
+"""pyro-vae: variational autoencoders as readable Pyro programs.
+
+The decoder is a Pyro model :math:`p(z)\\,p(x \\mid z)`, the encoder a guide :math:`q(z \\mid x)`;
+priors, likelihoods and networks are registry entries chosen by name; the ELBO is estimated by
+Monte Carlo (``Trace_ELBO``) or with the closed-form Gaussian KL (``TraceMeanField_ELBO``).
+"""
+
+from pyro_vae.config import Config
+from pyro_vae.data import Dataset, load_dataset
+from pyro_vae.errors import ConfigError, DataError, PyroVAEError, RunError
+from pyro_vae.kl import gaussian_kl
+from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.networks import NETWORKS
+from pyro_vae.objectives import Objective, elbo_per_example, evaluate_elbo, make_elbo
+from pyro_vae.priors import PRIORS
+from pyro_vae.runs import evaluate_run, load, train_run
+from pyro_vae.train import fit
+from pyro_vae.vae import VAE, make_vae
+
+__all__ = [
+    "VAE",
+    "make_vae",
+    "PRIORS",
+    "LIKELIHOODS",
+    "NETWORKS",
+    "gaussian_kl",
+    "make_elbo",
+    "Objective",
+    "elbo_per_example",
+    "evaluate_elbo",
+    "Dataset",
+    "load_dataset",
+    "fit",
+    "Config",
+    "train_run",
+    "load",
+    "evaluate_run",
+    "PyroVAEError",
+    "ConfigError",
+    "DataError",
+    "RunError",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,8 @@
+"""``python -m pyro_vae`` runs the ``pyro-vae`` command line."""
+
+import sys
+
+from pyro_vae.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

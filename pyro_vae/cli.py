@@ -1,0 +1,160 @@
+"""The ``pyro-vae`` command line: ``train`` and ``evaluate``.
+
+Errors caused by input (a config value, a data file, a run folder) print one line and exit with
+status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from pyro_vae.config import Config, apply_overrides, set_key
+from pyro_vae.errors import PyroVAEError
+
+__all__ = ["main"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer sizes such as 400,400, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"layer sizes must be >= 1, got {text!r}")
+    return sizes
+
+
+# command-line option -> config key; values are validated by Config.from_dict like any other source.
+_TRAIN_OPTIONS: dict[str, str] = {
+    "dataset": "data.dataset",
+    "data_root": "data.data_root",
+    "download": "data.download",
+    "binarize": "data.binarize",
+    "latent_dim": "model.latent_dim",
+    "hidden": "model.network.hidden",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+    "elbo": "train.elbo",
+    "num_particles": "train.num_particles",
+    "jit": "train.jit",
+    "beta": "train.beta",
+    "seed": "train.seed",
+    "checkpoint_every": "train.checkpoint_every",
+    "device": "train.device",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders as Pyro programs.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a VAE into a run folder", description="Train a VAE into a run folder. Options override the config file, which overrides the defaults.")
+    train.add_argument("--config", type=Path, help="TOML configuration file")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key, e.g. --set model.latent_dim=2 (repeatable)")
+    train.add_argument("--out", type=Path, help="run folder (default: runs/<dataset>-<date>-<time>)")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = train.add_argument_group("data")
+    g.add_argument("--dataset", help="digits (default), mnist, or a .npy/.npz/.pt file")
+    g.add_argument("--data-root", help="folder holding MNIST/raw (default: data)")
+    g.add_argument("--download", action="store_const", const=True, help="download MNIST if missing (needs a network)")
+    g.add_argument("--binarize", choices=["none", "static", "dynamic"])
+    g = train.add_argument_group("model")
+    g.add_argument("--latent-dim", type=_positive_int)
+    g.add_argument("--hidden", type=_sizes, metavar="400,400", help="hidden layer sizes of the MLP encoder (the decoder mirrors them)")
+    g = train.add_argument_group("training")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--elbo", help="mc (Trace_ELBO, default) or analytic (TraceMeanField_ELBO)")
+    g.add_argument("--num-particles", type=int)
+    g.add_argument("--jit", action="store_const", const=True, help="compile the ELBO with Pyro's JIT")
+    g.add_argument("--beta", type=float, help="weight of the KL term (1: the ELBO; 0: no KL)")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--checkpoint-every", type=int, metavar="N", help="checkpoint every N epochs (0: only at the end)")
+    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+
+    evaluate = commands.add_parser("evaluate", help="ELBO of a trained run with both estimators")
+    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    evaluate.add_argument("--split", choices=["train", "test"], default="test")
+    evaluate.add_argument("--num-particles", type=_positive_int, default=1)
+    evaluate.add_argument("--batch-size", type=_positive_int, default=1000)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def _train_config(args: argparse.Namespace) -> Config:
+    base = Config.from_toml(args.config) if args.config else Config()
+    values = apply_overrides(base.to_dict(), args.set)
+    for option, key in _TRAIN_OPTIONS.items():
+        if getattr(args, option) is not None:
+            set_key(values, key, getattr(args, option))
+    return Config.from_dict(values)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pyro_vae.runs import train_run
+
+    config = _train_config(args)
+    out = args.out or Path("runs") / f"{Path(config.data.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    summary = train_run(config, out, overwrite=args.overwrite, progress=not args.quiet)
+    print(
+        f"run folder: {summary['run']}\n"
+        f"  {summary['dataset']}: {summary['num_train']} train / {summary['num_test']} test points, "
+        f"{summary['epochs']} epochs in {summary['seconds']:.1f} s on {summary['device']}\n"
+        f"  train ELBO {summary['train_elbo']:.2f}; test ELBO {summary['test_elbo_mc']:.2f} ± {summary['test_elbo_mc_se']:.2f} (mc), "
+        f"{summary['test_elbo_analytic']:.2f} ± {summary['test_elbo_analytic_se']:.2f} (analytic), nats per point\n"
+        f"  files: {' '.join(summary['files'])}\n"
+        f"next: pyro-vae evaluate {summary['run']}"
+    )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pyro_vae.runs import evaluate_run
+
+    result = evaluate_run(args.run_dir, args.split, args.num_particles, args.batch_size, args.device)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['run']} ({result['split']} split, {result['num_examples']} points, {result['num_particles']} particle(s))")
+    for estimator in ("mc", "analytic"):
+        print(f"  ELBO ({estimator:8s}) {result[f'elbo_{estimator}']:10.3f} ± {result[f'elbo_{estimator}_se']:.3f} nats per point")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``pyro-vae`` and ``python -m pyro_vae``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        return {"train": _train, "evaluate": _evaluate}[args.command](args)
+    except PyroVAEError as e:
+        if args.debug:
+            raise
+        print(f"pyro-vae: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pyro-vae: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

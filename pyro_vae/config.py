@@ -1,0 +1,231 @@
+"""Typed run configuration: validated at the edge, round-tripping to and from TOML.
+
+A configuration has three tables, ``data``, ``model`` and ``train``. Components of the model
+(``model.network``, ``model.prior``, ``model.likelihood``) are tables ``{type = "<name>", ...}``
+checked against their registries, so a component registered from Python can be named in a file.
+Unknown keys are errors; every message names the key path, the value and what is allowed.
+
+Example:
+    >>> config = Config.from_dict({"train": {"epochs": 5}, "model": {"prior": {"type": "standard_normal"}}})
+    >>> config.train.epochs, config.model.network["type"]
+    (5, 'mlp')
+    >>> Config.from_toml_string(config.to_toml()) == config
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from pyro_vae.errors import ConfigError
+from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.networks import NETWORKS
+from pyro_vae.objectives import ESTIMATORS
+from pyro_vae.priors import PRIORS
+from pyro_vae.registry import check_value
+
+__all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "apply_overrides", "set_key", "resolve_device"]
+
+
+_REGISTRIES = {"network": NETWORKS, "prior": PRIORS, "likelihood": LIKELIHOODS}
+
+
+def _at_least(bound: float, default: Any, strict: bool = False) -> Any:
+    return field(default=default, metadata={"min": bound, "strict": strict})
+
+
+@dataclass
+class DataConfig:
+    """Where the data come from and how they are prepared (see :func:`pyro_vae.data.load_dataset`)."""
+
+    dataset: str = "digits"
+    data_root: str = "data"
+    download: bool = False
+    binarize: Literal["none", "static", "dynamic"] = "none"
+
+
+@dataclass
+class ModelConfig:
+    """The VAE: latent size and the registry entries of its components."""
+
+    latent_dim: int = _at_least(1, 10)
+    network: dict = field(default_factory=lambda: {"type": "mlp"})
+    prior: dict = field(default_factory=lambda: {"type": "standard_normal"})
+    likelihood: dict = field(default_factory=lambda: {"type": "bernoulli"})
+
+    def __post_init__(self) -> None:
+        # Components are resolved with their defaults filled in, so a saved config is complete.
+        for name, registry in _REGISTRIES.items():
+            setattr(self, name, registry.validate(getattr(self, name), f"model.{name}"))
+
+
+@dataclass
+class TrainConfig:
+    """Stochastic variational inference: objective, optimiser and schedule."""
+
+    epochs: int = _at_least(1, 50)
+    batch_size: int = _at_least(1, 128)
+    lr: float = _at_least(0.0, 1e-3, strict=True)
+    elbo: str = "mc"
+    num_particles: int = _at_least(1, 1)
+    jit: bool = False
+    beta: float = _at_least(0.0, 1.0)
+    seed: int = _at_least(0, 0)
+    checkpoint_every: int = _at_least(0, 10)  # epochs between checkpoints; 0: only at the end
+    device: str = "auto"
+
+
+def _section(cls: type, values: Any, path: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must be a table (got {values!r})")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{path}.{unknown[0]}: unknown key; allowed: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    resolved = {}
+    for name, f in fields.items():
+        key = f"{path}.{name}"
+        if name not in values:
+            continue
+        value = values[name]
+        if hints[name] is not dict:  # component tables are checked by their registry
+            value = check_value(value, hints[name], key)
+        if "min" in f.metadata:
+            bound, strict = f.metadata["min"], f.metadata["strict"]
+            if (value <= bound if strict else value < bound) or value != value:  # value != value: NaN
+                raise ConfigError(f"{key} must be {'>' if strict else '>='} {bound:g} (got {value})")
+        resolved[name] = value
+    return cls(**resolved)
+
+
+@dataclass
+class Config:
+    """A complete, validated run configuration.
+
+    Build it with :meth:`from_dict`, :meth:`from_toml` or :meth:`from_toml_string` (all validate);
+    write it with :meth:`to_dict` or :meth:`to_toml`.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        """Validate a nested dict (as read from TOML) into a config; missing keys take defaults."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"a configuration must be a table (got {values!r})")
+        sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+        unknown = sorted(set(values) - set(sections))
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: unknown table; allowed: {', '.join(sections)}")
+        config = cls(**{name: _section(sc, values.get(name, {}), name) for name, sc in sections.items()})
+        if config.train.elbo not in ESTIMATORS:
+            raise ConfigError(f"train.elbo: unknown estimator {config.train.elbo!r}; known: {', '.join(ESTIMATORS)}")
+        resolve_device(config.train.device)
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_toml_string(cls, text: str, source: str = "config") -> Config:
+        try:
+            values = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{source} is not valid TOML: {e}") from None
+        return cls.from_dict(values)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Config:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        return cls.from_toml_string(text, str(path))
+
+    def to_toml(self) -> str:
+        return _to_toml(self.to_dict())
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value) if not isinstance(value, float) or math.isfinite(value) else str(value)  # inf, nan
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} to TOML")
+
+
+def _to_toml(table: dict[str, Any], prefix: str = "") -> str:
+    scalars = [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+    lines = ([f"[{prefix}]"] if prefix and scalars else []) + scalars
+    out = "\n".join(lines) + ("\n\n" if lines else "")
+    for k, v in table.items():
+        if isinstance(v, dict):
+            out += _to_toml(v, f"{prefix}.{k}" if prefix else k)
+    return out
+
+
+def set_key(values: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``values["a"]["b"] = value`` for ``key = "a.b"``, creating tables on the way.
+
+    Setting a component's ``type`` to a new name drops the old component's parameters.
+    """
+    *parents, leaf = key.split(".")
+    table = values
+    for part in parents:
+        table = table.setdefault(part, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{key}: {part} is not a table")
+    if leaf == "type" and table.get("type", value) != value:
+        table.clear()
+    table[leaf] = value
+
+
+def apply_overrides(values: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """A copy of a nested dict with ``key.sub=value`` assignments applied (values in TOML syntax, bare words as strings).
+
+    Example:
+        >>> apply_overrides({"train": {"epochs": 3}}, ["train.epochs=5", "model.prior.type=standard_normal"])
+        {'train': {'epochs': 5}, 'model': {'prior': {'type': 'standard_normal'}}}
+    """
+    values = copy.deepcopy(values)
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {assignment!r}: expected key.sub=value, e.g. --set train.epochs=5")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        set_key(values, key.strip(), value)
+    return values
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` is CUDA when available, else the CPU; anything else must be a device torch knows."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device: unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is {name!r} but CUDA is not available here; use auto or cpu")
+    return device

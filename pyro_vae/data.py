@@ -1,0 +1,242 @@
+"""Data sets as tensors on the target device, split into train and test, optionally binarized.
+
+Three sources, chosen by ``dataset``:
+
+- ``"digits"`` — scikit-learn's bundled 8×8 handwritten digits (1,797 images, pixel values
+  divided by 16 into [0, 1]); needs no network. Default.
+- ``"mnist"`` — 28×28 MNIST through torchvision from ``data_root`` (``download=True`` fetches it
+  when online).
+- a path to a ``.npy``, ``.npz`` or ``.pt`` file holding an array of shape ``(N, ...)``.
+
+The whole data set lives in memory on the device: an epoch is a random permutation sliced into
+minibatches, with no per-sample Python work.
+
+Example:
+    >>> data = load_dataset("digits")
+    >>> data.train.shape, data.test.shape
+    (torch.Size([1438, 8, 8]), torch.Size([359, 8, 8]))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.distributions import constraints
+
+from pyro_vae.errors import DataError
+
+__all__ = ["Dataset", "DATASETS", "BINARIZATIONS", "load_dataset", "TEST_FRACTION", "SPLIT_SEED"]
+
+#: Fraction of a data set without its own test split that is held out for testing.
+TEST_FRACTION = 0.2
+#: Seed of that split, fixed so that every run of every user sees the same test set.
+SPLIT_SEED = 0
+BINARIZATIONS = ("none", "static", "dynamic")
+FILE_SUFFIXES = (".npy", ".npz", ".pt")
+
+_Arrays = tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]  # train, test, train labels, test labels
+
+
+@dataclass
+class Dataset:
+    """A train/test pair of tensors of shape ``(N, *event_shape)`` with optional integer labels.
+
+    ``binarize = "dynamic"`` draws a fresh binary image from the grey values of each training
+    minibatch (:meth:`batches`); the test set is then binarized once, with a fixed seed, so that
+    evaluations are comparable.
+    """
+
+    name: str
+    train: Tensor
+    test: Tensor
+    train_labels: Tensor | None = None
+    test_labels: Tensor | None = None
+    binarize: str = "none"
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.shape[1:])
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Tensor]:
+        """One epoch of training minibatches of exactly ``batch_size`` points, in random order.
+
+        The last ``len(train) % batch_size`` points of each permutation are left for later epochs:
+        equal batch sizes keep a JIT-compiled objective valid, and every point is still used
+        equally often in expectation.
+        """
+        n = len(self.train)
+        order = torch.randperm(n, generator=generator).to(self.train.device)
+        for start in range(0, n - batch_size + 1, batch_size):
+            batch = self.train[order[start : start + batch_size]]
+            yield torch.bernoulli(batch) if self.binarize == "dynamic" else batch
+
+
+def _split(x: Tensor, labels: Tensor | None) -> _Arrays:
+    """The fixed train/test split of a data set that has none of its own."""
+    generator = torch.Generator().manual_seed(SPLIT_SEED)
+    order = torch.randperm(len(x), generator=generator)
+    n_test = max(1, round(TEST_FRACTION * len(x))) if len(x) > 1 else 0
+    test, train = order[:n_test], order[n_test:]
+    pick = (lambda idx: labels[idx]) if labels is not None else (lambda idx: None)
+    return x[train], x[test], pick(train), pick(test)
+
+
+def _load_digits(data_root: Path, download: bool) -> _Arrays:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.as_tensor(digits.images, dtype=torch.float32) / 16.0
+    return _split(images, torch.as_tensor(digits.target))
+
+
+def _load_mnist(data_root: Path, download: bool) -> _Arrays:
+    from torchvision.datasets import MNIST
+
+    splits = []
+    for train in (True, False):
+        try:
+            mnist = MNIST(root=str(data_root), train=train, download=download)
+        except (RuntimeError, OSError, ValueError) as e:  # not found, no network, damaged files
+            raw = data_root / "MNIST" / "raw"
+            if download:
+                raise DataError(
+                    f"could not download MNIST into {raw} (no network?); download it where you are online and "
+                    "copy the MNIST/raw folder there, or point --data-root at an existing copy"
+                ) from None
+            if "not found" in str(e):
+                raise DataError(
+                    f"MNIST not found under {raw}; point --data-root (data.data_root) at the folder that holds "
+                    "MNIST/raw, or add --download (data.download = true) when online"
+                ) from None
+            raise DataError(f"cannot read MNIST from {raw} ({str(e).splitlines()[0]}); delete the damaged files and copy or download them again") from None
+        splits.append((mnist.data.float() / 255.0, mnist.targets))
+    (train, train_labels), (test, test_labels) = splits
+    return train, test, train_labels, test_labels
+
+
+#: Built-in data sets by name: ``loader(data_root, download) -> (train, test, train_labels, test_labels)``.
+DATASETS: dict[str, Callable[[Path, bool], _Arrays]] = {"digits": _load_digits, "mnist": _load_mnist}
+
+
+def _read_file(path: Path) -> dict[str, Tensor]:
+    """The arrays in a user's file, read without unpickling anything."""
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist; give --dataset digits, mnist or the path of an existing .npy/.npz/.pt file")
+    try:
+        if path.suffix == ".pt":
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            obj = np.load(path, allow_pickle=False)
+            if isinstance(obj, np.lib.npyio.NpzFile):
+                with obj:
+                    obj = {k: obj[k] for k in obj.files}
+    except Exception as e:  # any failure to parse the file means the same thing to the user
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"cannot read data file {path}: {first}; it must be a numeric array saved by numpy.save/savez or torch.save") from None
+    if not isinstance(obj, dict):
+        obj = {"x": obj}
+    arrays = {}
+    for key, value in obj.items():
+        if not isinstance(value, (np.ndarray, Tensor)):
+            raise DataError(f"data file {path}: entry {key!r} is a {type(value).__name__}, not an array")
+        kind = value.dtype.kind if isinstance(value, np.ndarray) else "c" if value.dtype.is_complex else "f"
+        if kind not in "biuf":  # bool, int, unsigned, float
+            raise DataError(f"data file {path}: entry {key!r} has dtype {value.dtype}; store real numbers (float, int or bool)")
+        array = torch.as_tensor(value)
+        arrays[key] = array
+    return arrays
+
+
+def _from_file(path: Path) -> _Arrays:
+    arrays = _read_file(path)
+    if "train" in arrays:
+        if "test" not in arrays:
+            raise DataError(f"data file {path} has 'train' but no 'test' array; add one, or store a single array under 'x' to split it automatically")
+        return arrays["train"], arrays["test"], arrays.get("train_labels"), arrays.get("test_labels")
+    if "x" not in arrays:
+        if len(arrays) != 1:
+            raise DataError(f"data file {path} holds arrays {sorted(arrays)}; name the data 'x' (labels 'y'), or 'train'/'test'")
+        (x,) = arrays.values()
+        return _split(x, None)
+    return _split(arrays["x"], arrays.get("y"))
+
+
+def _check(x: Tensor, where: str, support: constraints.Constraint, support_text: str, fix: str) -> None:
+    if not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).nonzero()[0].tolist()
+        raise DataError(f"{where} contains {x[tuple(bad)].item()} at index {bad}; remove or replace NaN and inf values")
+    outside = ~support.check(x)
+    if outside.any():
+        bad = outside.nonzero()[0].tolist()
+        raise DataError(f"{where} has value {x[tuple(bad)].item():g} at index {bad}, outside {support_text}; {fix}")
+
+
+def load_dataset(
+    dataset: str = "digits",
+    *,
+    data_root: str | Path = "data",
+    download: bool = False,
+    binarize: str = "none",
+    support: constraints.Constraint = constraints.real,
+    support_text: str = "real numbers",
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> Dataset:
+    """Load a data set, check it, binarize it as asked, and move it to ``device``.
+
+    Args:
+        dataset: ``"digits"``, ``"mnist"``, or the path of a ``.npy``/``.npz``/``.pt`` file. A
+            file holds one array ``(N, ...)`` (or ``x`` with optional labels ``y``, split
+            80/20 with a fixed seed), or ``train`` and ``test`` arrays (optional
+            ``train_labels``, ``test_labels``).
+        data_root: folder holding ``MNIST/raw`` (torchvision's layout).
+        download: let torchvision download MNIST when it is missing.
+        binarize: ``"none"``, ``"static"`` (each pixel drawn once from Bernoulli(grey value)) or
+            ``"dynamic"`` (drawn anew for every training minibatch).
+        support, support_text: the likelihood's support; every value must lie in it.
+        device: where the tensors live.
+        seed: seed of static binarization.
+    """
+    if binarize not in BINARIZATIONS:
+        raise DataError(f"data.binarize: unknown binarization {binarize!r}; known: {', '.join(BINARIZATIONS)}")
+    if dataset in DATASETS:
+        train, test, train_labels, test_labels = DATASETS[dataset](Path(data_root), download)
+    elif Path(dataset).suffix in FILE_SUFFIXES:
+        train, test, train_labels, test_labels = _from_file(Path(dataset))
+    else:
+        raise DataError(f"data.dataset: unknown data set {dataset!r}; use {', '.join(DATASETS)} or the path of a {'/'.join(FILE_SUFFIXES)} file")
+
+    name = dataset if dataset in DATASETS else Path(dataset).name
+    if len(train) == 0 or len(test) == 0:
+        raise DataError(f"data set {name} has {len(train)} training and {len(test)} test points; it needs at least one of each")
+    if train.ndim < 2 or train.shape[1:] != test.shape[1:] or math.prod(train.shape[1:]) == 0:
+        raise DataError(f"data set {name}: train {tuple(train.shape)} and test {tuple(test.shape)} must have the shape (N, ...) with the same non-empty shape per point")
+    for labels, x, split in ((train_labels, train, "train"), (test_labels, test, "test")):
+        if labels is not None and labels.shape != (len(x),):
+            raise DataError(f"data set {name}: {split} labels have shape {tuple(labels.shape)}; expected ({len(x)},)")
+    train, test = train.float(), test.float()
+
+    generator = torch.Generator().manual_seed(seed)
+    if binarize != "none":
+        for x, split in ((train, "train"), (test, "test")):
+            _check(x, f"{name} ({split})", constraints.unit_interval, "[0, 1]", "binarization reads values as probabilities; rescale the data into [0, 1]")
+        test = torch.bernoulli(test, generator=generator)
+        if binarize == "static":
+            train = torch.bernoulli(train, generator=generator)
+    for x, split in ((train, "train"), (test, "test")):
+        _check(x, f"{name} ({split})", support, support_text, f"rescale the data into {support_text} or choose a likelihood whose support fits it")
+    device = torch.device(device)
+    return Dataset(
+        name,
+        train.to(device),
+        test.to(device),
+        None if train_labels is None else train_labels.to(device),
+        None if test_labels is None else test_labels.to(device),
+        binarize,
+    )

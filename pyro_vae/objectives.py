@@ -1,0 +1,211 @@
+r"""ELBO estimators, and per-example ELBO evaluation.
+
+Both estimators target the same evidence lower bound
+
+.. math:: \mathcal L(x) = \mathbb E_{q(z\mid x)}[\log p(x\mid z)] - \mathrm{KL}(q(z\mid x)\,\|\,p(z))
+    \le \log p(x).
+
+- ``"mc"`` (:class:`~pyro.infer.Trace_ELBO`) estimates all of it from samples
+  :math:`z^{(l)} \sim q`: :math:`\frac1L\sum_l \log p(x\mid z^{(l)}) + \log p(z^{(l)}) - \log q(z^{(l)}\mid x)`.
+- ``"analytic"`` (:class:`~pyro.infer.TraceMeanField_ELBO`) samples only the reconstruction term
+  and uses the closed-form KL (:func:`pyro_vae.kl.gaussian_kl`) wherever one is registered.
+
+``jit=True`` compiles the estimator with :mod:`torch.jit` through Pyro's JIT variants.
+
+Reference:
+    Auto-Encoding Variational Bayes (Kingma & Welling, 2014), estimators A and B.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Callable
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import ELBO, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from torch import Tensor
+from torch.distributions import kl_divergence
+
+import pyro_vae.kl  # noqa: F401  (registers the closed-form Gaussian KL used by "analytic")
+from pyro_vae.errors import ConfigError
+from pyro_vae.vae import VAE
+
+__all__ = ["ESTIMATORS", "Objective", "make_elbo", "elbo_terms", "elbo_per_example", "evaluate_elbo"]
+
+
+class _JitTrace_ELBO(JitTrace_ELBO):
+    """Pyro's ``JitTrace_ELBO`` whose ``differentiable_loss`` has the right gradient.
+
+    In pyro-ppl 1.9 the compiled function returns ``loss`` without detaching it, and
+    ``differentiable_loss`` returns ``loss + (surrogate - surrogate.detach())``: for a
+    reparameterised model that doubles every gradient (``loss_and_grads``, which back-propagates
+    the surrogate alone, is unaffected). Detaching the loss restores value and gradient.
+    """
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Tensor:
+        loss, surrogate = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
+        return loss.detach() + (surrogate - surrogate.detach())
+
+
+class _JitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
+    """Pyro's ``JitTraceMeanField_ELBO`` without its re-trace on every call.
+
+    In pyro-ppl 1.9 ``differentiable_loss`` tests for ``self._loss_and_surrogate_loss`` (the name
+    ``JitTrace_ELBO`` uses) but stores the compiled function as ``self._differentiable_loss``, so
+    the test always fails and the model is traced again at every step: about 3x slower than no
+    JIT, with a tracer warning per site per step. Aliasing the stored function under the name
+    that is tested makes the first compilation the only one.
+    """
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Tensor:
+        loss = super().differentiable_loss(model, guide, *args, **kwargs)
+        self._loss_and_surrogate_loss = self._differentiable_loss
+        return loss
+
+
+#: ``name -> (estimator, its JIT-compiled variant)``.
+ESTIMATORS: dict[str, tuple[type[ELBO], type[ELBO]]] = {
+    "mc": (Trace_ELBO, _JitTrace_ELBO),
+    "analytic": (TraceMeanField_ELBO, _JitTraceMeanField_ELBO),
+}
+
+
+def make_elbo(estimator: str = "mc", num_particles: int = 1, jit: bool = False) -> ELBO:
+    """A Pyro ELBO for the VAE's model/guide pair.
+
+    Args:
+        estimator: ``"mc"`` (Monte Carlo, ``Trace_ELBO``) or ``"analytic"`` (closed-form KL,
+            ``TraceMeanField_ELBO``).
+        num_particles: samples of :math:`z` per data point, drawn in one vectorized pass.
+        jit: compile the estimator (Pyro's ``JitTrace_ELBO`` / ``JitTraceMeanField_ELBO``).
+            The batch shape is fixed at the first call, so give it equal-sized batches.
+    """
+    if estimator not in ESTIMATORS:
+        raise ConfigError(f"train.elbo: unknown estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
+    if num_particles < 1:
+        raise ConfigError(f"train.num_particles must be >= 1 (got {num_particles})")
+    cls = ESTIMATORS[estimator][int(jit)]
+    options: dict[str, Any] = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+    if jit:
+        # Tracing a Pyro program warns about Python ints taken from tensor shapes; the shapes are
+        # fixed by design here (equal-sized batches), so the warnings carry no information.
+        options["ignore_jit_warnings"] = True
+    return cls(**options)
+
+
+class Objective:
+    r"""The loss SVI minimises for one VAE: the negative (beta-weighted) ELBO, differentiable.
+
+    .. math:: \text{loss}(x_{1..B}) = -\frac{N}{B}\sum_{n=1}^{B}\Big(\mathbb E_q[\log p(x_n\mid z)]
+        - \beta\,\mathrm{KL}(q(z\mid x_n)\,\|\,p(z))\Big)
+
+    an unbiased estimate of the negative ELBO of all ``N = num_data`` points from a minibatch.
+
+    Args:
+        vae: the model/guide pair.
+        estimator, num_particles, jit: see :func:`make_elbo`.
+        beta: weight of the KL term (1 is the ELBO; 0 drops the KL).
+
+    Example:
+        >>> import torch
+        >>> from pyro_vae.vae import make_vae
+        >>> vae = make_vae((8, 8), latent_dim=2, network={"type": "mlp", "hidden": [16]})
+        >>> loss = Objective(vae, "analytic")(torch.rand(4, 8, 8), num_data=100)
+        >>> loss.backward()
+    """
+
+    def __init__(self, vae: VAE, estimator: str = "mc", num_particles: int = 1, jit: bool = False, beta: float = 1.0) -> None:
+        if beta < 0:
+            raise ConfigError(f"train.beta must be >= 0 (got {beta})")
+        self.elbo = make_elbo(estimator, num_particles, jit)
+        self.estimator, self.num_particles, self.jit, self.beta = estimator, num_particles, jit, beta
+        # Bound once: Pyro's JIT caches compiled code by id(model), and ``vae.model`` makes a new
+        # bound-method object (a new id) at every attribute access, which would re-trace each step.
+        self.model, self.guide = vae.model, vae.guide
+
+    def __call__(self, x: Tensor, num_data: int | None = None) -> Tensor:
+        with warnings.catch_warnings():
+            # Pyro's JIT runs on torch.jit.trace, which torch 2.x marks deprecated but still supports.
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated")
+            # A NaN loss is reported by the training loop, with the epoch and step; Pyro's warning would repeat it.
+            warnings.filterwarnings("ignore", message="Encountered NaN")
+            return self.elbo.differentiable_loss(self.model, self.guide, x, num_data=num_data, beta=self.beta)
+
+
+def _particles(fn: Callable, num_particles: int) -> Callable:
+    return pyro.plate("particles", num_particles, dim=-2)(fn)
+
+
+def elbo_terms(vae: VAE, x: Tensor, num_particles: int = 1) -> dict[str, Tensor | None]:
+    r"""Each term of the ELBO per particle and data point, from one run of the guide and the model.
+
+    Returns a dict of tensors of shape ``(num_particles, batch)``:
+    ``log_likelihood`` :math:`\log p(x\mid z)`, ``log_prior`` :math:`\log p(z)`,
+    ``log_q`` :math:`\log q(z\mid x)`, and ``kl``, the closed-form :math:`\mathrm{KL}(q\|p)` of
+    shape ``(batch,)``, or ``None`` when no closed form is registered for the prior.
+    """
+    guide_trace = poutine.trace(_particles(vae.guide, num_particles)).get_trace(x)
+    model_trace = poutine.trace(poutine.replay(_particles(vae.model, num_particles), trace=guide_trace)).get_trace(x)
+    z_q, z_p = guide_trace.nodes["z"], model_trace.nodes["z"]
+    obs = model_trace.nodes["x"]
+    try:
+        kl = kl_divergence(z_q["fn"], z_p["fn"])[0]
+    except NotImplementedError:
+        kl = None
+    return {
+        "log_likelihood": obs["fn"].log_prob(obs["value"]),
+        "log_prior": z_p["fn"].log_prob(z_p["value"]),
+        "log_q": z_q["fn"].log_prob(z_q["value"]),
+        "kl": kl,
+    }
+
+
+def elbo_per_example(vae: VAE, x: Tensor, estimator: str = "mc", num_particles: int = 1) -> Tensor:
+    """The ELBO of each data point in ``x`` (nats), averaged over ``num_particles`` draws of :math:`z`.
+
+    ``"analytic"`` falls back to the sampled KL when the prior has no closed form, like
+    :class:`~pyro.infer.TraceMeanField_ELBO`.
+    """
+    terms = elbo_terms(vae, x, num_particles)
+    if estimator == "analytic" and terms["kl"] is not None:
+        return terms["log_likelihood"].mean(0) - terms["kl"]
+    if estimator not in ESTIMATORS:
+        raise ConfigError(f"estimator: unknown {estimator!r}; known: {', '.join(ESTIMATORS)}")
+    return (terms["log_likelihood"] + terms["log_prior"] - terms["log_q"]).mean(0)
+
+
+@torch.no_grad()
+def evaluate_elbo(
+    vae: VAE,
+    x: Tensor,
+    num_particles: int = 1,
+    batch_size: int = 1000,
+    estimators: tuple[str, ...] = ("mc", "analytic"),
+) -> dict[str, float]:
+    """Mean per-example ELBO of ``x`` under each estimator, with its standard error.
+
+    The standard error is that of a mean over the data points,
+    ``std(per-example ELBO) / sqrt(num_examples)``; it covers both the spread of the data and
+    the Monte Carlo noise of each per-example estimate.
+
+    Returns:
+        ``{"elbo_mc", "elbo_mc_se", "elbo_analytic", "elbo_analytic_se", "num_examples"}``
+        (one pair per estimator asked for), in nats per data point.
+    """
+    was_training = vae.training
+    vae.eval()
+    try:
+        values = {e: torch.cat([elbo_per_example(vae, xb, e, num_particles) for xb in x.split(batch_size)]) for e in estimators}
+    finally:
+        vae.train(was_training)
+    n = len(x)
+    out: dict[str, float] = {}
+    for e, v in values.items():
+        v = v.double()
+        out[f"elbo_{e}"] = v.mean().item()
+        out[f"elbo_{e}_se"] = (v.std().item() / math.sqrt(n)) if n > 1 else float("nan")
+    out["num_examples"] = n
+    return out

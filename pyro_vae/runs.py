@@ -1,0 +1,203 @@
+"""Run folders: train from a config into a folder, load a trained VAE back, evaluate it.
+
+A run folder holds
+
+- ``config.toml`` — the resolved configuration (every default filled in);
+- ``metrics.jsonl`` — one JSON object per epoch (``epoch``, ``train_elbo``, ``test_elbo``, ``seconds``);
+- ``checkpoint.pt`` — model and optimiser state, written every ``train.checkpoint_every`` epochs
+  and at the end; read with ``torch.load(weights_only=True)``;
+- ``reconstructions.png``, ``samples.png`` — pictures of the final model (image data only);
+- ``summary.json`` — the final numbers.
+
+Every file is written atomically. Nothing is written before the config, the data and the model
+have all been checked.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+
+from pyro_vae.config import Config, resolve_device
+from pyro_vae.data import Dataset, load_dataset
+from pyro_vae.errors import RunError
+from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.objectives import evaluate_elbo
+from pyro_vae.plots import plot_reconstructions, plot_samples
+from pyro_vae.storage import atomic_write, load_checkpoint, save_checkpoint
+from pyro_vae.train import check_batch_size, fit
+from pyro_vae.vae import VAE, make_vae
+
+__all__ = ["train_run", "load", "evaluate_run", "load_data", "build_vae", "RUN_FILES"]
+
+RUN_FILES = ("config.toml", "checkpoint.pt")
+
+
+def load_data(config: Config, device: str | torch.device = "cpu") -> Dataset:
+    """The data set a config names, checked against the support of its likelihood."""
+    likelihood = LIKELIHOODS.get(config.model.likelihood["type"], "model.likelihood.type")
+    d = config.data
+    return load_dataset(
+        d.dataset,
+        data_root=d.data_root,
+        download=d.download,
+        binarize=d.binarize,
+        support=likelihood.support,
+        support_text=likelihood.support_text,
+        device=device,
+        seed=config.train.seed,
+    )
+
+
+def build_vae(config: Config, event_shape: tuple[int, ...]) -> VAE:
+    """The (untrained) VAE a config describes, for data points of shape ``event_shape``."""
+    m = config.model
+    return make_vae(event_shape, m.latent_dim, network=m.network, prior=m.prior, likelihood=m.likelihood)
+
+
+def _prepare_folder(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file; give a folder path")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise RunError(f"--out {out} already exists and is not empty; pass --overwrite to replace that run, or choose another folder")
+        if not (out / "config.toml").is_file():
+            raise RunError(f"--out {out} is not empty and is not a pyro-vae run folder; refusing to delete it: choose another folder")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _caption(config: Config) -> str:
+    m, t = config.model, config.train
+    net = ",".join(str(h) for h in m.network.get("hidden", [])) or m.network["type"]
+    return (
+        f"{config.data.dataset} | {m.network['type']} {net} | latent {m.latent_dim} | prior {m.prior['type']} | "
+        f"likelihood {m.likelihood['type']} | elbo {t.elbo} x{t.num_particles} | beta {t.beta:g} | "
+        f"epochs {t.epochs} | batch {t.batch_size} | lr {t.lr:g} | seed {t.seed}"
+    )
+
+
+def _state(vae: VAE, optimizer: torch.optim.Optimizer, config: Config, epoch: int) -> dict[str, Any]:
+    return {
+        "config": config.to_dict(),
+        "event_shape": list(vae.event_shape),
+        "epoch": epoch,
+        "model": vae.state_dict(),
+        "optimizer": optimizer.state_dict(),
+    }
+
+
+def train_run(config: Config, out: str | Path, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train the VAE of ``config`` into the run folder ``out`` and return the summary.
+
+    Raises:
+        PyroVAEError: for a bad config, data set or output folder, before anything is written.
+    """
+    out = Path(out)
+    t = config.train
+    device = resolve_device(t.device)
+    data = load_data(config, device)
+    pyro.set_rng_seed(t.seed)  # the initial weights are part of what the seed fixes
+    vae = build_vae(config, data.event_shape).to(device)
+    check_batch_size(t.batch_size, len(data.train))
+    _prepare_folder(out, overwrite)
+    atomic_write(out / "config.toml", config.to_toml())
+    if progress:
+        print(
+            f"training on {data.name} ({len(data.train)} train / {len(data.test)} test points) for {t.epochs} epochs "
+            f"on {device}: {t.elbo} ELBO, {t.num_particles} particle(s), beta {t.beta:g}, into {out}",
+            file=sys.stderr,
+        )
+
+    lines: list[str] = []
+
+    def on_epoch(metrics: dict, optimizer: torch.optim.Optimizer) -> None:
+        lines.append(json.dumps(metrics))
+        atomic_write(out / "metrics.jsonl", "\n".join(lines) + "\n")
+        epoch = metrics["epoch"]
+        if epoch == t.epochs or (t.checkpoint_every and epoch % t.checkpoint_every == 0):
+            save_checkpoint(out / "checkpoint.pt", _state(vae, optimizer, config, epoch))
+
+    start = time.perf_counter()
+    history = fit(
+        vae, data, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, elbo=t.elbo, num_particles=t.num_particles,
+        jit=t.jit, beta=t.beta, seed=t.seed, progress=progress, on_epoch=on_epoch,
+    )
+    seconds = time.perf_counter() - start
+    vae.eval()
+    caption = _caption(config)
+    pictures = [
+        name
+        for name, drawn in (
+            ("reconstructions.png", plot_reconstructions(vae, data.test, out / "reconstructions.png", caption)),
+            ("samples.png", plot_samples(vae, out / "samples.png", caption)),
+        )
+        if drawn
+    ]
+    final = evaluate_elbo(vae, data.test)
+    summary = {
+        "run": str(out),
+        "dataset": data.name,
+        "num_train": len(data.train),
+        "num_test": len(data.test),
+        "epochs": t.epochs,
+        "seconds": seconds,
+        "train_elbo": history[-1]["train_elbo"],
+        **{f"test_{k}": v for k, v in final.items() if k != "num_examples"},
+        "device": str(device),
+        "files": ["config.toml", "metrics.jsonl", "checkpoint.pt", *pictures, "summary.json"],
+    }
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _check_run(run_dir: Path) -> None:
+    if not run_dir.is_dir():
+        raise RunError(f"run folder {run_dir} does not exist; give the --out folder of a finished pyro-vae train")
+    missing = [f for f in RUN_FILES if not (run_dir / f).is_file()]
+    if missing:
+        raise RunError(f"{run_dir} is not a finished pyro-vae run (no {', '.join(missing)}); give the --out folder of pyro-vae train")
+
+
+def load(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[VAE, Config]:
+    """The trained VAE of a run folder (in eval mode, on ``device``) and its config.
+
+    Example::
+
+        vae, config = load("runs/demo")
+        images = vae.sample(16)  # shape (16, 8, 8)
+    """
+    run_dir = Path(run_dir)
+    _check_run(run_dir)
+    config = Config.from_toml(run_dir / "config.toml")
+    state = load_checkpoint(run_dir / "checkpoint.pt", map_location=device)
+    vae = build_vae(config, tuple(state["event_shape"]))
+    try:
+        vae.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0][:200]
+        raise RunError(f"checkpoint {run_dir / 'checkpoint.pt'} does not fit the model of {run_dir / 'config.toml'} ({first}); was config.toml edited? restore it or retrain") from None
+    return vae.to(device).eval(), config
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test", num_particles: int = 1, batch_size: int = 1000, device: str = "auto") -> dict[str, Any]:
+    """ELBO of a split of a run's data set under both estimators, with standard errors (nats per point)."""
+    if split not in ("train", "test"):
+        raise RunError(f"--split must be train or test (got {split!r})")
+    if num_particles < 1:
+        raise RunError(f"--num-particles must be >= 1 (got {num_particles})")
+    target = resolve_device(device)
+    vae, config = load(run_dir, target)
+    data = load_data(config, target)
+    if tuple(data.event_shape) != tuple(vae.event_shape):
+        raise RunError(f"data set {data.name} has points of shape {data.event_shape} but the run was trained on {vae.event_shape}")
+    torch.manual_seed(config.train.seed)
+    x = data.train if split == "train" else data.test
+    return {"run": str(run_dir), "split": split, "num_particles": num_particles, **evaluate_elbo(vae, x, num_particles, batch_size)}

@@ -1,0 +1,162 @@
+r"""The variational autoencoder as a Pyro model/guide pair.
+
+The **model** (decoder) is the generative program
+
+.. math:: z_n \sim p(z), \qquad x_n \mid z_n \sim p_\theta(x \mid z_n), \qquad n = 1..N,
+
+and the **guide** (encoder) is the amortised variational posterior
+:math:`q_\phi(z_n \mid x_n) = \mathcal N(\mu_\phi(x_n), \operatorname{diag}\sigma_\phi(x_n)^2)`.
+Neither computes a loss: the ELBO estimators in :mod:`pyro_vae.objectives` do.
+
+Reference:
+    Auto-Encoding Variational Bayes (Kingma & Welling, 2014).
+
+Example:
+    >>> import torch
+    >>> vae = make_vae((8, 8), latent_dim=2, network={"type": "mlp", "hidden": [32]})
+    >>> vae.encode(torch.rand(5, 8, 8)).batch_shape, vae.prior().event_shape
+    (torch.Size([5]), torch.Size([2]))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from typing import Any, ContextManager
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import Tensor, nn
+
+from pyro_vae.likelihoods import LIKELIHOODS, Likelihood
+from pyro_vae.networks import NETWORKS
+from pyro_vae.priors import PRIORS, Prior
+
+__all__ = ["VAE", "make_vae"]
+
+_instances = itertools.count()
+
+
+def kl_weight(beta: float) -> ContextManager[Any]:
+    r"""Weight the latent sites by ``beta`` in both model and guide, so the ELBO's KL term is scaled.
+
+    .. math:: \mathcal L_\beta = \mathbb E_q[\log p(x\mid z)] - \beta\,\mathrm{KL}(q(z\mid x)\,\|\,p(z))
+
+    Pyro's ``scale`` refuses 0, while ``mask(False)`` drops the site's log-densities exactly,
+    which is what beta = 0 (an autoencoder with a noisy code and no KL) means.
+
+    Reference:
+        beta-VAE: Learning Basic Visual Concepts with a Constrained Variational Framework
+        (Higgins et al., 2017).
+    """
+    if beta == 1.0:
+        return contextlib.nullcontext()
+    if beta == 0.0:
+        return poutine.mask(mask=False)
+    return poutine.scale(scale=beta)
+
+
+class VAE(nn.Module):
+    """A VAE made of an encoder, a decoder, a prior and a likelihood.
+
+    Args:
+        encoder: module mapping ``x`` to the guide's ``(loc, scale)``.
+        decoder: module mapping ``z`` to the likelihood's input, shape ``(..., *event_shape)``.
+        prior: module whose ``forward()`` returns :math:`p(z)`.
+        likelihood: module mapping decoder output to :math:`p(x \\mid z)`.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, prior: Prior, likelihood: Likelihood) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.prior = prior
+        self.likelihood = likelihood
+        # One param-store namespace per instance, so two VAEs in a process never share parameters.
+        self._pyro_name = f"vae{next(_instances)}"
+
+    @property
+    def latent_dim(self) -> int:
+        return self.prior.latent_dim
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self.likelihood.event_shape
+
+    def encode(self, x: Tensor) -> dist.TorchDistribution:
+        r"""The guide's distribution :math:`q(z \mid x)`, a diagonal Normal with event shape ``(latent_dim,)``."""
+        loc, scale = self.encoder(x)
+        return dist.Normal(loc, scale).to_event(1)
+
+    def decode(self, z: Tensor) -> dist.TorchDistribution:
+        r"""The likelihood :math:`p(x \mid z)`, with its event over all data dimensions."""
+        return self.likelihood(self.decoder(z))
+
+    def _plate(self, x: Tensor, num_data: int | None) -> pyro.plate:
+        batch = x.shape[0]
+        if num_data is None or num_data == batch:
+            return pyro.plate("data", batch, dim=-1)
+        # Minibatch: the plate scales every log-density by num_data / batch, giving an unbiased
+        # estimate of the full-data ELBO. Passing the subsample avoids a randperm(num_data) per step.
+        return pyro.plate("data", num_data, subsample=torch.arange(batch, device=x.device), dim=-1)
+
+    def model(self, x: Tensor, num_data: int | None = None, beta: float = 1.0) -> Tensor:
+        r"""The generative model :math:`p(z)\,p(x \mid z)` with sample sites ``"z"`` and ``"x"``.
+
+        Args:
+            x: a batch of data, shape ``(batch, *event_shape)``; observed at site ``"x"``.
+            num_data: size of the full data set when ``x`` is a minibatch (default ``len(x)``).
+            beta: weight of the latent site, hence of the KL term (see :func:`kl_weight`).
+        """
+        pyro.module(self._pyro_name, self)
+        with self._plate(x, num_data):
+            with kl_weight(beta):
+                z = pyro.sample("z", self.prior())
+            pyro.sample("x", self.decode(z), obs=x)
+        return z
+
+    def guide(self, x: Tensor, num_data: int | None = None, beta: float = 1.0) -> Tensor:
+        r"""The variational posterior :math:`q(z \mid x)` with sample site ``"z"``; same arguments as :meth:`model`."""
+        pyro.module(self._pyro_name, self)
+        with self._plate(x, num_data):
+            with kl_weight(beta):
+                return pyro.sample("z", self.encode(x))
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Mean of :math:`p(x \\mid z)` at the posterior mean :math:`z = \\mu(x)`."""
+        return self.decode(self.encode(x).mean).mean
+
+    @torch.no_grad()
+    def sample(self, num_samples: int) -> Tensor:
+        """Means of :math:`p(x \\mid z)` for ``num_samples`` codes drawn from the prior."""
+        z = self.prior().sample((num_samples,))
+        return self.decode(z).mean
+
+
+def make_vae(
+    event_shape: tuple[int, ...],
+    latent_dim: int = 10,
+    network: dict[str, Any] | None = None,
+    prior: dict[str, Any] | None = None,
+    likelihood: dict[str, Any] | None = None,
+) -> VAE:
+    """Build a :class:`VAE` from registry specifications ``{"type": name, **params}``.
+
+    Args:
+        event_shape: shape of one data point, e.g. ``(28, 28)``.
+        latent_dim: size of the latent code.
+        network: encoder/decoder pair from :data:`~pyro_vae.networks.NETWORKS` (default ``mlp``).
+        prior: from :data:`~pyro_vae.priors.PRIORS` (default ``standard_normal``).
+        likelihood: from :data:`~pyro_vae.likelihoods.LIKELIHOODS` (default ``bernoulli``).
+    """
+    event_shape = tuple(event_shape)
+    encoder, decoder = NETWORKS.build(network or {"type": "mlp"}, "model.network", event_shape=event_shape, latent_dim=latent_dim)
+    return VAE(
+        encoder,
+        decoder,
+        PRIORS.build(prior or {"type": "standard_normal"}, "model.prior", latent_dim=latent_dim),
+        LIKELIHOODS.build(likelihood or {"type": "bernoulli"}, "model.likelihood", event_shape=event_shape),
+    )

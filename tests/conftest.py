@@ -1,0 +1,26 @@
+"""Every test starts from the same state: empty param store, fixed seeds, validation on."""
+
+import pyro
+import pytest
+import torch
+from hypothesis import settings
+
+# Property tests are reproducible: the same examples on every run and machine.
+settings.register_profile("pyro_vae", derandomize=True, deadline=None, max_examples=200)
+settings.load_profile("pyro_vae")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    pyro.enable_validation(True)
+    dtype = torch.get_default_dtype()
+    yield
+    torch.set_default_dtype(dtype)
+    pyro.clear_param_store()
+
+
+@pytest.fixture
+def float64():
+    torch.set_default_dtype(torch.float64)

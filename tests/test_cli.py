@@ -1,0 +1,103 @@
+"""The command line end to end, as a user runs it: train on digits, evaluate, and bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pyro_vae.cli import main
+from pyro_vae.errors import RunError
+
+SMALL = ["--epochs", "2", "--hidden", "32", "--latent-dim", "2", "--batch-size", "256", "--quiet"]
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "pyro_vae", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    result = run("train", *SMALL, "--elbo", "analytic", "--out", out)
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+def test_train_then_evaluate_json(trained):
+    out, result = trained
+    assert f"run folder: {out}" in result.stdout and "test ELBO" in result.stdout
+    assert {"config.toml", "metrics.jsonl", "checkpoint.pt", "reconstructions.png", "samples.png"} <= {p.name for p in out.iterdir()}
+    evaluated = run("evaluate", out, "--json", "--num-particles", "4")
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads(evaluated.stdout)
+    assert report["num_examples"] == 359
+    for key in ("elbo_mc", "elbo_mc_se", "elbo_analytic", "elbo_analytic_se"):
+        assert isinstance(report[key], float)
+    assert report["elbo_mc"] < 0 and report["elbo_mc_se"] > 0
+
+
+def test_evaluate_prints_a_table(trained, capsys):
+    assert main(["evaluate", str(trained[0])]) == 0
+    text = capsys.readouterr().out
+    assert "ELBO (mc" in text and "ELBO (analytic" in text and "359 points" in text
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "pyro-vae"
+    assert script.exists(), "pip install . must provide the pyro-vae command"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "train" in result.stdout and "evaluate" in result.stdout
+
+
+def test_config_file_and_set(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[train]\nepochs = 1\nbatch_size = 500\n\n[model]\nlatent_dim = 3\n')
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--set", "model.network.hidden=[16]", "--quiet", "--out", str(out)]) == 0
+    saved = (out / "config.toml").read_text()
+    assert "latent_dim = 3" in saved and "hidden = [16]" in saved and "batch_size = 500" in saved
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "--dataset", "cifar"], "unknown data set 'cifar'; use digits, mnist or the path"),
+        (["train", "--epochs", "-2"], "train.epochs must be >= 1 (got -2)"),
+        (["train", "--elbo", "exact"], "train.elbo: unknown estimator 'exact'; known: mc, analytic"),
+        (["train", "--dataset", "mnist", "--data-root", "{tmp}/empty"], "MNIST not found under"),
+        (["train", "--batch-size", "100000"], "use --batch-size 1438 or less"),
+        (["train", "--set", "train.epochs"], "expected key.sub=value"),
+        (["evaluate", "{tmp}/no-such-run"], "does not exist; give the --out folder"),
+        (["evaluate", "{tmp}"], "is not a finished pyro-vae run"),
+    ],
+)
+def test_bad_input_one_line_nonzero_nothing_written(tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if args[0] == "train":
+        args += ["--out", str(out), "--quiet"]
+    assert main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pyro-vae: error: ") and message in lines[0], lines
+    assert not out.exists()
+
+
+def test_corrupted_checkpoint(trained, tmp_path, capsys):
+    out, _ = trained
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in out.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    (copy / "checkpoint.pt").write_bytes(b"garbage")
+    assert main(["evaluate", str(copy)]) == 2
+    assert "cannot read checkpoint" in capsys.readouterr().err
+    with pytest.raises(RunError, match="cannot read checkpoint"):  # --debug: the exception itself, with its traceback
+        main(["--debug", "evaluate", str(copy)])
+
+
+def test_argparse_rejects_malformed_numbers(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--hidden", "400,x"])
+    assert info.value.code == 2 and "layer sizes" in capsys.readouterr().err

@@ -1,0 +1,82 @@
+"""The typed configuration: round trips, overrides, and one-line errors for bad values."""
+
+import pytest
+
+from pyro_vae import Config
+from pyro_vae.config import apply_overrides
+from pyro_vae.errors import ConfigError
+
+
+def test_defaults_are_complete_and_round_trip():
+    config = Config()
+    assert config.model.network == {"type": "mlp", "hidden": [400], "activation": "relu"}
+    assert Config.from_toml_string(config.to_toml()) == config
+    assert Config.from_dict(config.to_dict()) == config
+
+
+def test_file_round_trip(tmp_path):
+    text = '[train]\nepochs = 3\nbeta = 0.5\nelbo = "analytic"\n\n[model]\nlatent_dim = 2\n\n[model.network]\ntype = "mlp"\nhidden = [64, 32]\n'
+    (tmp_path / "a.toml").write_text(text)
+    config = Config.from_toml(tmp_path / "a.toml")
+    assert (config.train.epochs, config.train.beta, config.model.network["hidden"]) == (3, 0.5, [64, 32])
+    (tmp_path / "b.toml").write_text(config.to_toml())
+    assert Config.from_toml(tmp_path / "b.toml") == config
+    assert config.to_toml() == Config.from_toml(tmp_path / "b.toml").to_toml()
+
+
+def test_overrides():
+    values = apply_overrides(Config().to_dict(), ["train.epochs=5", "model.network.hidden=[32, 16]", "data.dataset=mnist", "train.lr=1e-4"])
+    config = Config.from_dict(values)
+    assert (config.train.epochs, config.model.network["hidden"], config.data.dataset, config.train.lr) == (5, [32, 16], "mnist", 1e-4)
+
+
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ({"train": {"epochs": -3}}, "train.epochs must be >= 1 (got -3)"),
+        ({"train": {"epochs": 2.5}}, "train.epochs must be an integer (got 2.5)"),
+        ({"train": {"lr": 0}}, "train.lr must be > 0 (got 0.0)"),
+        ({"train": {"batch_size": 0}}, "train.batch_size must be >= 1 (got 0)"),
+        ({"train": {"beta": -0.1}}, "train.beta must be >= 0 (got -0.1)"),
+        ({"train": {"num_particles": 0}}, "train.num_particles must be >= 1 (got 0)"),
+        ({"train": {"jit": "yes"}}, "train.jit must be true or false (got 'yes')"),
+        ({"train": {"elbo": "exact"}}, "train.elbo: unknown estimator 'exact'; known: mc, analytic"),
+        ({"train": {"device": "tpu"}}, "train.device: unknown device 'tpu'; use auto, cpu, cuda or cuda:N"),
+        ({"train": {"epoch": 3}}, "train.epoch: unknown key; allowed: epochs,"),
+        ({"trian": {}}, "trian: unknown table; allowed: data, model, train"),
+        ({"data": {"binarize": "yes"}}, "data.binarize must be one of 'none', 'static', 'dynamic' (got 'yes')"),
+        ({"model": {"latent_dim": 0}}, "model.latent_dim must be >= 1 (got 0)"),
+        ({"model": {"prior": {"type": "vampp"}}}, "model.prior.type: unknown prior type 'vampp'; known: standard_normal"),
+        ({"model": {"prior": {}}}, "model.prior.type is missing; known prior types: standard_normal"),
+        ({"model": {"likelihood": {"type": "poisson"}}}, "model.likelihood.type: unknown likelihood type 'poisson'; known: bernoulli"),
+        ({"model": {"network": {"type": "mlp", "hiden": [3]}}}, "model.network.hiden: unknown parameter for network 'mlp'; allowed: hidden, activation"),
+        ({"model": {"network": {"type": "mlp", "hidden": "400"}}}, "model.network.hidden must be a list (got '400')"),
+        ({"model": {"network": {"type": "mlp", "hidden": [400, "a"]}}}, "model.network.hidden[1] must be an integer (got 'a')"),
+        ({"model": {"network": 3}}, "model.network must be a table with a 'type' key (got 3)"),
+        ({"train": 3}, "train must be a table (got 3)"),
+    ],
+)
+def test_bad_values_name_the_field_the_value_and_the_fix(values, message):
+    with pytest.raises(ConfigError) as info:
+        Config.from_dict(values)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_toml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        Config.from_toml_string("[train\nepochs = 3")
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        Config.from_toml(tmp_path / "nope.toml")
+
+
+def test_changing_a_component_type_drops_its_old_parameters():
+    values = apply_overrides({"model": {"network": {"type": "old", "depth": 3}}}, ["model.network.type=mlp"])
+    assert values["model"]["network"] == {"type": "mlp"}
+    values = apply_overrides({"model": {"network": {"type": "mlp", "hidden": [3]}}}, ["model.network.type=mlp"])
+    assert values["model"]["network"] == {"type": "mlp", "hidden": [3]}
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="expected key.sub=value"):
+        apply_overrides({}, ["train.epochs"])
