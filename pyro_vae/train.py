@@ -112,7 +112,7 @@ def fit(
             test = evaluate_elbo(vae, data.test, estimators=(elbo,))
             metrics = {"epoch": epoch, "train_elbo": -total / (steps * num_data), "test_elbo": test[f"elbo_{elbo}"], "seconds": seconds}
             history.append(metrics)
-            if progress:
+            if progress and (epoch % max(1, epochs // 10) == 0 or epoch in (1, epochs)):  # about ten lines a run
                 tqdm.write(f"epoch {epoch:4d}  train ELBO {metrics['train_elbo']:9.3f}  test ELBO {metrics['test_elbo']:9.3f}  {seconds:6.2f} s", file=sys.stderr)
             if on_epoch is not None:
                 on_epoch(metrics, optimizer)
