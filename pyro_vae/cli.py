@@ -1,4 +1,4 @@
-"""The ``pyro-vae`` command line: ``train`` and ``evaluate``.
+"""The ``pyro-vae`` command line: ``train``, ``evaluate``, and ``priors`` / ``likelihoods`` / ``networks`` listings.
 
 Errors caused by input (a config value, a data file, a run folder) print one line and exit with
 status 2; ``--debug`` shows the traceback instead.
@@ -7,6 +7,7 @@ status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import time
@@ -91,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint-every", type=int, metavar="N", help="checkpoint every N epochs (0: only at the end)")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
 
+    for kind in ("priors", "likelihoods", "networks"):
+        commands.add_parser(kind, help=f"list the registered {kind} and their parameters")
+
     evaluate = commands.add_parser("evaluate", help="ELBO of a trained run with both estimators")
     evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     evaluate.add_argument("--split", choices=["train", "test"], default="test")
@@ -141,11 +145,42 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _summary(constructor: Any) -> str:
+    return (inspect.getdoc(constructor) or "").split("\n\n")[0].replace("\n", " ")
+
+
+def _list(args: argparse.Namespace) -> int:
+    from pyro_vae.config import toml_value
+    from pyro_vae.likelihoods import LIKELIHOODS
+    from pyro_vae.networks import NETWORKS
+    from pyro_vae.priors import PRIORS, has_closed_form_kl
+    from pyro_vae.registry import type_name
+    from pyro_vae.vae import make_vae
+
+    registry = {"priors": PRIORS, "likelihoods": LIKELIHOODS, "networks": NETWORKS}[args.command]
+    key = {"priors": "model.prior", "likelihoods": "model.likelihood", "networks": "model.network"}[args.command]
+    print(f"{args.command} ({key}.type = ...):")
+    for name in registry:
+        constructor = registry.get(name)
+        notes = []
+        if registry is PRIORS:
+            prior = make_vae((2, 2), latent_dim=2, network={"type": "mlp", "hidden": [2]}, prior={"type": name}).prior
+            notes.append(f"closed-form KL against the Gaussian guide: {'yes' if has_closed_form_kl(prior) else 'no, sampled'}")
+        if registry is LIKELIHOODS:
+            notes.append(f"data in {constructor.support_text}")
+        print(f"\n  {name}" + (f"  [{'; '.join(notes)}]" if notes else ""))
+        print(f"    {_summary(constructor)}")
+        for p in registry.parameters(name):
+            default = "required" if p.default is inspect.Parameter.empty else toml_value(list(p.default) if isinstance(p.default, tuple) else p.default)
+            print(f"    {p.name}: {type_name(p.annotation)} = {default}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pyro-vae`` and ``python -m pyro_vae``; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        return {"train": _train, "evaluate": _evaluate}[args.command](args)
+        return {"train": _train, "evaluate": _evaluate}.get(args.command, _list)(args)
     except PyroVAEError as e:
         if args.debug:
             raise

@@ -23,7 +23,7 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 
@@ -32,16 +32,12 @@ from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.networks import NETWORKS
 from pyro_vae.objectives import ESTIMATORS
 from pyro_vae.priors import PRIORS
-from pyro_vae.registry import check_value
+from pyro_vae.registry import AtLeast, check_value
 
-__all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "apply_overrides", "set_key", "resolve_device"]
+__all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "apply_overrides", "set_key", "resolve_device", "toml_value"]
 
 
 _REGISTRIES = {"network": NETWORKS, "prior": PRIORS, "likelihood": LIKELIHOODS}
-
-
-def _at_least(bound: float, default: Any, strict: bool = False) -> Any:
-    return field(default=default, metadata={"min": bound, "strict": strict})
 
 
 @dataclass
@@ -58,7 +54,7 @@ class DataConfig:
 class ModelConfig:
     """The VAE: latent size and the registry entries of its components."""
 
-    latent_dim: int = _at_least(1, 10)
+    latent_dim: Annotated[int, AtLeast(1)] = 10
     network: dict = field(default_factory=lambda: {"type": "mlp"})
     prior: dict = field(default_factory=lambda: {"type": "standard_normal"})
     likelihood: dict = field(default_factory=lambda: {"type": "bernoulli"})
@@ -73,15 +69,15 @@ class ModelConfig:
 class TrainConfig:
     """Stochastic variational inference: objective, optimiser and schedule."""
 
-    epochs: int = _at_least(1, 50)
-    batch_size: int = _at_least(1, 128)
-    lr: float = _at_least(0.0, 1e-3, strict=True)
+    epochs: Annotated[int, AtLeast(1)] = 50
+    batch_size: Annotated[int, AtLeast(1)] = 128
+    lr: Annotated[float, AtLeast(0, strict=True)] = 1e-3
     elbo: str = "mc"
-    num_particles: int = _at_least(1, 1)
+    num_particles: Annotated[int, AtLeast(1)] = 1
     jit: bool = False
-    beta: float = _at_least(0.0, 1.0)
-    seed: int = _at_least(0, 0)
-    checkpoint_every: int = _at_least(0, 10)  # epochs between checkpoints; 0: only at the end
+    beta: Annotated[float, AtLeast(0)] = 1.0
+    seed: Annotated[int, AtLeast(0)] = 0
+    checkpoint_every: Annotated[int, AtLeast(0)] = 10  # epochs between checkpoints; 0: only at the end
     device: str = "auto"
 
 
@@ -92,20 +88,11 @@ def _section(cls: type, values: Any, path: str) -> Any:
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(f"{path}.{unknown[0]}: unknown key; allowed: {', '.join(fields)}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     resolved = {}
-    for name, f in fields.items():
-        key = f"{path}.{name}"
-        if name not in values:
-            continue
-        value = values[name]
-        if hints[name] is not dict:  # component tables are checked by their registry
-            value = check_value(value, hints[name], key)
-        if "min" in f.metadata:
-            bound, strict = f.metadata["min"], f.metadata["strict"]
-            if (value <= bound if strict else value < bound) or value != value:  # value != value: NaN
-                raise ConfigError(f"{key} must be {'>' if strict else '>='} {bound:g} (got {value})")
-        resolved[name] = value
+    for name, value in values.items():
+        # Component tables (dict) are checked by their registry when the section is built.
+        resolved[name] = value if hints[name] is dict else check_value(value, hints[name], f"{path}.{name}")
     return cls(**resolved)
 
 
@@ -160,7 +147,8 @@ class Config:
         return _to_toml(self.to_dict())
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """``value`` written as a TOML value."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -168,12 +156,12 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, str):
         return json.dumps(value)  # a JSON string is a valid TOML basic string
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} to TOML")
 
 
 def _to_toml(table: dict[str, Any], prefix: str = "") -> str:
-    scalars = [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+    scalars = [f"{k} = {toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
     lines = ([f"[{prefix}]"] if prefix and scalars else []) + scalars
     out = "\n".join(lines) + ("\n\n" if lines else "")
     for k, v in table.items():

@@ -184,7 +184,7 @@ def load_dataset(
     download: bool = False,
     binarize: str = "none",
     support: constraints.Constraint = constraints.real,
-    support_text: str = "real numbers",
+    support_text: str = "any real number",
     device: str | torch.device = "cpu",
     seed: int = 0,
 ) -> Dataset:

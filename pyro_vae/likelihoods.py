@@ -2,8 +2,9 @@ r"""Likelihoods :math:`p(x \mid z)`: the decoder's output turned into a distribu
 
 A likelihood is a small :class:`torch.nn.Module` whose ``forward(output)`` takes the decoder
 network's output, of shape ``(..., *event_shape)``, and returns a distribution whose event covers
-all data dimensions. It also declares the ``support`` that data must lie in, which is checked
-when a data set is loaded. Register a new one with ``@LIKELIHOODS.register("name")``.
+all data dimensions. It declares the ``support`` that data must lie in, checked when a data set
+is loaded. Register a new one with ``@LIKELIHOODS.register("name")``; its constructor takes
+``event_shape`` plus the parameters a config may set.
 
 Example:
     >>> import torch
@@ -14,13 +15,16 @@ Example:
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import pyro.distributions as dist
 from pyro.distributions import constraints
 from torch import Tensor, nn
 
-from pyro_vae.registry import Registry
+from pyro_vae.registry import AtLeast, Registry
+from pyro_vae.scale import Scale
 
-__all__ = ["LIKELIHOODS", "Likelihood", "Bernoulli"]
+__all__ = ["LIKELIHOODS", "Likelihood", "Bernoulli", "Gaussian", "ContinuousBernoulli"]
 
 LIKELIHOODS: Registry = Registry("likelihood", context=("event_shape",))
 
@@ -30,8 +34,8 @@ class Likelihood(nn.Module):
 
     #: Values the data must take; checked once when the data are loaded.
     support: constraints.Constraint = constraints.real
-    #: Human-readable form of ``support`` for error messages.
-    support_text: str = "real numbers"
+    #: Human-readable form of ``support`` for messages and listings.
+    support_text: str = "any real number"
 
     def __init__(self, event_shape: tuple[int, ...]) -> None:
         super().__init__()
@@ -43,12 +47,15 @@ class Likelihood(nn.Module):
 
 @LIKELIHOODS.register("bernoulli")
 class Bernoulli(Likelihood):
-    r"""Independent Bernoulli pixels, :math:`\log p(x\mid z) = \sum_i x_i \log\pi_i + (1-x_i)\log(1-\pi_i)`.
+    r"""Independent Bernoulli pixels with logits from the decoder (the binary cross-entropy loss).
+
+    .. math:: \log p(x\mid z) = \sum_i x_i \log\pi_i + (1-x_i)\log(1-\pi_i)
 
     The decoder output are the logits of :math:`\pi`. For binary data this is a normalised
     likelihood. For grey values in :math:`[0, 1]` it is the binary cross-entropy loss that most VAE
     code uses, which is not a normalised density of continuous data: binarize the data
-    (``binarize = "static"`` or ``"dynamic"``) to report true log-likelihoods.
+    (``binarize = "static"`` or ``"dynamic"``) to report true log-likelihoods, or use
+    ``continuous_bernoulli``.
     """
 
     support = constraints.unit_interval
@@ -56,5 +63,56 @@ class Bernoulli(Likelihood):
 
     def forward(self, output: Tensor) -> dist.TorchDistribution:
         # validate_args=False: grey values in [0, 1] are accepted on purpose (see the docstring).
-        base = dist.Bernoulli(logits=output, validate_args=False)
-        return base.to_event(len(self.event_shape))
+        return dist.Bernoulli(logits=output, validate_args=False).to_event(len(self.event_shape))
+
+
+@LIKELIHOODS.register("gaussian")
+class Gaussian(Likelihood):
+    r"""Independent Gaussian pixels around the decoder output; fixed scale 1 is the MSE loss.
+
+    .. math:: \log p(x \mid z) = -\frac12\Big[k \log 2\pi + \sum_i \Big(2\log\sigma_i
+        + \frac{(x_i - \mu_i)^2}{\sigma_i^2}\Big)\Big]
+
+    With ``scale = 1`` and ``learn_scale = "none"`` this is
+    :math:`-\tfrac12[k\log 2\pi + \|x-\mu\|^2]`: the mean-squared-error loss up to a constant.
+
+    Args:
+        scale: the fixed :math:`\sigma`, or its initial value when learned.
+        learn_scale: ``"none"`` (fixed), ``"global"`` (one learned :math:`\sigma`) or
+            ``"per_pixel"`` (one learned :math:`\sigma_i` per data dimension).
+    """
+
+    def __init__(
+        self,
+        event_shape: tuple[int, ...],
+        scale: Annotated[float, AtLeast(0, strict=True)] = 1.0,
+        learn_scale: Literal["none", "global", "per_pixel"] = "none",
+    ) -> None:
+        super().__init__(event_shape)
+        shape = self.event_shape if learn_scale == "per_pixel" else ()
+        self.scale = Scale(scale, shape, learnable=learn_scale != "none")
+
+    def forward(self, output: Tensor) -> dist.TorchDistribution:
+        return dist.Normal(output, self.scale().expand(output.shape)).to_event(len(self.event_shape))
+
+
+@LIKELIHOODS.register("continuous_bernoulli")
+class ContinuousBernoulli(Likelihood):
+    r"""Continuous Bernoulli: a normalised density on [0, 1] for grey-valued pixels.
+
+    .. math:: p(x \mid \lambda) = C(\lambda)\, \lambda^x (1-\lambda)^{1-x}, \qquad
+        C(\lambda) = \frac{2\tanh^{-1}(1-2\lambda)}{1-2\lambda}
+
+    The decoder output are the logits of :math:`\lambda`. Its mean is not :math:`\lambda`, so
+    reconstructions and samples show the distribution's mean.
+
+    Reference:
+        The continuous Bernoulli: fixing a pervasive error in variational autoencoders
+        (Loaiza-Ganem & Cunningham, 2019).
+    """
+
+    support = constraints.unit_interval
+    support_text = "[0, 1]"
+
+    def forward(self, output: Tensor) -> dist.TorchDistribution:
+        return dist.ContinuousBernoulli(logits=output).to_event(len(self.event_shape))

@@ -21,15 +21,15 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Annotated, Literal, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.registry import Registry
+from pyro_vae.registry import AtLeast, Registry
 
-__all__ = ["NETWORKS", "ACTIVATIONS", "MLPEncoder", "MLPDecoder", "mlp"]
+__all__ = ["NETWORKS", "ACTIVATIONS", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "mlp", "conv"]
 
 NETWORKS: Registry = Registry("network", context=("event_shape", "latent_dim"))
 
@@ -54,6 +54,17 @@ def _perceptron(sizes: Sequence[int], activation: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+Activation = Literal["relu", "leaky_relu", "elu", "gelu", "silu", "softplus", "tanh"]
+Sizes = tuple[Annotated[int, AtLeast(1)], ...]
+
+
+def _loc_scale(h: Tensor) -> tuple[Tensor, Tensor]:
+    """Split the encoder's last layer into the guide's location and a positive scale."""
+    loc, raw_scale = h.chunk(2, dim=-1)
+    # softplus keeps the scale positive and, unlike exp, grows linearly for large inputs.
+    return loc, F.softplus(raw_scale) + 1e-6
+
+
 class MLPEncoder(nn.Module):
     """Fully connected encoder: flattened ``x`` → hidden layers → ``(loc, scale)``."""
 
@@ -64,9 +75,7 @@ class MLPEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h = self.net(x.flatten(-len(self.event_shape)))
-        loc, raw_scale = h.chunk(2, dim=-1)
-        # softplus keeps the scale positive and, unlike exp, grows linearly for large inputs.
-        return loc, F.softplus(raw_scale) + 1e-6
+        return _loc_scale(h)
 
 
 class MLPDecoder(nn.Module):
@@ -85,20 +94,98 @@ class MLPDecoder(nn.Module):
 def mlp(
     event_shape: tuple[int, ...],
     latent_dim: int,
-    hidden: tuple[int, ...] = (400,),
-    activation: str = "relu",
+    hidden: Sizes = (400,),
+    activation: Activation = "relu",
 ) -> tuple[MLPEncoder, MLPDecoder]:
-    """Multilayer perceptrons; the decoder mirrors the encoder's ``hidden`` sizes in reverse order.
+    """Multilayer perceptrons; the decoder mirrors the encoder's hidden sizes in reverse order.
 
     Args:
         hidden: sizes of the hidden layers of the encoder, e.g. ``[400, 400]``.
-        activation: one of ``relu``, ``leaky_relu``, ``elu``, ``gelu``, ``silu``, ``softplus``, ``tanh``.
+        activation: the nonlinearity between layers.
     """
-    if activation not in ACTIVATIONS:
-        raise ConfigError(f"model.network.activation: unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)}")
-    if any(h < 1 for h in hidden):
-        raise ConfigError(f"model.network.hidden sizes must be >= 1 (got {list(hidden)})")
     return (
         MLPEncoder(event_shape, latent_dim, hidden, activation),
         MLPDecoder(event_shape, latent_dim, list(reversed(hidden)), activation),
+    )
+
+
+def _image_layout(event_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """``(channels, height, width)`` of image data given as ``(H, W)`` or ``(C, H, W)``."""
+    if len(event_shape) == 2:
+        return (1, *event_shape)
+    if len(event_shape) == 3:
+        return event_shape  # type: ignore[return-value]
+    raise ConfigError(
+        f"model.network: the conv network needs images of shape (H, W) or (C, H, W), but the data points have shape {event_shape}; use the mlp network"
+    )
+
+
+class ConvEncoder(nn.Module):
+    """Strided 3×3 convolutions (each halves height and width), then a linear layer to ``(loc, scale)``."""
+
+    def __init__(self, event_shape: tuple[int, ...], latent_dim: int, channels: Sequence[int], activation: str) -> None:
+        super().__init__()
+        self.event_shape = tuple(event_shape)
+        c, h, w = _image_layout(self.event_shape)
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip([c, *channels[:-1]], channels):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), ACTIVATIONS[activation]()]
+            h, w = (h + 1) // 2, (w + 1) // 2
+        self.conv = nn.Sequential(*layers, nn.Flatten())
+        self.head = nn.Linear(channels[-1] * h * w, 2 * latent_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        batch = x.shape[: x.dim() - len(self.event_shape)]
+        images = x.reshape(-1, *_image_layout(self.event_shape))
+        return _loc_scale(self.head(self.conv(images)).reshape(*batch, -1))
+
+
+class ConvDecoder(nn.Module):
+    """A linear layer to a small feature map, then transposed convolutions that double it back to the image size."""
+
+    def __init__(self, event_shape: tuple[int, ...], latent_dim: int, channels: Sequence[int], activation: str) -> None:
+        super().__init__()
+        self.event_shape = tuple(event_shape)
+        c, h, w = _image_layout(self.event_shape)
+        sizes = [(h, w)]
+        for _ in channels:
+            sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
+        self.start = (channels[-1], *sizes[-1])
+        self.head = nn.Linear(latent_dim, math.prod(self.start))
+        layers: list[nn.Module] = []
+        outs = [*reversed(channels[:-1]), c]
+        for i, (c_in, c_out) in enumerate(zip(reversed(channels), outs)):
+            (h_in, w_in), (h_out, w_out) = sizes[-1 - i], sizes[-2 - i]
+            # output_padding picks the exact size: 2n or 2n - 1 (an odd size was rounded up on the way down).
+            padding = (h_out - 2 * h_in + 1, w_out - 2 * w_in + 1)
+            layers += [ACTIVATIONS[activation](), nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=padding)]
+        self.deconv = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        batch = z.shape[:-1]
+        out = self.deconv(self.head(z.reshape(-1, z.shape[-1])).reshape(-1, *self.start))
+        return out.reshape(*batch, *self.event_shape)
+
+
+@NETWORKS.register("conv")
+def conv(
+    event_shape: tuple[int, ...],
+    latent_dim: int,
+    channels: Sizes = (32, 64),
+    activation: Activation = "relu",
+) -> tuple[ConvEncoder, ConvDecoder]:
+    """A small convolutional encoder/decoder for images of shape (H, W) or (C, H, W).
+
+    Each of the encoder's layers is a 3×3 convolution with stride 2 (8×8 → 4×4 → 2×2 for the
+    digits, 28×28 → 14×14 → 7×7 for MNIST); the decoder mirrors it with transposed convolutions.
+
+    Args:
+        channels: output channels of the encoder's convolutions, e.g. ``[32, 64]``.
+        activation: the nonlinearity between layers.
+    """
+    if not channels:
+        raise ConfigError("model.network.channels must list at least one layer (got [])")
+    return (
+        ConvEncoder(event_shape, latent_dim, channels, activation),
+        ConvDecoder(event_shape, latent_dim, channels, activation),
     )

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 from pyro.infer import ELBO, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
 from torch import Tensor
 from torch.distributions import kl_divergence
@@ -33,7 +34,7 @@ import pyro_vae.kl  # noqa: F401  (registers the closed-form Gaussian KL used by
 from pyro_vae.errors import ConfigError
 from pyro_vae.vae import VAE
 
-__all__ = ["ESTIMATORS", "Objective", "make_elbo", "elbo_terms", "elbo_per_example", "evaluate_elbo"]
+__all__ = ["ESTIMATORS", "Objective", "make_elbo", "kl_methods", "elbo_terms", "elbo_per_example", "evaluate_elbo"]
 
 
 class _JitTrace_ELBO(JitTrace_ELBO):
@@ -133,6 +134,31 @@ class Objective:
             # A NaN loss is reported by the training loop, with the epoch and step; Pyro's warning would repeat it.
             warnings.filterwarnings("ignore", message="Encountered NaN")
             return self.elbo.differentiable_loss(self.model, self.guide, x, num_data=num_data, beta=self.beta)
+
+
+def kl_methods(vae: VAE, x: Tensor, estimator: str) -> dict[str, str]:
+    """How each latent site's KL term is estimated: ``"closed_form"`` or ``"sampled"``.
+
+    ``"mc"`` samples every term. ``"analytic"`` uses the closed form wherever
+    ``kl_divergence(guide site, model site)`` is registered, exactly as
+    :class:`~pyro.infer.TraceMeanField_ELBO` decides, and samples the others.
+    """
+    with torch.no_grad():
+        guide_trace = poutine.trace(vae.guide).get_trace(x)
+        model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+    methods = {}
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site) or name not in guide_trace.nodes:
+            continue
+        method = "sampled"
+        if estimator == "analytic":
+            try:
+                kl_divergence(guide_trace.nodes[name]["fn"], site["fn"])
+                method = "closed_form"
+            except NotImplementedError:
+                pass
+        methods[name] = method
+    return methods
 
 
 def _particles(fn: Callable, num_particles: int) -> Callable:

@@ -24,9 +24,20 @@ from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from pyro_vae.errors import ConfigError
 
-__all__ = ["Registry", "Parameter", "check_value"]
+__all__ = ["Registry", "Parameter", "AtLeast", "check_value", "type_name"]
 
 T = TypeVar("T", bound=Callable[..., Any])
+
+
+class AtLeast(typing.NamedTuple):
+    """A lower bound on a number, used as ``Annotated[int, AtLeast(1)]`` in a signature."""
+
+    bound: float
+    strict: bool = False
+
+    def check(self, value: float, path: str) -> None:
+        if (value <= self.bound if self.strict else value < self.bound) or value != value:  # value != value: NaN
+            raise ConfigError(f"{path} must be {'>' if self.strict else '>='} {self.bound:g} (got {value})")
 
 
 class Parameter(typing.NamedTuple):
@@ -60,6 +71,10 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def unregister(self, name: str) -> None:
+        """Remove an entry (a no-op if there is none)."""
+        self._entries.pop(name, None)
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
@@ -81,7 +96,7 @@ class Registry(Generic[T]):
         """The user-settable parameters of a component, from its signature."""
         constructor = self.get(name)
         target = constructor.__init__ if inspect.isclass(constructor) else constructor
-        hints = typing.get_type_hints(target)
+        hints = typing.get_type_hints(target, include_extras=True)
         out = []
         for p in inspect.signature(constructor).parameters.values():
             if p.name in self.context or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
@@ -119,10 +134,17 @@ class Registry(Generic[T]):
         return resolved
 
     def build(self, spec: Any, path: str = "", **context: Any) -> Any:
-        """Validate ``spec`` and call the registered constructor with it and ``context``."""
+        """Validate ``spec`` and call the registered constructor with it and the ``context`` it accepts.
+
+        Context arguments (``latent_dim``, ``event_shape``, ...) are passed only to constructors
+        whose signature names them, so a component asks for just what it needs.
+        """
         spec = self.validate(spec, path or self.kind)
+        constructor = self._entries[spec["type"]]
+        accepted = inspect.signature(constructor).parameters
+        context = {k: v for k, v in context.items() if k in accepted}
         params = {k: v for k, v in spec.items() if k != "type"}
-        return self._entries[spec["type"]](**context, **params)
+        return constructor(**context, **params)
 
 
 def _plain(value: Any) -> Any:
@@ -134,11 +156,19 @@ def check_value(value: Any, annotation: Any, path: str) -> Any:
     """Check ``value`` against a type annotation, converting ints to floats where floats are expected.
 
     Supports ``bool``, ``int``, ``float``, ``str``, ``Optional[...]``/unions,
-    ``Literal[...]`` and ``tuple[T, ...]``/``list[T]`` (returned as lists).
+    ``Literal[...]``, ``tuple[T, ...]``/``list[T]`` (returned as lists), and
+    ``Annotated[T, AtLeast(bound)]`` (the bound applies to each item of a list).
     """
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if annotation is Any:
+        return value
+    if origin is typing.Annotated:
+        value = check_value(value, args[0], path)
+        for rule in annotation.__metadata__:
+            if isinstance(rule, AtLeast):
+                for item in value if isinstance(value, list) else [value]:
+                    rule.check(item, path)
         return value
     if origin is typing.Literal:
         if value not in args:
@@ -179,3 +209,18 @@ def check_value(value: Any, annotation: Any, path: str) -> Any:
             raise ConfigError(f"{path} must be a string (got {value!r})")
         return value
     raise TypeError(f"{path}: unsupported annotation {annotation!r}")  # a bug in a component, not user input
+
+
+def type_name(annotation: Any) -> str:
+    """A short, user-facing name of an annotation, for listings: ``int >= 1``, ``list[int]``, ``'a' | 'b'``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        rules = [f"{'>' if r.strict else '>='} {r.bound:g}" for r in annotation.__metadata__ if isinstance(r, AtLeast)]
+        return " ".join([type_name(args[0]), *rules])
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(a) for a in args)
+    if origin in (tuple, list):
+        return f"list[{type_name(args[0]) if args else 'Any'}]"
+    return getattr(annotation, "__name__", str(annotation))

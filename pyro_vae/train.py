@@ -10,7 +10,7 @@ Example:
     >>> vae = make_vae(data.event_shape, latent_dim=2, network={"type": "mlp", "hidden": [32]})
     >>> history = fit(vae, data, epochs=1, progress=False)
     >>> sorted(history[0])
-    ['epoch', 'seconds', 'test_elbo', 'train_elbo']
+    ['epoch', 'kl', 'seconds', 'test_elbo', 'train_elbo']
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from pyro_vae.data import Dataset
 from pyro_vae.errors import ConfigError, PyroVAEError
-from pyro_vae.objectives import Objective, evaluate_elbo
+from pyro_vae.objectives import Objective, evaluate_elbo, kl_methods
 from pyro_vae.vae import VAE
 
 __all__ = ["fit", "svi_step", "check_batch_size", "TrainingDiverged"]
@@ -83,7 +83,9 @@ def fit(
         One dict per epoch: ``epoch``; ``train_elbo``, the mean per-point training objective
         (the ELBO when ``beta = 1``, the beta-weighted ELBO otherwise) over the epoch's steps;
         ``test_elbo``, the ELBO (beta = 1) of the test set by the same estimator; ``seconds``
-        of training in the epoch. ELBOs are in nats per data point.
+        of training in the epoch; ``kl``, how each latent site's KL term was estimated
+        (``closed_form`` or ``sampled``, see :func:`~pyro_vae.objectives.kl_methods`). ELBOs are
+        in nats per data point.
     """
     num_data = len(data.train)
     check_batch_size(batch_size, num_data)
@@ -92,6 +94,9 @@ def fit(
     objective = Objective(vae, elbo, num_particles, jit, beta)
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
     steps = num_data // batch_size
+    kl = kl_methods(vae, data.test[:2], elbo)
+    if progress:
+        print(f"KL term ({elbo} ELBO): " + ", ".join(f"{site}: {how.replace('_', ' ')}" for site, how in kl.items()), file=sys.stderr)
     history = []
     # disable=None: a bar on terminals only; logs get one line per epoch instead.
     bar = tqdm(total=epochs * steps, disable=None if progress else True, unit="step", dynamic_ncols=True, leave=False)
@@ -110,7 +115,7 @@ def fit(
                 bar.update()
             seconds = time.perf_counter() - start
             test = evaluate_elbo(vae, data.test, estimators=(elbo,))
-            metrics = {"epoch": epoch, "train_elbo": -total / (steps * num_data), "test_elbo": test[f"elbo_{elbo}"], "seconds": seconds}
+            metrics = {"epoch": epoch, "train_elbo": -total / (steps * num_data), "test_elbo": test[f"elbo_{elbo}"], "seconds": seconds, "kl": kl}
             history.append(metrics)
             if progress and (epoch % max(1, epochs // 10) == 0 or epoch in (1, epochs)):  # about ten lines a run
                 tqdm.write(f"epoch {epoch:4d}  train ELBO {metrics['train_elbo']:9.3f}  test ELBO {metrics['test_elbo']:9.3f}  {seconds:6.2f} s", file=sys.stderr)

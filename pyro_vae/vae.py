@@ -157,6 +157,6 @@ def make_vae(
     return VAE(
         encoder,
         decoder,
-        PRIORS.build(prior or {"type": "standard_normal"}, "model.prior", latent_dim=latent_dim),
+        PRIORS.build(prior or {"type": "standard_normal"}, "model.prior", latent_dim=latent_dim, encoder=encoder, event_shape=event_shape),
         LIKELIHOODS.build(likelihood or {"type": "bernoulli"}, "model.likelihood", event_shape=event_shape),
     )

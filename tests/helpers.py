@@ -7,8 +7,8 @@ from pyro_vae import make_vae
 EVENT_SHAPE = (4, 4)
 
 
-def tiny_vae(latent_dim: int = 2, hidden=(8,), double: bool = True):
-    vae = make_vae(EVENT_SHAPE, latent_dim, network={"type": "mlp", "hidden": list(hidden)})
+def tiny_vae(latent_dim: int = 2, hidden=(8,), double: bool = True, prior=None, likelihood=None):
+    vae = make_vae(EVENT_SHAPE, latent_dim, network={"type": "mlp", "hidden": list(hidden)}, prior=prior, likelihood=likelihood)
     return vae.double() if double else vae
 
 
@@ -16,3 +16,18 @@ def tiny_batch(n: int = 6, double: bool = True):
     generator = torch.Generator().manual_seed(7)
     x = torch.rand(n, *EVENT_SHAPE, generator=generator)
     return x.double() if double else x
+
+
+def numerical_kl_from_normal(loc_q: float, scale_q: float, p) -> float:
+    """KL(N(loc_q, scale_q²) ‖ p) = ∫ q log(q/p) dz by the trapezoid rule over ±40 standard deviations of q.
+
+    Substituting z = loc_q + scale_q·u keeps the grid resolved whatever the scale; log q and log p
+    are evaluated pointwise from the densities (``p`` is any univariate torch distribution),
+    independently of any closed form.
+    """
+    u = torch.linspace(-40.0, 40.0, 160_001, dtype=torch.float64)
+    z = loc_q + scale_q * u
+    q = torch.distributions.Normal(torch.tensor(loc_q, dtype=torch.float64), torch.tensor(scale_q, dtype=torch.float64))
+    log_q, log_p = q.log_prob(z), p.log_prob(z)
+    integrand = log_q.exp() * (log_q - log_p) * scale_q  # dz = scale_q du
+    return torch.trapezoid(integrand, u).item()

@@ -101,3 +101,15 @@ def test_argparse_rejects_malformed_numbers(capsys):
     with pytest.raises(SystemExit) as info:
         main(["train", "--hidden", "400,x"])
     assert info.value.code == 2 and "layer sizes" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parents[1] / "examples" / "configs").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_example_config_trains_for_two_epochs(config, tmp_path, capsys):
+    out = tmp_path / config.stem
+    assert main(["train", "--config", str(config), "--epochs", "2", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    closed = config.stem in {"standard_normal", "normal", "laplace"}
+    assert f"KL term (analytic ELBO): z: {'closed form' if closed else 'sampled'}" in err
+    metrics = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 2 and '"kl": {"z": "' + ("closed_form" if closed else "sampled") + '"}' in metrics[-1]

@@ -14,6 +14,7 @@ from pyro import poutine
 
 from helpers import tiny_batch, tiny_vae
 from pyro_vae import Objective, elbo_per_example, evaluate_elbo, gaussian_kl, make_elbo
+from pyro_vae.objectives import kl_methods
 from pyro_vae.errors import ConfigError
 
 NUM_DATA = 60
@@ -120,3 +121,17 @@ def test_bad_estimator_options(kwargs, message):
 def test_negative_beta_is_refused():
     with pytest.raises(ConfigError, match="beta must be >= 0"):
         Objective(tiny_vae(), beta=-1.0)
+
+
+@pytest.mark.parametrize(
+    "prior,estimator,expected",
+    [
+        ({"type": "standard_normal"}, "analytic", "closed_form"),
+        ({"type": "normal"}, "analytic", "closed_form"),
+        ({"type": "student_t"}, "analytic", "sampled"),
+        ({"type": "standard_normal"}, "mc", "sampled"),
+    ],
+)
+def test_kl_methods_per_latent_site(prior, estimator, expected):
+    vae = tiny_vae(prior=prior)
+    assert kl_methods(vae, tiny_batch(), estimator) == {"z": expected}
