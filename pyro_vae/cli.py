@@ -11,8 +11,9 @@ import inspect
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pyro_vae.config import Config, apply_overrides, set_key
 from pyro_vae.errors import PyroVAEError

@@ -19,12 +19,12 @@ import copy
 import dataclasses
 import json
 import math
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import tomllib
 import torch
 
 from pyro_vae.errors import ConfigError

@@ -15,9 +15,9 @@ from __future__ import annotations
 import pyro.distributions as dist
 import torch
 from torch import Tensor
-from torch.distributions import register_kl
+from torch.distributions import Distribution, kl_divergence, register_kl
 
-__all__ = ["gaussian_kl", "gaussian_kl_elementwise"]
+__all__ = ["gaussian_kl", "gaussian_kl_elementwise", "closed_form_kl"]
 
 
 def gaussian_kl_elementwise(
@@ -75,6 +75,14 @@ def gaussian_kl(
         0.5
     """
     return gaussian_kl_elementwise(loc_q, scale_q, loc_p, scale_p).sum(-1)
+
+
+def closed_form_kl(q: Distribution, p: Distribution) -> Tensor | None:
+    """``kl_divergence(q, p)`` where a closed form is registered, else ``None`` (the ELBO then samples it)."""
+    try:
+        return kl_divergence(q, p)
+    except NotImplementedError:
+        return None
 
 
 @register_kl(dist.Normal, dist.Normal)

@@ -21,7 +21,8 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal, Sequence
+from collections.abc import Sequence
+from typing import Annotated, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn

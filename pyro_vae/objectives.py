@@ -20,18 +20,18 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pyro
 import torch
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 from pyro.infer import ELBO, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.poutine.util import site_is_subsample
 from torch import Tensor
-from torch.distributions import kl_divergence
 
-import pyro_vae.kl  # noqa: F401  (registers the closed-form Gaussian KL used by "analytic")
 from pyro_vae.errors import ConfigError
+from pyro_vae.kl import closed_form_kl  # importing kl also registers the Gaussian closed form
 from pyro_vae.vae import VAE
 
 __all__ = ["ESTIMATORS", "Objective", "make_elbo", "kl_methods", "elbo_terms", "elbo_per_example", "evaluate_elbo"]
@@ -144,25 +144,22 @@ def kl_methods(vae: VAE, x: Tensor, estimator: str) -> dict[str, str]:
     :class:`~pyro.infer.TraceMeanField_ELBO` decides, and samples the others.
     """
     with torch.no_grad():
-        guide_trace = poutine.trace(vae.guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+        guide_trace, model_trace = _traces(vae, x)
     methods = {}
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site) or name not in guide_trace.nodes:
             continue
-        method = "sampled"
-        if estimator == "analytic":
-            try:
-                kl_divergence(guide_trace.nodes[name]["fn"], site["fn"])
-                method = "closed_form"
-            except NotImplementedError:
-                pass
-        methods[name] = method
+        closed = estimator == "analytic" and closed_form_kl(guide_trace.nodes[name]["fn"], site["fn"]) is not None
+        methods[name] = "closed_form" if closed else "sampled"
     return methods
 
 
-def _particles(fn: Callable, num_particles: int) -> Callable:
-    return pyro.plate("particles", num_particles, dim=-2)(fn)
+def _traces(vae: VAE, x: Tensor, num_particles: int = 1) -> tuple[poutine.Trace, poutine.Trace]:
+    """One run of the guide, and of the model replayed against it, vectorized over ``num_particles``."""
+    particles = lambda fn: pyro.plate("particles", num_particles, dim=-2)(fn)  # noqa: E731
+    guide_trace = poutine.trace(particles(vae.guide)).get_trace(x)
+    model_trace = poutine.trace(poutine.replay(particles(vae.model), trace=guide_trace)).get_trace(x)
+    return guide_trace, model_trace
 
 
 def elbo_terms(vae: VAE, x: Tensor, num_particles: int = 1) -> dict[str, Tensor | None]:
@@ -173,19 +170,15 @@ def elbo_terms(vae: VAE, x: Tensor, num_particles: int = 1) -> dict[str, Tensor 
     ``log_q`` :math:`\log q(z\mid x)`, and ``kl``, the closed-form :math:`\mathrm{KL}(q\|p)` of
     shape ``(batch,)``, or ``None`` when no closed form is registered for the prior.
     """
-    guide_trace = poutine.trace(_particles(vae.guide, num_particles)).get_trace(x)
-    model_trace = poutine.trace(poutine.replay(_particles(vae.model, num_particles), trace=guide_trace)).get_trace(x)
+    guide_trace, model_trace = _traces(vae, x, num_particles)
     z_q, z_p = guide_trace.nodes["z"], model_trace.nodes["z"]
     obs = model_trace.nodes["x"]
-    try:
-        kl = kl_divergence(z_q["fn"], z_p["fn"])[0]
-    except NotImplementedError:
-        kl = None
+    kl = closed_form_kl(z_q["fn"], z_p["fn"])
     return {
         "log_likelihood": obs["fn"].log_prob(obs["value"]),
         "log_prior": z_p["fn"].log_prob(z_p["value"]),
         "log_q": z_q["fn"].log_prob(z_q["value"]),
-        "kl": kl,
+        "kl": None if kl is None else kl[0],  # the same for every particle
     }
 
 
@@ -195,11 +188,11 @@ def elbo_per_example(vae: VAE, x: Tensor, estimator: str = "mc", num_particles: 
     ``"analytic"`` falls back to the sampled KL when the prior has no closed form, like
     :class:`~pyro.infer.TraceMeanField_ELBO`.
     """
+    if estimator not in ESTIMATORS:
+        raise ConfigError(f"estimator: unknown {estimator!r}; known: {', '.join(ESTIMATORS)}")
     terms = elbo_terms(vae, x, num_particles)
     if estimator == "analytic" and terms["kl"] is not None:
         return terms["log_likelihood"].mean(0) - terms["kl"]
-    if estimator not in ESTIMATORS:
-        raise ConfigError(f"estimator: unknown {estimator!r}; known: {', '.join(ESTIMATORS)}")
     return (terms["log_likelihood"] + terms["log_prior"] - terms["log_q"]).mean(0)
 
 

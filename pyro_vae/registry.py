@@ -20,7 +20,8 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
 
 from pyro_vae.errors import ConfigError
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from typing import Any, ContextManager
+from contextlib import AbstractContextManager
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -39,7 +40,7 @@ __all__ = ["VAE", "make_vae"]
 _instances = itertools.count()
 
 
-def kl_weight(beta: float) -> ContextManager[Any]:
+def kl_weight(beta: float) -> AbstractContextManager[Any]:
     r"""Weight the latent sites by ``beta`` in both model and guide, so the ELBO's KL term is scaled.
 
     .. math:: \mathcal L_\beta = \mathbb E_q[\log p(x\mid z)] - \beta\,\mathrm{KL}(q(z\mid x)\,\|\,p(z))

@@ -2,16 +2,17 @@
 
 import math
 
+import pyro.distributions as dist
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from torch.distributions import Normal, kl_divergence
 
-import pyro.distributions as dist
-from helpers import numerical_kl_from_normal
 from pyro_vae import gaussian_kl
 from pyro_vae.kl import gaussian_kl_elementwise
+
+from helpers import numerical_kl_from_normal
 
 # (loc_q, scale_q, loc_p, scale_p): standard and non-standard priors, tiny and huge scales.
 CASES = [

@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch.distributions import constraints
 
-from helpers import EVENT_SHAPE, tiny_vae
 from pyro_vae import LIKELIHOODS, Objective
+
+from helpers import EVENT_SHAPE, tiny_vae
 
 SPECS = [{"type": name} for name in LIKELIHOODS] + [
     {"type": "gaussian", "scale": 0.3},

@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from pyro import poutine
 
-from helpers import tiny_batch, tiny_vae
 from pyro_vae import Objective, elbo_per_example, evaluate_elbo, gaussian_kl, make_elbo
-from pyro_vae.objectives import kl_methods
 from pyro_vae.errors import ConfigError
+from pyro_vae.objectives import kl_methods
+
+from helpers import tiny_batch, tiny_vae
 
 NUM_DATA = 60
 

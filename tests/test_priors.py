@@ -12,9 +12,10 @@ import pytest
 import torch
 from torch.distributions import kl_divergence
 
-from helpers import numerical_kl_from_normal, tiny_batch, tiny_vae
 from pyro_vae import PRIORS, Objective
 from pyro_vae.priors import has_closed_form_kl
+
+from helpers import numerical_kl_from_normal, tiny_batch, tiny_vae
 
 SPECS = [{"type": name} for name in PRIORS] + [
     {"type": "normal", "learnable": False, "loc": 1.0, "scale": 2.0},
