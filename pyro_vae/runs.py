@@ -76,7 +76,7 @@ def _prepare_folder(out: Path, overwrite: bool) -> None:
 
 def _caption(config: Config) -> str:
     m, t = config.model, config.train
-    net = ",".join(str(h) for h in m.network.get("hidden", [])) or m.network["type"]
+    net = ",".join(str(h) for h in m.network.get("hidden", m.network.get("channels", [])))
     return (
         f"{config.data.dataset} | {m.network['type']} {net} | latent {m.latent_dim} | prior {m.prior['type']} | "
         f"likelihood {m.likelihood['type']} | elbo {t.elbo} x{t.num_particles} | beta {t.beta:g} | "
