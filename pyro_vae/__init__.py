@@ -10,6 +10,7 @@ from pyro_vae.data import Dataset, load_dataset
 from pyro_vae.errors import ConfigError, DataError, PyroVAEError, RunError
 from pyro_vae.kl import gaussian_kl
 from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.marginal import iwae_bound, log_likelihood
 from pyro_vae.networks import NETWORKS
 from pyro_vae.objectives import Objective, elbo_per_example, evaluate_elbo, make_elbo
 from pyro_vae.priors import PRIORS
@@ -28,6 +29,8 @@ __all__ = [
     "Objective",
     "elbo_per_example",
     "evaluate_elbo",
+    "log_likelihood",
+    "iwae_bound",
     "Dataset",
     "load_dataset",
     "fit",

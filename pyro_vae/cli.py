@@ -100,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     evaluate.add_argument("--split", choices=["train", "test"], default="test")
     evaluate.add_argument("--num-particles", type=_positive_int, default=1)
+    evaluate.add_argument("--num-samples", type=int, default=0, metavar="K", help="also estimate log p(x) by importance sampling with K samples per point")
     evaluate.add_argument("--batch-size", type=_positive_int, default=1000)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
@@ -136,13 +137,15 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from pyro_vae.runs import evaluate_run
 
-    result = evaluate_run(args.run_dir, args.split, args.num_particles, args.batch_size, args.device)
+    result = evaluate_run(args.run_dir, args.split, args.num_particles, args.batch_size, args.device, args.num_samples)
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"{result['run']} ({result['split']} split, {result['num_examples']} points, {result['num_particles']} particle(s))")
     for estimator in ("mc", "analytic"):
         print(f"  ELBO ({estimator:8s}) {result[f'elbo_{estimator}']:10.3f} ± {result[f'elbo_{estimator}_se']:.3f} nats per point")
+    if "log_likelihood" in result:
+        print(f"  log p(x) (IS, K={result['num_samples']}) {result['log_likelihood']:10.3f} ± {result['log_likelihood_se']:.3f} nats per point")
     return 0
 
 

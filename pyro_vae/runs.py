@@ -29,6 +29,7 @@ from pyro_vae.config import Config, resolve_device
 from pyro_vae.data import Dataset, load_dataset
 from pyro_vae.errors import RunError
 from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.marginal import log_likelihood
 from pyro_vae.objectives import evaluate_elbo
 from pyro_vae.plots import plot_reconstructions, plot_samples
 from pyro_vae.storage import atomic_write, load_checkpoint, save_checkpoint
@@ -187,8 +188,15 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[VAE, 
     return vae.to(device).eval(), config
 
 
-def evaluate_run(run_dir: str | Path, split: str = "test", num_particles: int = 1, batch_size: int = 1000, device: str = "auto") -> dict[str, Any]:
-    """ELBO of a split of a run's data set under both estimators, with standard errors (nats per point)."""
+def evaluate_run(
+    run_dir: str | Path, split: str = "test", num_particles: int = 1, batch_size: int = 1000, device: str = "auto", num_samples: int = 0
+) -> dict[str, Any]:
+    r"""ELBO of a split of a run's data set under both estimators, with standard errors (nats per point).
+
+    With ``num_samples = K > 0`` it adds ``log_likelihood``, the importance-sampled
+    :math:`\log p(x)` with ``K`` samples per point (see :func:`pyro_vae.marginal.log_likelihood`),
+    and its standard error over the data points.
+    """
     if split not in ("train", "test"):
         raise RunError(f"--split must be train or test (got {split!r})")
     if num_particles < 1:
@@ -198,6 +206,12 @@ def evaluate_run(run_dir: str | Path, split: str = "test", num_particles: int = 
     data = load_data(config, target)
     if tuple(data.event_shape) != tuple(vae.event_shape):
         raise RunError(f"data set {data.name} has points of shape {data.event_shape} but the run was trained on {vae.event_shape}")
+    if num_samples < 0:
+        raise RunError(f"--num-samples must be >= 0 (got {num_samples})")
     torch.manual_seed(config.train.seed)
     x = data.train if split == "train" else data.test
-    return {"run": str(run_dir), "split": split, "num_particles": num_particles, **evaluate_elbo(vae, x, num_particles, batch_size)}
+    result = {"run": str(run_dir), "split": split, "num_particles": num_particles, **evaluate_elbo(vae, x, num_particles, batch_size)}
+    if num_samples:
+        ll = log_likelihood(vae, x, num_samples=num_samples, batch_size=min(batch_size, 100)).double()
+        result.update(log_likelihood=ll.mean().item(), log_likelihood_se=ll.std().item() / len(ll) ** 0.5 if len(ll) > 1 else float("nan"), num_samples=num_samples)
+    return result
