@@ -5,6 +5,7 @@ priors, likelihoods and networks are registry entries chosen by name; the ELBO i
 Monte Carlo (``Trace_ELBO``) or with the closed-form Gaussian KL (``TraceMeanField_ELBO``).
 """
 
+from pyro_vae.compare import compare_estimators
 from pyro_vae.config import Config
 from pyro_vae.data import Dataset, load_dataset
 from pyro_vae.errors import ConfigError, DataError, PyroVAEError, RunError
@@ -14,7 +15,7 @@ from pyro_vae.marginal import iwae_bound, log_likelihood
 from pyro_vae.networks import NETWORKS
 from pyro_vae.objectives import Objective, elbo_per_example, evaluate_elbo, make_elbo
 from pyro_vae.priors import PRIORS
-from pyro_vae.runs import evaluate_run, load, train_run
+from pyro_vae.runs import compare_run, evaluate_run, load, train_run
 from pyro_vae.train import fit
 from pyro_vae.vae import VAE, make_vae
 
@@ -31,6 +32,8 @@ __all__ = [
     "evaluate_elbo",
     "log_likelihood",
     "iwae_bound",
+    "compare_estimators",
+    "compare_run",
     "Dataset",
     "load_dataset",
     "fit",

@@ -93,6 +93,15 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint-every", type=int, metavar="N", help="checkpoint every N epochs (0: only at the end)")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
 
+    compare = commands.add_parser("compare", help="analytic vs Monte Carlo ELBO on a trained run: values, errors, gradient variance, cost")
+    compare.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    compare.add_argument("--particles", type=_sizes, default=[1, 10, 100], metavar="1,10,100", help="numbers of particles L to compare")
+    compare.add_argument("--repeats", type=_positive_int, default=50, metavar="R", help="estimates per estimator and L")
+    compare.add_argument("--batch-size", type=_positive_int, default=100, help="points in the fixed batch")
+    compare.add_argument("--split", choices=["train", "test"], default="test")
+    compare.add_argument("--device", default="auto")
+    compare.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
     for kind in ("priors", "likelihoods", "networks"):
         commands.add_parser(kind, help=f"list the registered {kind} and their parameters")
 
@@ -149,6 +158,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from pyro_vae.compare import format_comparison
+    from pyro_vae.runs import compare_run
+
+    result = compare_run(args.run_dir, args.split, tuple(args.particles), args.repeats, args.batch_size, args.device)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_comparison(result))
+        print(f"written: {args.run_dir / 'compare.json'}, {args.run_dir / 'compare.png'}")
+    return 0
+
+
 def _summary(constructor: Any) -> str:
     return (inspect.getdoc(constructor) or "").split("\n\n")[0].replace("\n", " ")
 
@@ -184,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pyro-vae`` and ``python -m pyro_vae``; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        return {"train": _train, "evaluate": _evaluate}.get(args.command, _list)(args)
+        return {"train": _train, "evaluate": _evaluate, "compare": _compare}.get(args.command, _list)(args)
     except PyroVAEError as e:
         if args.debug:
             raise

@@ -57,7 +57,8 @@ def _pyplot() -> Any:
 
 def _save(fig: Any, path: Path, title: str, caption: str) -> None:
     fig.suptitle(title)
-    fig.text(0.5, 0.01, caption, ha="center", va="bottom", fontsize=7, wrap=True)
+    # Below the axes: savefig(bbox_inches="tight") grows the canvas to include it.
+    fig.text(0.5, -0.02, caption, ha="center", va="top", fontsize=7)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     _pyplot().close(fig)
@@ -74,7 +75,7 @@ def plot_reconstructions(vae: VAE, x: Tensor, path: str | Path, caption: str = "
         return False
     x = x[:num]
     both = torch.cat([x, vae.reconstruct(x).to(x.dtype)])
-    fig, ax = _pyplot().subplots(figsize=(max(4.0, 0.8 * len(x)), 2.4))
+    fig, ax = _pyplot().subplots(layout="constrained", figsize=(max(4.0, 0.8 * len(x)), 2.4))
     ax.imshow(_grid(both, 2, shape), cmap="gray_r", vmin=0, vmax=1)
     ax.set_yticks([(shape[0] - 1) / 2, shape[0] + (shape[0] - 1) / 2 + 1], ["input", "reconstruction"])
     ax.set_xticks([])
@@ -88,8 +89,42 @@ def plot_samples(vae: VAE, path: str | Path, caption: str = "", num: int = 64) -
     if shape is None:
         return False
     rows = math.isqrt(num)
-    fig, ax = _pyplot().subplots(figsize=(5, 5.4))
+    fig, ax = _pyplot().subplots(layout="constrained", figsize=(5, 5.4))
     ax.imshow(_grid(vae.sample(rows * rows), rows, shape), cmap="gray_r", vmin=0, vmax=1)
     ax.set_axis_off()
     _save(fig, Path(path), "Samples: decoded z ~ p(z)", caption)
     return True
+
+
+def plot_gradient_variance(result: dict, path: str | Path, caption: str = "") -> None:
+    """Log–log plot of the gradient's total variance against the number of particles, per estimator and group."""
+    plt = _pyplot()
+    rows = result["rows"]
+    groups = [g for g in rows[0]["grad_variance"] if rows[0]["grad_variance"][g] is not None]
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 3.8), squeeze=False, layout="constrained")
+    for ax, group in zip(axes[0], groups):
+        for estimator, style in (("mc", "o-"), ("analytic", "s--")):
+            points = [(r["num_particles"], r["grad_variance"][group]) for r in rows if r["estimator"] == estimator]
+            ax.loglog(*zip(*points), style, label=estimator)
+        ax.set_title(f"{group} gradient")
+        ax.set_xlabel("particles L")
+        ax.set_ylabel("total variance")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    _save(fig, Path(path), "Gradient variance of the two ELBO estimators against the number of particles", caption)
+
+
+def plot_curves(histories: dict[str, list[dict]], path: str | Path, title: str = "ELBO per epoch", caption: str = "") -> None:
+    """Train (dashed) and test (solid) ELBO per epoch for one or more runs, on one figure."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    for i, (label, history) in enumerate(histories.items()):
+        epochs = [h["epoch"] for h in history]
+        color = f"C{i}"
+        ax.plot(epochs, [h["train_elbo"] for h in history], "--", color=color, label=f"{label} (train)")
+        ax.plot(epochs, [h["test_elbo"] for h in history], "-", color=color, label=f"{label} (test)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("ELBO (nats per data point)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    _save(fig, Path(path), title, caption)

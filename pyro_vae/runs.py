@@ -25,18 +25,19 @@ from typing import Any
 import pyro
 import torch
 
+from pyro_vae.compare import compare_estimators
 from pyro_vae.config import Config, resolve_device
 from pyro_vae.data import Dataset, load_dataset
 from pyro_vae.errors import RunError
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.marginal import log_likelihood
 from pyro_vae.objectives import evaluate_elbo
-from pyro_vae.plots import plot_reconstructions, plot_samples
+from pyro_vae.plots import plot_gradient_variance, plot_reconstructions, plot_samples
 from pyro_vae.storage import atomic_write, load_checkpoint, save_checkpoint
 from pyro_vae.train import check_batch_size, fit
 from pyro_vae.vae import VAE, make_vae
 
-__all__ = ["train_run", "load", "evaluate_run", "load_data", "build_vae", "RUN_FILES"]
+__all__ = ["train_run", "load", "evaluate_run", "compare_run", "load_data", "build_vae", "RUN_FILES"]
 
 RUN_FILES = ("config.toml", "checkpoint.pt")
 
@@ -214,4 +215,28 @@ def evaluate_run(
     if num_samples:
         ll = log_likelihood(vae, x, num_samples=num_samples, batch_size=min(batch_size, 100)).double()
         result.update(log_likelihood=ll.mean().item(), log_likelihood_se=ll.std().item() / len(ll) ** 0.5 if len(ll) > 1 else float("nan"), num_samples=num_samples)
+    return result
+
+
+def compare_run(
+    run_dir: str | Path, split: str = "test", particles: tuple[int, ...] = (1, 10, 100), repeats: int = 50, batch_size: int = 100, device: str = "auto"
+) -> dict[str, Any]:
+    """Compare the two ELBO estimators on a fixed batch of a run's data (:func:`pyro_vae.compare.compare_estimators`).
+
+    Writes ``compare.json`` and ``compare.png`` (gradient variance against particles) into the run folder.
+    """
+    if split not in ("train", "test"):
+        raise RunError(f"--split must be train or test (got {split!r})")
+    if repeats < 2:
+        raise RunError(f"--repeats must be >= 2 to estimate a variance (got {repeats})")
+    if not particles or min(particles) < 1:
+        raise RunError(f"--particles must be positive whole numbers such as 1,10,100 (got {','.join(map(str, particles))})")
+    target = resolve_device(device)
+    vae, config = load(run_dir, target)
+    data = load_data(config, target)
+    x = (data.train if split == "train" else data.test)[:batch_size]
+    torch.manual_seed(config.train.seed)
+    result = {"run": str(run_dir), "split": split, **compare_estimators(vae, x, particles, repeats)}
+    atomic_write(Path(run_dir) / "compare.json", json.dumps(result, indent=2) + "\n")
+    plot_gradient_variance(result, Path(run_dir) / "compare.png", f"{_caption(config)} | {len(x)} {split} points, {repeats} repeats")
     return result

@@ -121,3 +121,16 @@ def test_evaluate_adds_the_importance_sampled_log_likelihood(trained, capsys):
     assert report["num_samples"] == 50 and report["log_likelihood_se"] > 0
     # log p(x) ≥ ELBO for every point, so the means are ordered too (beyond their shared noise).
     assert report["log_likelihood"] > report["elbo_analytic"] - 4 * report["elbo_analytic_se"]
+
+
+def test_compare_writes_table_json_and_plot(trained, capsys):
+    out = trained[0]
+    assert main(["compare", str(out), "--particles", "1,4", "--repeats", "5", "--batch-size", "20"]) == 0
+    text = capsys.readouterr().out
+    assert "mc - analytic" in text and "var encoder" in text
+    assert (out / "compare.png").stat().st_size > 0
+    saved = json.loads((out / "compare.json").read_text())
+    assert [r["num_particles"] for r in saved["rows"]] == [1, 1, 4, 4]
+    assert main(["compare", str(out), "--particles", "2", "--repeats", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["repeats"] == 3
+    assert main(["compare", str(out), "--repeats", "1"]) == 2

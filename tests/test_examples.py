@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-SMOKE_RUNS = {"quickstart.py": []}
+SMOKE_RUNS = {"quickstart.py": [], "analytic_vs_mc.py": []}
 
 
 def test_every_example_is_listed():
     assert {p.name for p in EXAMPLES.glob("*.py")} == set(SMOKE_RUNS)
 
 
+@pytest.mark.slow  # subprocesses: a few seconds each
 @pytest.mark.parametrize("name", sorted(SMOKE_RUNS))
 def test_example_runs_in_smoke_mode(name, tmp_path):
     result = subprocess.run(
