@@ -1,4 +1,4 @@
-"""The ``pyro-vae`` command line: ``train``, ``evaluate``, and ``priors`` / ``likelihoods`` / ``networks`` listings.
+"""The ``pyro-vae`` command line: ``train``, ``evaluate``, ``compare``, ``plot``, and ``priors`` / ``likelihoods`` / ``networks`` listings.
 
 Errors caused by input (a config value, a data file, a run folder) print one line and exit with
 status 2; ``--debug`` shows the traceback instead.
@@ -102,6 +102,10 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--device", default="auto")
     compare.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
+    plot = commands.add_parser("plot", help="draw (again) the pictures of a trained run")
+    plot.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    plot.add_argument("--device", default="auto")
+
     for kind in ("priors", "likelihoods", "networks"):
         commands.add_parser(kind, help=f"list the registered {kind} and their parameters")
 
@@ -171,6 +175,14 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot(args: argparse.Namespace) -> int:
+    from pyro_vae.runs import plot_run
+
+    for path in plot_run(args.run_dir, args.device):
+        print(path)
+    return 0
+
+
 def _summary(constructor: Any) -> str:
     return (inspect.getdoc(constructor) or "").split("\n\n")[0].replace("\n", " ")
 
@@ -206,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pyro-vae`` and ``python -m pyro_vae``; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        return {"train": _train, "evaluate": _evaluate, "compare": _compare}.get(args.command, _list)(args)
+        return {"train": _train, "evaluate": _evaluate, "compare": _compare, "plot": _plot}.get(args.command, _list)(args)
     except PyroVAEError as e:
         if args.debug:
             raise

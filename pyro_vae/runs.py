@@ -32,12 +32,12 @@ from pyro_vae.errors import RunError
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.marginal import log_likelihood
 from pyro_vae.objectives import evaluate_elbo
-from pyro_vae.plots import plot_gradient_variance, plot_reconstructions, plot_samples
+from pyro_vae.plots import plot_curves, plot_gradient_variance, plot_latent_space, plot_manifold, plot_reconstructions, plot_samples
 from pyro_vae.storage import atomic_write, load_checkpoint, save_checkpoint
 from pyro_vae.train import check_batch_size, fit
 from pyro_vae.vae import VAE, make_vae
 
-__all__ = ["train_run", "load", "evaluate_run", "compare_run", "load_data", "build_vae", "RUN_FILES"]
+__all__ = ["train_run", "load", "evaluate_run", "compare_run", "plot_run", "draw_pictures", "load_data", "build_vae", "RUN_FILES"]
 
 RUN_FILES = ("config.toml", "checkpoint.pt")
 
@@ -134,15 +134,7 @@ def train_run(config: Config, out: str | Path, overwrite: bool = False, progress
     )
     seconds = time.perf_counter() - start
     vae.eval()
-    caption = _caption(config)
-    pictures = [
-        name
-        for name, drawn in (
-            ("reconstructions.png", plot_reconstructions(vae, data.test, out / "reconstructions.png", caption)),
-            ("samples.png", plot_samples(vae, out / "samples.png", caption)),
-        )
-        if drawn
-    ]
+    pictures = draw_pictures(vae, data, history, out, _caption(config))
     final = evaluate_elbo(vae, data.test)
     summary = {
         "run": str(out),
@@ -158,6 +150,37 @@ def train_run(config: Config, out: str | Path, overwrite: bool = False, progress
     }
     atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def draw_pictures(vae: VAE, data: Dataset, history: list[dict], out: Path, caption: str) -> list[str]:
+    """Every picture of a run, written into ``out``; returns the file names drawn."""
+    drawn = []
+    if plot_reconstructions(vae, data.test, out / "reconstructions.png", caption):
+        drawn.append("reconstructions.png")
+    if plot_samples(vae, out / "samples.png", caption):
+        drawn.append("samples.png")
+    plot_latent_space(vae, data.test, data.test_labels, out / "latent.png", caption)
+    drawn.append("latent.png")
+    if plot_manifold(vae, out / "manifold.png", data.test, caption):
+        drawn.append("manifold.png")
+    if history:
+        both = all("test_elbo_mc" in h for h in history)  # runs written before both estimators were logged have one
+        keys = ("train_elbo", "test_elbo_mc", "test_elbo_analytic") if both else ("train_elbo", "test_elbo")
+        plot_curves({"": history}, out / "curves.png", "ELBO per epoch", caption, keys=keys)
+        drawn.append("curves.png")
+    return drawn
+
+
+def plot_run(run_dir: str | Path, device: str = "auto") -> list[str]:
+    """Draw (again) every picture of a finished run from its checkpoint and metrics; returns their paths."""
+    run_dir = Path(run_dir)
+    target = resolve_device(device)
+    vae, config = load(run_dir, target)
+    data = load_data(config, target)
+    metrics = run_dir / "metrics.jsonl"
+    history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
+    torch.manual_seed(config.train.seed)
+    return [str(run_dir / name) for name in draw_pictures(vae, data, history, run_dir, _caption(config))]
 
 
 def _check_run(run_dir: Path) -> None:

@@ -134,3 +134,13 @@ def test_compare_writes_table_json_and_plot(trained, capsys):
     assert main(["compare", str(out), "--particles", "2", "--repeats", "3", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["repeats"] == 3
     assert main(["compare", str(out), "--repeats", "1"]) == 2
+
+
+def test_plot_redraws_every_picture(trained, capsys):
+    out = trained[0]
+    for name in ("latent.png", "manifold.png", "curves.png"):
+        (out / name).unlink()
+    assert main(["plot", str(out)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert {Path(p).name for p in printed} == {"reconstructions.png", "samples.png", "latent.png", "manifold.png", "curves.png"}
+    assert all(Path(p).stat().st_size > 0 for p in printed)

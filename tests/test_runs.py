@@ -30,7 +30,7 @@ def run_dir(tmp_path_factory):
 
 def test_run_folder_contents(run_dir):
     files = {p.name for p in run_dir.iterdir()}
-    assert files == {"config.toml", "metrics.jsonl", "checkpoint.pt", "reconstructions.png", "samples.png", "summary.json"}
+    assert files == {"config.toml", "metrics.jsonl", "checkpoint.pt", "summary.json", "reconstructions.png", "samples.png", "latent.png", "manifold.png", "curves.png"}
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert all({"train_elbo", "test_elbo", "seconds"} <= set(m) for m in metrics)
@@ -137,3 +137,14 @@ def test_atomic_write_leaves_no_temporary_files(run_dir):
     assert not [name for name in os.listdir(run_dir) if name.endswith(".tmp")]
     state = load_checkpoint(run_dir / "checkpoint.pt")
     assert set(state) >= {"format", "config", "event_shape", "epoch", "model", "optimizer"}
+
+
+def test_non_image_data_get_the_pictures_that_make_sense(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "points.npy"
+    np.save(path, np.random.default_rng(0).random((300, 5)).astype(np.float32))
+    config = Config.from_dict({**json.loads(json.dumps(TINY)), "data": {"dataset": str(path)}})
+    summary = train_run(config, tmp_path / "run", progress=False)
+    assert {"latent.png", "curves.png"} <= set(summary["files"])
+    assert not {"reconstructions.png", "samples.png", "manifold.png"} & set(summary["files"])
