@@ -143,7 +143,7 @@ def test_non_image_data_get_the_pictures_that_make_sense(tmp_path):
     import numpy as np
 
     path = tmp_path / "points.npy"
-    np.save(path, np.random.default_rng(0).random((300, 5)).astype(np.float32))
+    np.save(path, np.random.default_rng(0).random((400, 5)).astype(np.float32))
     config = Config.from_dict({**json.loads(json.dumps(TINY)), "data": {"dataset": str(path)}})
     summary = train_run(config, tmp_path / "run", progress=False)
     assert {"latent.png", "curves.png"} <= set(summary["files"])
