@@ -23,7 +23,9 @@ __all__ = [
     "plot_reconstructions",
     "plot_samples",
     "plot_latent_space",
+    "plot_latent_spaces",
     "plot_manifold",
+    "latent_grid",
     "plot_curves",
     "plot_gradient_variance",
     "principal_directions",
@@ -72,7 +74,16 @@ def _save(fig: Any, path: Path, title: str, caption: str) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     _pyplot().close(fig)
-    atomic_write(path, buffer.getvalue())
+    atomic_write(path, palette_png(buffer.getvalue()))
+
+
+def palette_png(png: bytes) -> bytes:
+    """A PNG re-encoded with a 256-colour palette: plots look the same at a third of the size."""
+    from PIL import Image  # Pillow comes with matplotlib
+
+    out = io.BytesIO()
+    Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(out, format="PNG", optimize=True)
+    return out.getvalue()
 
 
 def plot_reconstructions(vae: VAE, x: Tensor, path: str | Path, caption: str = "", num: int = 10) -> bool:
@@ -170,61 +181,89 @@ def posterior_means(vae: VAE, x: Tensor, batch_size: int = 1000) -> Tensor:
     return torch.cat([vae.encode(xb).mean for xb in x.split(batch_size)])
 
 
-def plot_latent_space(vae: VAE, x: Tensor, labels: Tensor | None, path: str | Path, caption: str = "", max_points: int = 5000) -> None:
-    """Posterior means of ``x`` coloured by label: the 2-D latent itself, or its first two principal components."""
-    plt = _pyplot()
+def _latent_coordinates(vae: VAE, x: Tensor, max_points: int) -> tuple[Tensor, tuple[str, str], str]:
+    """2-D coordinates of the posterior means of ``x``: the latent itself, or its first two principal components."""
     z = posterior_means(vae, x[:max_points]).double().cpu()
     if vae.latent_dim == 2:
-        coords, axis_names, how = z, ("z₁", "z₂"), "the 2-D latent"
-    else:
-        mean, directions, explained = principal_directions(z)
-        coords = (z - mean) @ directions.T
-        axis_names = tuple(f"principal component {i + 1} ({100 * e:.0f}% of variance)" for i, e in enumerate(explained.tolist()))
-        how = f"the {vae.latent_dim}-D latent projected on its first two principal components"
-    fig, ax = plt.subplots(figsize=(6.0, 5.2), layout="constrained")
+        return z, ("z₁", "z₂"), "the 2-D latent"
+    mean, directions, explained = principal_directions(z)
+    names = tuple(f"principal component {i + 1} ({100 * e:.0f}% of variance)" for i, e in enumerate(explained.tolist()))
+    return (z - mean) @ directions.T, names, f"the {vae.latent_dim}-D latent on its first two principal components"  # type: ignore[return-value]
+
+
+def _scatter_latent(fig: Any, ax: Any, vae: VAE, x: Tensor, labels: Tensor | None, max_points: int) -> str:
+    coords, names, how = _latent_coordinates(vae, x, max_points)
     if labels is None:
         ax.scatter(coords[:, 0], coords[:, 1], s=4, alpha=0.6)
     else:
-        labels = labels[:max_points].cpu()
-        points = ax.scatter(coords[:, 0], coords[:, 1], c=labels, cmap="tab10", s=4, alpha=0.7, vmin=-0.5, vmax=9.5)
+        points = ax.scatter(coords[:, 0], coords[:, 1], c=labels[:max_points].cpu(), cmap="tab10", s=4, alpha=0.7, vmin=-0.5, vmax=9.5)
         fig.colorbar(points, ax=ax, ticks=range(10), label="label")
-    ax.set_xlabel(axis_names[0])
-    ax.set_ylabel(axis_names[1])
+    ax.set_xlabel(names[0])
+    ax.set_ylabel(names[1])
     ax.grid(True, alpha=0.3)
-    _save(fig, Path(path), f"Latent space: posterior means of {len(z)} test points, {how}", caption)
+    return how
+
+
+def latent_grid(vae: VAE, x: Tensor | None = None, n: int = 15, limit: float = 2.0) -> tuple[Tensor, tuple[str, str]]:
+    """Codes on a regular n×n grid over [−limit, limit]², row by row from the top left.
+
+    A 2-D latent is gridded directly; a larger one over the plane through the origin spanned by
+    the first two principal directions of the posterior means of ``x``.
+    """
+    a, b = torch.meshgrid(torch.linspace(-limit, limit, n), torch.linspace(limit, -limit, n), indexing="xy")
+    grid = torch.stack([a.flatten(), b.flatten()], -1).double()
+    if vae.latent_dim == 2:
+        return grid, ("z₁", "z₂")
+    if x is None:
+        raise ValueError("a latent of more than 2 dimensions needs data x to find its principal directions")
+    _, directions, _ = principal_directions(posterior_means(vae, x).double().cpu())
+    return grid @ directions, ("along principal direction 1", "along principal direction 2")
 
 
 @torch.no_grad()
-def plot_manifold(vae: VAE, path: str | Path, x: Tensor | None = None, caption: str = "", n: int = 15, limit: float = 2.0) -> bool:
-    """Images decoded from a regular n×n grid over [−limit, limit]² of the latent.
-
-    A 2-D latent is gridded directly. A larger one is gridded over the plane through the origin
-    spanned by the first two principal directions of the posterior means of ``x``.
-    Returns ``False`` (and draws nothing) when the data are not images.
-    """
-    plt = _pyplot()
+def _draw_grid(ax: Any, vae: VAE, x: Tensor | None, n: int, limit: float) -> None:
     shape = image_shape(vae.event_shape)
-    if shape is None:
-        return False
-    values = torch.linspace(limit, -limit, n)  # top row: largest second coordinate
-    a, b = torch.meshgrid(torch.linspace(-limit, limit, n), values, indexing="xy")
-    grid = torch.stack([a.flatten(), b.flatten()], -1)
-    if vae.latent_dim == 2:
-        z, axis_names = grid, ("z₁", "z₂")
-    else:
-        if x is None:
-            raise ValueError("a latent of more than 2 dimensions needs data x to find its principal directions")
-        _, directions, _ = principal_directions(posterior_means(vae, x).double().cpu())
-        z, axis_names = grid.double() @ directions, ("along principal direction 1", "along principal direction 2")
-    param = next(vae.parameters())
-    images = vae.decode(z.to(param)).mean
-    fig, ax = plt.subplots(figsize=(6.0, 6.2), layout="constrained")
+    z, names = latent_grid(vae, x, n, limit)
+    images = vae.decode(z.to(next(vae.parameters()))).mean
     h, w = shape
     ax.imshow(_grid(images, n, shape), cmap="gray_r", vmin=0, vmax=1)
     ticks = [0, n // 2, n - 1]
     ax.set_xticks([t * (w + 1) + w / 2 for t in ticks], [f"{-limit + 2 * limit * t / (n - 1):g}" for t in ticks])
     ax.set_yticks([t * (h + 1) + h / 2 for t in ticks], [f"{limit - 2 * limit * t / (n - 1):g}" for t in ticks])
-    ax.set_xlabel(axis_names[0])
-    ax.set_ylabel(axis_names[1])
+    ax.set_xlabel(names[0])
+    ax.set_ylabel(names[1])
+
+
+def plot_latent_space(vae: VAE, x: Tensor, labels: Tensor | None, path: str | Path, caption: str = "", max_points: int = 5000) -> None:
+    """Posterior means of ``x`` coloured by label: the 2-D latent itself, or its first two principal components."""
+    fig, ax = _pyplot().subplots(figsize=(6.0, 5.2), layout="constrained")
+    how = _scatter_latent(fig, ax, vae, x, labels, max_points)
+    _save(fig, Path(path), f"Latent space: posterior means of {min(len(x), max_points)} test points, {how}", caption)
+
+
+def plot_manifold(vae: VAE, path: str | Path, x: Tensor | None = None, caption: str = "", n: int = 15, limit: float = 2.0) -> bool:
+    """Images decoded from a regular n×n grid over [−limit, limit]² of the latent (see :func:`latent_grid`).
+
+    Returns ``False`` (and draws nothing) when the data are not images.
+    """
+    if image_shape(vae.event_shape) is None:
+        return False
+    fig, ax = _pyplot().subplots(figsize=(6.0, 6.2), layout="constrained")
+    _draw_grid(ax, vae, x, n, limit)
     _save(fig, Path(path), f"Decoded latent grid over [{-limit:g}, {limit:g}]²", caption)
     return True
+
+
+def plot_latent_spaces(
+    vaes: dict[str, VAE], x: Tensor, labels: Tensor | None, path: str | Path, caption: str = "", grids: bool = False, max_points: int = 5000
+) -> None:
+    """Several models side by side: the latent space of each (and, with ``grids``, its decoded [−2, 2]² grid below)."""
+    plt = _pyplot()
+    rows = 2 if grids and image_shape(next(iter(vaes.values())).event_shape) else 1
+    fig, axes = plt.subplots(rows, len(vaes), figsize=(4.6 * len(vaes), 4.2 * rows), squeeze=False, layout="constrained")
+    for col, (name, vae) in enumerate(vaes.items()):
+        _scatter_latent(fig, axes[0, col], vae, x, labels, max_points)
+        axes[0, col].set_title(name)
+        if rows == 2:
+            _draw_grid(axes[1, col], vae, x, 15, 2.0)
+    _save(fig, Path(path), "Posterior means of the test set" + (" and decoded latent grids" if rows == 2 else ""), caption)

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-SMOKE_RUNS = {"quickstart.py": [], "analytic_vs_mc.py": []}
+SMOKE_RUNS = {
+    "quickstart.py": [],
+    "analytic_vs_mc.py": [],
+    "latent_space_with_without_kl.py": [],
+    "swap_priors.py": [],
+    "custom_prior.py": [],
+}
 
 
 def test_every_example_is_listed():
