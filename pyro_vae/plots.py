@@ -191,17 +191,17 @@ def _latent_coordinates(vae: VAE, x: Tensor, max_points: int) -> tuple[Tensor, t
     return (z - mean) @ directions.T, names, f"the {vae.latent_dim}-D latent on its first two principal components"  # type: ignore[return-value]
 
 
-def _scatter_latent(fig: Any, ax: Any, vae: VAE, x: Tensor, labels: Tensor | None, max_points: int) -> str:
+def _scatter_latent(ax: Any, vae: VAE, x: Tensor, labels: Tensor | None, max_points: int) -> tuple[Any, str]:
+    """Scatter the posterior means on ``ax``; returns the artist (for a colour bar) and how they were projected."""
     coords, names, how = _latent_coordinates(vae, x, max_points)
     if labels is None:
-        ax.scatter(coords[:, 0], coords[:, 1], s=4, alpha=0.6)
+        points = ax.scatter(coords[:, 0], coords[:, 1], s=4, alpha=0.6)
     else:
         points = ax.scatter(coords[:, 0], coords[:, 1], c=labels[:max_points].cpu(), cmap="tab10", s=4, alpha=0.7, vmin=-0.5, vmax=9.5)
-        fig.colorbar(points, ax=ax, ticks=range(10), label="label")
     ax.set_xlabel(names[0])
     ax.set_ylabel(names[1])
     ax.grid(True, alpha=0.3)
-    return how
+    return points, how
 
 
 def latent_grid(vae: VAE, x: Tensor | None = None, n: int = 15, limit: float = 2.0) -> tuple[Tensor, tuple[str, str]]:
@@ -237,7 +237,9 @@ def _draw_grid(ax: Any, vae: VAE, x: Tensor | None, n: int, limit: float) -> Non
 def plot_latent_space(vae: VAE, x: Tensor, labels: Tensor | None, path: str | Path, caption: str = "", max_points: int = 5000) -> None:
     """Posterior means of ``x`` coloured by label: the 2-D latent itself, or its first two principal components."""
     fig, ax = _pyplot().subplots(figsize=(6.0, 5.2), layout="constrained")
-    how = _scatter_latent(fig, ax, vae, x, labels, max_points)
+    points, how = _scatter_latent(ax, vae, x, labels, max_points)
+    if labels is not None:
+        fig.colorbar(points, ax=ax, ticks=range(10), label="label")
     _save(fig, Path(path), f"Latent space: posterior means of {min(len(x), max_points)} test points, {how}", caption)
 
 
@@ -257,13 +259,26 @@ def plot_manifold(vae: VAE, path: str | Path, x: Tensor | None = None, caption: 
 def plot_latent_spaces(
     vaes: dict[str, VAE], x: Tensor, labels: Tensor | None, path: str | Path, caption: str = "", grids: bool = False, max_points: int = 5000
 ) -> None:
-    """Several models side by side: the latent space of each (and, with ``grids``, its decoded [−2, 2]² grid below)."""
+    """Several models side by side: the latent space of each, at most four to a row.
+
+    With ``grids`` (image data), each model's decoded [−2, 2]² grid is drawn below its latent space.
+    """
     plt = _pyplot()
-    rows = 2 if grids and image_shape(next(iter(vaes.values())).event_shape) else 1
-    fig, axes = plt.subplots(rows, len(vaes), figsize=(4.6 * len(vaes), 4.2 * rows), squeeze=False, layout="constrained")
-    for col, (name, vae) in enumerate(vaes.items()):
-        _scatter_latent(fig, axes[0, col], vae, x, labels, max_points)
-        axes[0, col].set_title(name)
-        if rows == 2:
-            _draw_grid(axes[1, col], vae, x, 15, 2.0)
-    _save(fig, Path(path), "Posterior means of the test set" + (" and decoded latent grids" if rows == 2 else ""), caption)
+    grids = grids and image_shape(next(iter(vaes.values())).event_shape) is not None
+    cols = min(4, len(vaes))
+    blocks = math.ceil(len(vaes) / cols)
+    rows = blocks * (2 if grids else 1)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.0 * rows), squeeze=False, layout="constrained")
+    for i, (name, vae) in enumerate(vaes.items()):
+        block, col = divmod(i, cols)
+        top = axes[block * (2 if grids else 1), col]
+        points, _ = _scatter_latent(top, vae, x, labels, max_points)
+        top.set_title(name)
+        if grids:
+            _draw_grid(axes[block * 2 + 1, col], vae, x, 15, 2.0)
+    for j in range(len(vaes), blocks * cols):  # empty cells of the last row
+        for r in range(2 if grids else 1):
+            axes[(j // cols) * (2 if grids else 1) + r, j % cols].set_axis_off()
+    if labels is not None:
+        fig.colorbar(points, ax=axes.ravel().tolist(), ticks=range(10), label="label", shrink=0.6)
+    _save(fig, Path(path), "Posterior means of the test set" + (" and decoded latent grids" if grids else ""), caption)
