@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     print(f"\n{args.dataset}: {len(data.train)} train / {len(data.test)} test images; mlp {hidden}, latent {args.latent_dim}, "
           f"Bernoulli, Adam 1e-3, {epochs} epochs, analytic ELBO; test ELBO with 10 particles, log p(x) with K = {num_samples}; nats per image")
+    print()
     print("| prior | KL | test ELBO (mc) | test ELBO (analytic) | log p(x) | s / epoch |")
     print("|---|---|---:|---:|---:|---:|")
     for r in rows:
