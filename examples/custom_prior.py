@@ -2,6 +2,7 @@
 
     python examples/custom_prior.py --smoke      # digits, two epochs
     python examples/custom_prior.py              # digits, 50 epochs
+    python examples/custom_prior.py --dataset mnist --data-root ../shared/data
 
 The prior is a product of Cauchy distributions, whose tails are heavier than any Student-t with
 more than one degree of freedom. Nothing in the library changes: one class, one registration,
@@ -35,6 +36,10 @@ class Cauchy(Prior):
 
 
 CONFIG = """
+[data]
+dataset = "{dataset}"
+data_root = "{data_root}"
+
 [model]
 latent_dim = 2
 prior = {{ type = "cauchy", scale = 0.5 }}
@@ -49,9 +54,12 @@ elbo = "analytic"   # no closed-form KL(Normal || Cauchy): the run says it sampl
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="two epochs with a small network")
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--data-root", default="data")
+    parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--out", default="runs/custom-prior", help="run folder")
     args = parser.parse_args(argv)
-    text = CONFIG.format(hidden=[64] if args.smoke else [512, 256], epochs=2 if args.smoke else 50)
+    text = CONFIG.format(dataset=args.dataset, data_root=args.data_root, hidden=[64] if args.smoke else [512, 256], epochs=2 if args.smoke else args.epochs)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "cauchy.toml"
         path.write_text(text)
