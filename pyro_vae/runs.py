@@ -152,6 +152,17 @@ def train_run(config: Config, out: str | Path, overwrite: bool = False, progress
     return summary
 
 
+def _open_run(run_dir: str | Path, device: str) -> tuple[VAE, Config, Dataset]:
+    """A finished run's trained VAE, config and data set, on ``device``, with torch seeded from the config."""
+    target = resolve_device(device)
+    vae, config = load(run_dir, target)
+    data = load_data(config, target)
+    if tuple(data.event_shape) != tuple(vae.event_shape):
+        raise RunError(f"data set {data.name} has points of shape {data.event_shape} but the run was trained on {vae.event_shape}")
+    torch.manual_seed(config.train.seed)
+    return vae, config, data
+
+
 def draw_pictures(vae: VAE, data: Dataset, history: list[dict], out: Path, caption: str) -> list[str]:
     """Every picture of a run, written into ``out``; returns the file names drawn."""
     drawn = []
@@ -174,12 +185,9 @@ def draw_pictures(vae: VAE, data: Dataset, history: list[dict], out: Path, capti
 def plot_run(run_dir: str | Path, device: str = "auto") -> list[str]:
     """Draw (again) every picture of a finished run from its checkpoint and metrics; returns their paths."""
     run_dir = Path(run_dir)
-    target = resolve_device(device)
-    vae, config = load(run_dir, target)
-    data = load_data(config, target)
+    vae, config, data = _open_run(run_dir, device)
     metrics = run_dir / "metrics.jsonl"
     history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
-    torch.manual_seed(config.train.seed)
     return [str(run_dir / name) for name in draw_pictures(vae, data, history, run_dir, _caption(config))]
 
 
@@ -225,14 +233,9 @@ def evaluate_run(
         raise RunError(f"--split must be train or test (got {split!r})")
     if num_particles < 1:
         raise RunError(f"--num-particles must be >= 1 (got {num_particles})")
-    target = resolve_device(device)
-    vae, config = load(run_dir, target)
-    data = load_data(config, target)
-    if tuple(data.event_shape) != tuple(vae.event_shape):
-        raise RunError(f"data set {data.name} has points of shape {data.event_shape} but the run was trained on {vae.event_shape}")
     if num_samples < 0:
         raise RunError(f"--num-samples must be >= 0 (got {num_samples})")
-    torch.manual_seed(config.train.seed)
+    vae, _, data = _open_run(run_dir, device)
     x = data.train if split == "train" else data.test
     result = {"run": str(run_dir), "split": split, "num_particles": num_particles, **evaluate_elbo(vae, x, num_particles, batch_size)}
     if num_samples:
@@ -254,11 +257,8 @@ def compare_run(
         raise RunError(f"--repeats must be >= 2 to estimate a variance (got {repeats})")
     if not particles or min(particles) < 1:
         raise RunError(f"--particles must be positive whole numbers such as 1,10,100 (got {','.join(map(str, particles))})")
-    target = resolve_device(device)
-    vae, config = load(run_dir, target)
-    data = load_data(config, target)
+    vae, config, data = _open_run(run_dir, device)
     x = (data.train if split == "train" else data.test)[:batch_size]
-    torch.manual_seed(config.train.seed)
     result = {"run": str(run_dir), "split": split, **compare_estimators(vae, x, particles, repeats)}
     atomic_write(Path(run_dir) / "compare.json", json.dumps(result, indent=2) + "\n")
     plot_gradient_variance(result, Path(run_dir) / "compare.png", f"{_caption(config)} | {len(x)} {split} points, {repeats} repeats")
