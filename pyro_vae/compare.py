@@ -25,12 +25,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pyro_vae.objectives import Objective, kl_methods
+from pyro_vae.objectives import ESTIMATORS, Objective, kl_methods
 from pyro_vae.vae import VAE
 
 __all__ = ["compare_estimators", "parameter_groups", "format_comparison"]
 
-ESTIMATORS = ("mc", "analytic")
 
 
 def parameter_groups(vae: VAE) -> dict[str, list[torch.nn.Parameter]]:

@@ -30,7 +30,7 @@ import torch
 from pyro_vae.errors import ConfigError
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.networks import NETWORKS
-from pyro_vae.objectives import ESTIMATORS
+from pyro_vae.objectives import check_estimator
 from pyro_vae.priors import PRIORS
 from pyro_vae.registry import AtLeast, check_value
 
@@ -118,8 +118,7 @@ class Config:
         if unknown:
             raise ConfigError(f"{unknown[0]}: unknown table; allowed: {', '.join(sections)}")
         config = cls(**{name: _section(sc, values.get(name, {}), name) for name, sc in sections.items()})
-        if config.train.elbo not in ESTIMATORS:
-            raise ConfigError(f"train.elbo: unknown estimator {config.train.elbo!r}; known: {', '.join(ESTIMATORS)}")
+        check_estimator(config.train.elbo)
         resolve_device(config.train.device)
         return config
 

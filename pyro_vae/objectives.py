@@ -34,7 +34,7 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.kl import closed_form_kl  # importing kl also registers the Gaussian closed form
 from pyro_vae.vae import VAE
 
-__all__ = ["ESTIMATORS", "Objective", "make_elbo", "kl_methods", "elbo_terms", "elbo_per_example", "evaluate_elbo"]
+__all__ = ["ESTIMATORS", "Objective", "check_estimator", "make_elbo", "kl_methods", "elbo_terms", "elbo_per_example", "evaluate_elbo"]
 
 
 class _JitTrace_ELBO(JitTrace_ELBO):
@@ -74,6 +74,12 @@ ESTIMATORS: dict[str, tuple[type[ELBO], type[ELBO]]] = {
 }
 
 
+def check_estimator(estimator: str, path: str = "train.elbo") -> None:
+    """A :class:`ConfigError` naming the known estimators unless ``estimator`` is one of them."""
+    if estimator not in ESTIMATORS:
+        raise ConfigError(f"{path}: unknown estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
+
+
 def make_elbo(estimator: str = "mc", num_particles: int = 1, jit: bool = False) -> ELBO:
     """A Pyro ELBO for the VAE's model/guide pair.
 
@@ -84,8 +90,7 @@ def make_elbo(estimator: str = "mc", num_particles: int = 1, jit: bool = False) 
         jit: compile the estimator (Pyro's ``JitTrace_ELBO`` / ``JitTraceMeanField_ELBO``).
             The batch shape is fixed at the first call, so give it equal-sized batches.
     """
-    if estimator not in ESTIMATORS:
-        raise ConfigError(f"train.elbo: unknown estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
+    check_estimator(estimator)
     if num_particles < 1:
         raise ConfigError(f"train.num_particles must be >= 1 (got {num_particles})")
     cls = ESTIMATORS[estimator][int(jit)]
@@ -183,9 +188,7 @@ def elbo_terms(vae: VAE, x: Tensor, num_particles: int = 1) -> dict[str, Tensor 
 
 
 def _combine(terms: dict[str, Tensor | None], estimator: str) -> Tensor:
-    """The per-example ELBO that ``estimator`` forms from the terms of :func:`elbo_terms`."""
-    if estimator not in ESTIMATORS:
-        raise ConfigError(f"estimator: unknown {estimator!r}; known: {', '.join(ESTIMATORS)}")
+    """The per-example ELBO that ``estimator`` (already checked) forms from the terms of :func:`elbo_terms`."""
     if estimator == "analytic" and terms["kl"] is not None:
         return terms["log_likelihood"].mean(0) - terms["kl"]
     return (terms["log_likelihood"] + terms["log_prior"] - terms["log_q"]).mean(0)
@@ -197,8 +200,7 @@ def elbo_per_example(vae: VAE, x: Tensor, estimator: str = "mc", num_particles: 
     ``"analytic"`` falls back to the sampled KL when the prior has no closed form, like
     :class:`~pyro.infer.TraceMeanField_ELBO`.
     """
-    if estimator not in ESTIMATORS:
-        raise ConfigError(f"estimator: unknown {estimator!r}; known: {', '.join(ESTIMATORS)}")
+    check_estimator(estimator, "estimator")
     return _combine(elbo_terms(vae, x, num_particles), estimator)
 
 
@@ -221,6 +223,8 @@ def evaluate_elbo(
         ``{"elbo_mc", "elbo_mc_se", "elbo_analytic", "elbo_analytic_se", "num_examples"}``
         (one pair per estimator asked for), in nats per data point.
     """
+    for e in estimators:
+        check_estimator(e, "estimators")
     was_training = vae.training
     vae.eval()
     try:
