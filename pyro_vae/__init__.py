@@ -13,7 +13,7 @@ from pyro_vae.kl import gaussian_kl
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.marginal import iwae_bound, log_likelihood
 from pyro_vae.networks import NETWORKS
-from pyro_vae.objectives import Objective, elbo_per_example, evaluate_elbo, make_elbo
+from pyro_vae.objectives import Objective, elbo_per_example, evaluate_elbo, fused_loss, make_elbo
 from pyro_vae.priors import PRIORS
 from pyro_vae.runs import compare_run, evaluate_run, load, train_run
 from pyro_vae.train import fit
@@ -27,6 +27,7 @@ __all__ = [
     "NETWORKS",
     "gaussian_kl",
     "make_elbo",
+    "fused_loss",
     "Objective",
     "elbo_per_example",
     "evaluate_elbo",

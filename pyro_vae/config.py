@@ -30,7 +30,7 @@ import torch
 from pyro_vae.errors import ConfigError
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.networks import NETWORKS
-from pyro_vae.objectives import check_estimator
+from pyro_vae.objectives import check_estimator, check_fused
 from pyro_vae.priors import PRIORS
 from pyro_vae.registry import AtLeast, check_value
 
@@ -75,6 +75,7 @@ class TrainConfig:
     elbo: str = "mc"
     num_particles: Annotated[int, AtLeast(1)] = 1
     jit: bool = False
+    fused: bool = False  # the same estimator as plain tensor code (objectives.fused_loss); not with jit
     beta: Annotated[float, AtLeast(0)] = 1.0
     seed: Annotated[int, AtLeast(0)] = 0
     checkpoint_every: Annotated[int, AtLeast(0)] = 10  # epochs between checkpoints; 0: only at the end
@@ -119,6 +120,7 @@ class Config:
             raise ConfigError(f"{unknown[0]}: unknown table; allowed: {', '.join(sections)}")
         config = cls(**{name: _section(sc, values.get(name, {}), name) for name, sc in sections.items()})
         check_estimator(config.train.elbo)
+        check_fused(config.train.fused, config.train.jit)
         resolve_device(config.train.device)
         return config
 

@@ -130,7 +130,7 @@ def train_run(config: Config, out: str | Path, overwrite: bool = False, progress
     start = time.perf_counter()
     history = fit(
         vae, data, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, elbo=t.elbo, num_particles=t.num_particles,
-        jit=t.jit, beta=t.beta, seed=t.seed, progress=progress, on_epoch=on_epoch,
+        jit=t.jit, beta=t.beta, fused=t.fused, seed=t.seed, progress=progress, on_epoch=on_epoch,
     )
     seconds = time.perf_counter() - start
     vae.eval()

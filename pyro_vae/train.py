@@ -62,6 +62,7 @@ def fit(
     num_particles: int = 1,
     jit: bool = False,
     beta: float = 1.0,
+    fused: bool = False,
     seed: int = 0,
     progress: bool = True,
     on_epoch: Callable[[dict, torch.optim.Optimizer], None] | None = None,
@@ -73,7 +74,7 @@ def fit(
         data: the data set; its test split is evaluated after every epoch.
         epochs, batch_size, lr: the schedule; each epoch is one random permutation of the
             training set in batches of exactly ``batch_size``.
-        elbo, num_particles, jit, beta: the objective (see :class:`~pyro_vae.objectives.Objective`).
+        elbo, num_particles, jit, beta, fused: the objective (see :class:`~pyro_vae.objectives.Objective`).
         seed: seeds Pyro, torch, numpy and the data order; the same seed gives the same run.
         progress: show a progress bar.
         on_epoch: called after each epoch with that epoch's metrics and the optimiser
@@ -92,7 +93,7 @@ def fit(
     check_batch_size(batch_size, num_data)
     pyro.set_rng_seed(seed)
     order = torch.Generator().manual_seed(seed)
-    objective = Objective(vae, elbo, num_particles, jit, beta)
+    objective = Objective(vae, elbo, num_particles, jit, beta, fused)
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
     steps = num_data // batch_size
     kl = kl_methods(vae, data.test[:2], elbo)
