@@ -9,14 +9,17 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pyro_vae.config import Config, apply_overrides, set_key
-from pyro_vae.errors import PyroVAEError
+from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.signals import exit_status
+from pyro_vae.train import TrainingInterrupted
 
 __all__ = ["main"]
 
@@ -31,14 +34,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer sizes such as 400,400, got {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"layer sizes must be >= 1, got {text!r}")
-    return sizes
+def _counts(what: str, example: str) -> Callable[[str], list[int]]:
+    """An argparse type reading comma-separated whole numbers >= 1; messages call them ``what``."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            counts = [int(s) for s in text.split(",") if s.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what} such as {example}, got {text!r}") from None
+        if not counts or min(counts) < 1:
+            raise argparse.ArgumentTypeError(f"{what} must be >= 1, got {text!r}")
+        return counts
+
+    return parse
 
 
 # command-line option -> config key; values are validated by Config.from_dict like any other source.
@@ -59,6 +67,7 @@ _TRAIN_OPTIONS: dict[str, str] = {
     "beta": "train.beta",
     "seed": "train.seed",
     "checkpoint_every": "train.checkpoint_every",
+    "clip_grad_norm": "train.clip_grad_norm",
     "device": "train.device",
 }
 
@@ -73,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key, e.g. --set model.latent_dim=2 (repeatable)")
     train.add_argument("--out", type=Path, help="run folder (default: runs/<dataset>-<date>-<time>)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped or killed run from its checkpoint (with its own config)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     g = train.add_argument_group("data")
     g.add_argument("--dataset", help="digits (default), mnist, or a .npy/.npz/.pt file")
@@ -81,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--binarize", choices=["none", "static", "dynamic"])
     g = train.add_argument_group("model")
     g.add_argument("--latent-dim", type=_positive_int)
-    g.add_argument("--hidden", type=_sizes, metavar="400,400", help="hidden layer sizes of the MLP encoder (the decoder mirrors them)")
+    g.add_argument("--hidden", type=_counts("layer sizes", "400,400"), metavar="400,400", help="hidden layer sizes of the MLP encoder (the decoder mirrors them)")
     g = train.add_argument_group("training")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int)
@@ -93,11 +103,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--beta", type=float, help="weight of the KL term (1: the ELBO; 0: no KL)")
     g.add_argument("--seed", type=int)
     g.add_argument("--checkpoint-every", type=int, metavar="N", help="checkpoint every N epochs (0: only at the end)")
+    g.add_argument("--clip-grad-norm", type=float, metavar="C", help="rescale each step's gradient to a total norm of at most C (0: off)")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
 
     compare = commands.add_parser("compare", help="analytic vs Monte Carlo ELBO on a trained run: values, errors, gradient variance, cost")
     compare.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    compare.add_argument("--particles", type=_sizes, default=[1, 10, 100], metavar="1,10,100", help="numbers of particles L to compare")
+    compare.add_argument("--particles", type=_counts("numbers of particles", "1,10,100"), default=[1, 10, 100], metavar="1,10,100", help="numbers of particles L to compare")
     compare.add_argument("--repeats", type=_positive_int, default=50, metavar="R", help="estimates per estimator and L")
     compare.add_argument("--batch-size", type=_positive_int, default=100, help="points in the fixed batch")
     compare.add_argument("--split", choices=["train", "test"], default="test")
@@ -132,11 +143,19 @@ def _train_config(args: argparse.Namespace) -> Config:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pyro_vae.runs import train_run
+    from pyro_vae.runs import resume_run, train_run
+    from pyro_vae.signals import StopSignals
 
-    config = _train_config(args)
-    out = args.out or Path("runs") / f"{Path(config.data.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    summary = train_run(config, out, overwrite=args.overwrite, progress=not args.quiet)
+    with StopSignals() as stop:  # from here on, SIGINT and SIGTERM stop at the next step with a checkpoint
+        if args.resume is not None:
+            given = [f"--{name.replace('_', '-')}" for name in ("config", "out", "overwrite", *_TRAIN_OPTIONS) if getattr(args, name) not in (None, False)]
+            if given or args.set:
+                raise ConfigError(f"--resume continues {args.resume} with its own config.toml; drop {', '.join(given + ['--set'] * bool(args.set))}")
+            summary = resume_run(args.resume, progress=not args.quiet, stop=stop)
+        else:
+            config = _train_config(args)
+            out = args.out or Path("runs") / f"{Path(config.data.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+            summary = train_run(config, out, overwrite=args.overwrite, progress=not args.quiet, stop=stop)
     print(
         f"run folder: {summary['run']}\n"
         f"  {summary['dataset']}: {summary['num_train']} train / {summary['num_test']} test points, "
@@ -221,6 +240,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"train": _train, "evaluate": _evaluate, "compare": _compare, "plot": _plot}.get(args.command, _list)(args)
+    except TrainingInterrupted as e:
+        name = signal.Signals(e.signum).name if e.signum is not None else "a stop request"
+        where = f"checkpoint written to {e.checkpoint}; continue with: pyro-vae train --resume {e.checkpoint.parent}" if e.checkpoint else "nothing was written"
+        print(f"pyro-vae: {name}: {e}; {where}", file=sys.stderr)
+        return exit_status(e.signum) if e.signum is not None else 1
     except PyroVAEError as e:
         if args.debug:
             raise

@@ -32,7 +32,7 @@ from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.networks import NETWORKS
 from pyro_vae.objectives import check_estimator, check_fused
 from pyro_vae.priors import PRIORS
-from pyro_vae.registry import AtLeast, check_value
+from pyro_vae.registry import AtLeast, AtMost, check_value
 
 __all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "apply_overrides", "set_key", "resolve_device", "toml_value"]
 
@@ -77,8 +77,9 @@ class TrainConfig:
     jit: bool = False
     fused: bool = False  # the same estimator as plain tensor code (objectives.fused_loss); not with jit
     beta: Annotated[float, AtLeast(0)] = 1.0
-    seed: Annotated[int, AtLeast(0)] = 0
+    seed: Annotated[int, AtLeast(0), AtMost(2**32 - 1)] = 0  # numpy takes 32-bit seeds
     checkpoint_every: Annotated[int, AtLeast(0)] = 10  # epochs between checkpoints; 0: only at the end
+    clip_grad_norm: Annotated[float, AtLeast(0)] = 0.0  # largest total gradient norm of a step; 0: no clipping
     device: str = "auto"
 
 
@@ -129,23 +130,32 @@ class Config:
 
     @classmethod
     def from_toml_string(cls, text: str, source: str = "config") -> Config:
-        try:
-            values = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{source} is not valid TOML: {e}") from None
-        return cls.from_dict(values)
+        return cls.from_dict(_parse_toml(text, source))
 
     @classmethod
     def from_toml(cls, path: str | Path) -> Config:
+        """Read and validate a TOML file; every message names the file."""
         path = Path(path)
         try:
-            text = path.read_text()
-        except OSError as e:
-            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-        return cls.from_toml_string(text, str(path))
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            reason = (e.strerror or str(e)) if isinstance(e, OSError) else f"not UTF-8 text (byte {e.start})"
+            raise ConfigError(f"cannot read config file {path}: {reason}; give the path of a TOML file") from None
+        values = _parse_toml(text, str(path))
+        try:
+            return cls.from_dict(values)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
 
     def to_toml(self) -> str:
         return _to_toml(self.to_dict())
+
+
+def _parse_toml(text: str, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source} is not valid TOML: {e}; correct the syntax there") from None
 
 
 def toml_value(value: Any) -> str:
@@ -178,10 +188,11 @@ def set_key(values: dict[str, Any], key: str, value: Any) -> None:
     """
     *parents, leaf = key.split(".")
     table = values
-    for part in parents:
+    for i, part in enumerate(parents):
         table = table.setdefault(part, {})
         if not isinstance(table, dict):
-            raise ConfigError(f"{key}: {part} is not a table")
+            where = ".".join(parents[: i + 1])
+            raise ConfigError(f"{key}: {where} is {table!r}, not a table; set {where} itself")
     if leaf == "type" and table.get("type", value) != value:
         table.clear()
     table[leaf] = value
@@ -208,13 +219,15 @@ def apply_overrides(values: dict[str, Any], assignments: list[str]) -> dict[str,
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` is CUDA when available, else the CPU; anything else must be a device torch knows."""
+    """``"auto"`` is CUDA when available, else the CPU; otherwise ``cpu``, ``cuda`` or ``cuda:N``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"train.device: unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):  # torch knows meta, mps, xpu, ...; pyro-vae runs on these two
+        raise ConfigError(f"train.device: unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device is {name!r} but CUDA is not available here; use auto or cpu")
     return device

@@ -20,6 +20,8 @@ Example:
 from __future__ import annotations
 
 import math
+import pickle
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,17 +65,18 @@ class Dataset:
     def event_shape(self) -> tuple[int, ...]:
         return tuple(self.train.shape[1:])
 
-    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Tensor]:
+    def batches(self, batch_size: int, generator: torch.Generator | None = None, start: int = 0) -> Iterator[Tensor]:
         """One epoch of training minibatches of exactly ``batch_size`` points, in random order.
 
         The last ``len(train) % batch_size`` points of each permutation are left for later epochs:
         equal batch sizes keep a JIT-compiled objective valid, and every point is still used
-        equally often in expectation.
+        equally often in expectation. ``start`` skips that many batches of the permutation without
+        drawing anything for them (a resumed run continues its epoch where it stopped).
         """
         n = len(self.train)
         order = torch.randperm(n, generator=generator).to(self.train.device)
-        for start in range(0, n - batch_size + 1, batch_size):
-            batch = self.train[order[start : start + batch_size]]
+        for first in range(start * batch_size, n - batch_size + 1, batch_size):
+            batch = self.train[order[first : first + batch_size]]
             yield torch.bernoulli(batch) if self.binarize == "dynamic" else batch
 
 
@@ -102,7 +105,7 @@ def _load_mnist(data_root: Path, download: bool) -> _Arrays:
     for train in (True, False):
         try:
             mnist = MNIST(root=str(data_root), train=train, download=download)
-        except (RuntimeError, OSError, ValueError) as e:  # not found, no network, damaged files
+        except Exception as e:  # not found, no network, damaged files (torchvision asserts on some)
             raw = data_root / "MNIST" / "raw"
             if download:
                 raise DataError(
@@ -114,7 +117,8 @@ def _load_mnist(data_root: Path, download: bool) -> _Arrays:
                     f"MNIST not found under {raw}; point --data-root (data.data_root) at the folder that holds "
                     "MNIST/raw, or add --download (data.download = true) when online"
                 ) from None
-            raise DataError(f"cannot read MNIST from {raw} ({str(e).splitlines()[0]}); delete the damaged files and copy or download them again") from None
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise DataError(f"cannot read MNIST from {raw} ({reason}); delete the damaged files and copy or download them again") from None
         splits.append((mnist.data.float() / 255.0, mnist.targets))
     (train, train_labels), (test, test_labels) = splits
     return train, test, train_labels, test_labels
@@ -129,22 +133,33 @@ def _read_file(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise DataError(f"data file {path} does not exist; give --dataset digits, mnist or the path of an existing .npy/.npz/.pt file")
     try:
-        if path.suffix == ".pt":
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        else:
-            obj = np.load(path, allow_pickle=False)
-            if isinstance(obj, np.lib.npyio.NpzFile):
-                with obj:
-                    obj = {k: obj[k] for k in obj.files}
+        with open(path, "rb") as f, warnings.catch_warnings():
+            # torch warns about the pickle protocol of files it then refuses; the refusal is the message.
+            warnings.simplefilter("ignore")
+            if path.suffix == ".pt":
+                obj = torch.load(f, map_location="cpu", weights_only=True)
+            else:
+                obj = np.load(f, allow_pickle=False)  # from an open file, so that a damaged .npz leaks no handle
+                if isinstance(obj, np.lib.npyio.NpzFile):
+                    with obj:
+                        obj = {k: obj[k] for k in obj.files}
     except Exception as e:  # any failure to parse the file means the same thing to the user
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = str(e)
+        if isinstance(e, pickle.UnpicklingError) and "weights_only" in reason:
+            # torch's safe loader refused the file; its message suggests loading it unsafely, which must not be repeated.
+            if "Unsupported global" in reason:
+                raise DataError(f"data file {path} holds pickled Python objects, which pyro-vae never loads (they could run code); save tensors or arrays only") from None
+            reason = "not a file written by numpy.save/savez or torch.save, or damaged"
+        first = reason.splitlines()[0] if reason else type(e).__name__
         raise DataError(f"cannot read data file {path}: {first}; it must be a numeric array saved by numpy.save/savez or torch.save") from None
     if not isinstance(obj, dict):
         obj = {"x": obj}
     arrays = {}
     for key, value in obj.items():
         if not isinstance(value, (np.ndarray, Tensor)):
-            raise DataError(f"data file {path}: entry {key!r} is a {type(value).__name__}, not an array")
+            raise DataError(f"data file {path}: entry {key!r} is a {type(value).__name__}, not an array; store a numpy array or a torch tensor")
+        if value.ndim == 0:
+            raise DataError(f"data file {path}: entry {key!r} is a single number; store an array of shape (N, ...)")
         kind = value.dtype.kind if isinstance(value, np.ndarray) else "c" if value.dtype.is_complex else "f"
         if kind not in "biuf":  # bool, int, unsigned, float
             raise DataError(f"data file {path}: entry {key!r} has dtype {value.dtype}; store real numbers (float, int or bool)")
@@ -164,7 +179,10 @@ def _from_file(path: Path) -> _Arrays:
             raise DataError(f"data file {path} holds arrays {sorted(arrays)}; name the data 'x' (labels 'y'), or 'train'/'test'")
         (x,) = arrays.values()
         return _split(x, None)
-    return _split(arrays["x"], arrays.get("y"))
+    x, y = arrays["x"], arrays.get("y")
+    if y is not None and y.shape != (len(x),):  # checked here: the split indexes the labels
+        raise DataError(f"data file {path}: labels 'y' have shape {tuple(y.shape)}; expected ({len(x)},), one label per point of 'x'")
+    return _split(x, y)
 
 
 def _check(x: Tensor, where: str, support: constraints.Constraint, support_text: str, fix: str) -> None:

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ from typing import Any, Generic, TypeVar
 
 from pyro_vae.errors import ConfigError
 
-__all__ = ["Registry", "Parameter", "AtLeast", "check_value", "type_name"]
+__all__ = ["Registry", "Parameter", "AtLeast", "AtMost", "check_value", "type_name"]
 
 T = TypeVar("T", bound=Callable[..., Any])
 
@@ -39,6 +40,16 @@ class AtLeast(typing.NamedTuple):
     def check(self, value: float, path: str) -> None:
         if (value <= self.bound if self.strict else value < self.bound) or value != value:  # value != value: NaN
             raise ConfigError(f"{path} must be {'>' if self.strict else '>='} {self.bound:g} (got {value})")
+
+
+class AtMost(typing.NamedTuple):
+    """An upper bound on a number, used as ``Annotated[int, AtMost(2**32 - 1)]`` in a signature."""
+
+    bound: int
+
+    def check(self, value: float, path: str) -> None:
+        if value > self.bound:
+            raise ConfigError(f"{path} must be <= {self.bound} (got {value})")
 
 
 class Parameter(typing.NamedTuple):
@@ -158,7 +169,8 @@ def check_value(value: Any, annotation: Any, path: str) -> Any:
 
     Supports ``bool``, ``int``, ``float``, ``str``, ``Optional[...]``/unions,
     ``Literal[...]``, ``tuple[T, ...]``/``list[T]`` (returned as lists), and
-    ``Annotated[T, AtLeast(bound)]`` (the bound applies to each item of a list).
+    ``Annotated[T, AtLeast(bound)]`` and ``AtMost(bound)`` (a bound applies to each item of a
+    list). Floats must be finite.
     """
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
@@ -167,7 +179,7 @@ def check_value(value: Any, annotation: Any, path: str) -> Any:
     if origin is typing.Annotated:
         value = check_value(value, args[0], path)
         for rule in annotation.__metadata__:
-            if isinstance(rule, AtLeast):
+            if isinstance(rule, (AtLeast, AtMost)):
                 for item in value if isinstance(value, list) else [value]:
                     rule.check(item, path)
         return value
@@ -204,6 +216,8 @@ def check_value(value: Any, annotation: Any, path: str) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path} must be a number (got {value!r})")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path} must be a finite number (got {value})")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
@@ -216,7 +230,7 @@ def type_name(annotation: Any) -> str:
     """A short, user-facing name of an annotation, for listings: ``int >= 1``, ``list[int]``, ``'a' | 'b'``."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Annotated:
-        rules = [f"{'>' if r.strict else '>='} {r.bound:g}" for r in annotation.__metadata__ if isinstance(r, AtLeast)]
+        rules = [f"{'>' if r.strict else '>='} {r.bound:g}" if isinstance(r, AtLeast) else f"<= {r.bound}" for r in annotation.__metadata__ if isinstance(r, (AtLeast, AtMost))]
         return " ".join([type_name(args[0]), *rules])
     if origin is typing.Literal:
         return " | ".join(repr(a) for a in args)

@@ -4,13 +4,14 @@ A run folder holds
 
 - ``config.toml`` — the resolved configuration (every default filled in);
 - ``metrics.jsonl`` — one JSON object per epoch (``epoch``, ``train_elbo``, ``test_elbo``, ``seconds``);
-- ``checkpoint.pt`` — model and optimiser state, written every ``train.checkpoint_every`` epochs
-  and at the end; read with ``torch.load(weights_only=True)``;
+- ``checkpoint.pt`` — model, optimiser, random number generators, data order and position
+  (a :class:`~pyro_vae.train.TrainState`), written every ``train.checkpoint_every`` epochs, at
+  the end, and when training is asked to stop; read with ``torch.load(weights_only=True)``;
 - ``reconstructions.png``, ``samples.png`` — pictures of the final model (image data only);
 - ``summary.json`` — the final numbers.
 
 Every file is written atomically. Nothing is written before the config, the data and the model
-have all been checked.
+have all been checked. :func:`resume_run` continues a stopped or killed run from its checkpoint.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +35,11 @@ from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.marginal import log_likelihood
 from pyro_vae.objectives import evaluate_elbo
 from pyro_vae.plots import plot_curves, plot_gradient_variance, plot_latent_space, plot_manifold, plot_reconstructions, plot_samples
-from pyro_vae.storage import atomic_write, load_checkpoint, save_checkpoint
-from pyro_vae.train import check_batch_size, fit
+from pyro_vae.storage import atomic_write, load_checkpoint, remove_partial_writes, save_checkpoint
+from pyro_vae.train import TrainingDiverged, TrainingInterrupted, TrainState, check_batch_size, fit
 from pyro_vae.vae import VAE, make_vae
 
-__all__ = ["train_run", "load", "evaluate_run", "compare_run", "plot_run", "draw_pictures", "load_data", "build_vae", "RUN_FILES"]
+__all__ = ["train_run", "resume_run", "load", "evaluate_run", "compare_run", "plot_run", "draw_pictures", "load_data", "build_vae", "RUN_FILES"]
 
 RUN_FILES = ("config.toml", "checkpoint.pt")
 
@@ -67,6 +69,9 @@ def build_vae(config: Config, event_shape: tuple[int, ...]) -> VAE:
 def _prepare_folder(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} is a file; give a folder path")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise RunError(f"--out {out} is inside {blocking}, which is a file; give a folder path")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise RunError(f"--out {out} already exists and is not empty; pass --overwrite to replace that run, or choose another folder")
@@ -86,18 +91,25 @@ def _caption(config: Config) -> str:
     )
 
 
-def _state(vae: VAE, optimizer: torch.optim.Optimizer, config: Config, epoch: int) -> dict[str, Any]:
+def _state(vae: VAE, config: Config, state: TrainState) -> dict[str, Any]:
     return {
         "config": config.to_dict(),
         "event_shape": list(vae.event_shape),
-        "epoch": epoch,
+        "epoch": state.epoch,
+        "step": state.step,
         "model": vae.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "train": state.to_dict(),
     }
 
 
-def train_run(config: Config, out: str | Path, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+def train_run(
+    config: Config, out: str | Path, overwrite: bool = False, progress: bool = True, stop: Callable[[], int | None] | None = None
+) -> dict[str, Any]:
     """Train the VAE of ``config`` into the run folder ``out`` and return the summary.
+
+    ``stop`` is polled after every step (see :func:`~pyro_vae.train.fit`); when it asks, the
+    run writes a checkpoint that :func:`resume_run` continues, and raises
+    :class:`~pyro_vae.train.TrainingInterrupted`.
 
     Raises:
         PyroVAEError: for a bad config, data set or output folder, before anything is written.
@@ -109,6 +121,8 @@ def train_run(config: Config, out: str | Path, overwrite: bool = False, progress
     pyro.set_rng_seed(t.seed)  # the initial weights are part of what the seed fixes
     vae = build_vae(config, data.event_shape).to(device)
     check_batch_size(t.batch_size, len(data.train))
+    if stop is not None and stop() is not None:  # asked to stop before anything was written: write nothing
+        raise TrainingInterrupted(None, stop())
     _prepare_folder(out, overwrite)
     atomic_write(out / "config.toml", config.to_toml())
     if progress:
@@ -117,21 +131,74 @@ def train_run(config: Config, out: str | Path, overwrite: bool = False, progress
             f"on {device}: {t.elbo} ELBO, {t.num_particles} particle(s), beta {t.beta:g}, into {out}",
             file=sys.stderr,
         )
+    return _train_into(out, config, data, vae, None, progress, stop)
 
-    lines: list[str] = []
+
+def resume_run(run_dir: str | Path, progress: bool = True, stop: Callable[[], int | None] | None = None) -> dict[str, Any]:
+    """Continue the run in ``run_dir`` from its checkpoint, to the end of its schedule; returns the summary.
+
+    The checkpoint holds every random number generator's state and the position in the data
+    order, so the continued run draws what the uninterrupted one would have: on the CPU its
+    final parameters and metrics (all but the timings) are bit-identical. Metrics of epochs
+    after the checkpoint (a run killed between the two writes) are dropped and recomputed, and
+    temporary files left by a killed write are removed.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise RunError(f"--resume {run_dir}: not a pyro-vae run folder (no config.toml); give the --out folder of an earlier pyro-vae train")
+    if not (run_dir / "checkpoint.pt").is_file():
+        raise RunError(
+            f"--resume {run_dir}: the run stopped before its first checkpoint, so there is nothing to continue; "
+            f"start it again with pyro-vae train --config {run_dir / 'config.toml'} --out {run_dir} --overwrite"
+        )
+    config = Config.from_toml(run_dir / "config.toml")
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    if "train" not in state:
+        raise RunError(f"--resume {run_dir}: its checkpoint (format {state['format']}) has no training state; it can be evaluated, not resumed; retrain to continue")
+    if Config.from_dict(state["config"]) != config:
+        raise RunError(f"--resume {run_dir}: config.toml differs from the configuration the checkpoint was trained with; restore config.toml to resume")
+    device = resolve_device(config.train.device)
+    data = load_data(config, device)
+    vae = _load_model(config, state, run_dir).to(device)
+    resume = TrainState.from_dict(state["train"])
+    remove_partial_writes(run_dir)
+    atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in resume.history))
+    if progress:
+        print(f"resuming {run_dir} at epoch {resume.epoch + 1}, step {resume.step} of {config.train.epochs} epochs on {device}", file=sys.stderr)
+    return _train_into(run_dir, config, data, vae, resume, progress, stop)
+
+
+def _train_into(
+    out: Path, config: Config, data: Dataset, vae: VAE, resume: TrainState | None, progress: bool, stop: Callable[[], int | None] | None
+) -> dict[str, Any]:
+    """Train (or continue) into ``out``: metrics every epoch, checkpoints as configured and on a stop; then pictures and summary."""
+    t = config.train
+    lines = [json.dumps(m) for m in resume.history] if resume else []
+    checkpoint = out / "checkpoint.pt"
 
     def on_epoch(metrics: dict, optimizer: torch.optim.Optimizer) -> None:
         lines.append(json.dumps(metrics))
         atomic_write(out / "metrics.jsonl", "\n".join(lines) + "\n")
-        epoch = metrics["epoch"]
-        if epoch == t.epochs or (t.checkpoint_every and epoch % t.checkpoint_every == 0):
-            save_checkpoint(out / "checkpoint.pt", _state(vae, optimizer, config, epoch))
+
+    def on_checkpoint(state: TrainState) -> None:
+        if state.epoch == t.epochs or (t.checkpoint_every and state.epoch % t.checkpoint_every == 0):
+            save_checkpoint(checkpoint, _state(vae, config, state))
 
     start = time.perf_counter()
-    history = fit(
-        vae, data, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, elbo=t.elbo, num_particles=t.num_particles,
-        jit=t.jit, beta=t.beta, fused=t.fused, seed=t.seed, progress=progress, on_epoch=on_epoch,
-    )
+    try:
+        history = fit(
+            vae, data, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, elbo=t.elbo, num_particles=t.num_particles,
+            jit=t.jit, beta=t.beta, fused=t.fused, clip_grad_norm=t.clip_grad_norm, seed=t.seed, progress=progress,
+            on_epoch=on_epoch, on_checkpoint=on_checkpoint, resume=resume, stop=stop,
+        )
+    except TrainingInterrupted as e:
+        if e.state is not None:
+            save_checkpoint(checkpoint, _state(vae, config, e.state))
+            e.checkpoint = checkpoint
+        raise
+    except TrainingDiverged as e:
+        kept = f"the last good checkpoint, {checkpoint}, is kept" if checkpoint.is_file() else "no checkpoint had been written yet"
+        raise TrainingDiverged(f"{e}; {kept}") from None
     seconds = time.perf_counter() - start
     vae.eval()
     pictures = draw_pictures(vae, data, history, out, _caption(config))
@@ -145,7 +212,7 @@ def train_run(config: Config, out: str | Path, overwrite: bool = False, progress
         "seconds": seconds,
         "train_elbo": history[-1]["train_elbo"],
         **{f"test_{k}": v for k, v in final.items() if k != "num_examples"},
-        "device": str(device),
+        "device": str(next(vae.parameters()).device),
         "files": ["config.toml", "metrics.jsonl", "checkpoint.pt", *pictures, "summary.json"],
     }
     atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -158,7 +225,10 @@ def _open_run(run_dir: str | Path, device: str) -> tuple[VAE, Config, Dataset]:
     vae, config = load(run_dir, target)
     data = load_data(config, target)
     if tuple(data.event_shape) != tuple(vae.event_shape):
-        raise RunError(f"data set {data.name} has points of shape {data.event_shape} but the run was trained on {vae.event_shape}")
+        raise RunError(
+            f"data set {data.name} has points of shape {data.event_shape} but the run was trained on {vae.event_shape}; "
+            "restore data.dataset in its config.toml to the data it was trained on, or retrain on this one"
+        )
     torch.manual_seed(config.train.seed)
     return vae, config, data
 
@@ -192,6 +262,8 @@ def plot_run(run_dir: str | Path, device: str = "auto") -> list[str]:
 
 
 def _check_run(run_dir: Path) -> None:
+    if run_dir.is_file():
+        raise RunError(f"{run_dir} is a file, not a run folder; give the --out folder of a finished pyro-vae train")
     if not run_dir.is_dir():
         raise RunError(f"run folder {run_dir} does not exist; give the --out folder of a finished pyro-vae train")
     missing = [f for f in RUN_FILES if not (run_dir / f).is_file()]
@@ -210,14 +282,23 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[VAE, 
     run_dir = Path(run_dir)
     _check_run(run_dir)
     config = Config.from_toml(run_dir / "config.toml")
-    state = load_checkpoint(run_dir / "checkpoint.pt", map_location=device)
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    vae = _load_model(config, state, run_dir)
+    return vae.to(device).eval(), config
+
+
+def _load_model(config: Config, state: dict[str, Any], run_dir: Path) -> VAE:
+    """The VAE of ``config`` with the parameters of the checkpoint ``state``."""
+    missing = [key for key in ("event_shape", "model") if key not in state]
+    if missing:
+        raise RunError(f"checkpoint {run_dir / 'checkpoint.pt'} has no {' or '.join(repr(k) for k in missing)}; it was not written by pyro-vae train: retrain")
     vae = build_vae(config, tuple(state["event_shape"]))
     try:
         vae.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as e:
         first = str(e).strip().splitlines()[0][:200]
         raise RunError(f"checkpoint {run_dir / 'checkpoint.pt'} does not fit the model of {run_dir / 'config.toml'} ({first}); was config.toml edited? restore it or retrain") from None
-    return vae.to(device).eval(), config
+    return vae
 
 
 def evaluate_run(

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +19,17 @@ import torch
 
 from pyro_vae.errors import RunError
 
-__all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT"]
+__all__ = ["atomic_write", "remove_partial_writes", "save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT", "READABLE_FORMATS"]
 
-#: Version of the checkpoint layout; bumped when it changes incompatibly.
-CHECKPOINT_FORMAT = 1
+#: Version of the checkpoint layout written now; bumped when it changes. Format 2 adds the
+#: training state (random number generators, data order, position) that ``--resume`` needs.
+CHECKPOINT_FORMAT = 2
+#: Formats this version reads: format 1 checkpoints load and evaluate, but cannot be resumed.
+READABLE_FORMATS = (1, 2)
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def atomic_write(path: str | Path, payload: bytes | str) -> None:
@@ -29,14 +38,38 @@ def atomic_write(path: str | Path, payload: bytes | str) -> None:
     data = payload.encode() if isinstance(payload, str) else payload
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _sync_folder(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_partial_writes(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that a write killed before its rename left in ``folder``; returns them."""
+    partial = sorted(Path(folder).glob(".*.tmp"))
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return partial
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -46,18 +79,32 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write(path, buffer.getvalue())
 
 
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint safely: no pickled code runs, and unreadable files give a one-line error."""
     path = Path(path)
     if not path.is_file():
         raise RunError(f"checkpoint {path} does not exist; train first (pyro-vae train --out {path.parent})")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated, not a torch file, or holding objects other than tensors
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise RunError(f"cannot read checkpoint {path} ({first}); it is damaged or not a pyro-vae checkpoint: retrain, or restore it from a copy") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on legacy pickle files; the outcome is reported below
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" in str(e):  # torch's safe loader met an object it would have to run code to build
+            raise RunError(
+                f"checkpoint {path} holds pickled Python objects, which pyro-vae never loads (they could run code); "
+                "use a checkpoint written by pyro-vae train, or retrain"
+            ) from None
+        # torch's own first line here advises loading with weights_only=False, which is never safe to repeat
+        raise RunError(f"cannot read checkpoint {path} (not written by torch.save); it is damaged or not a pyro-vae checkpoint: retrain, or restore it from a copy") from None
+    except Exception as e:  # truncated or not a torch file
+        raise RunError(f"cannot read checkpoint {path} ({_first_line(e)}); it is damaged or not a pyro-vae checkpoint: retrain, or restore it from a copy") from None
     if not isinstance(state, dict) or "format" not in state:
         raise RunError(f"{path} is not a pyro-vae checkpoint (no format tag); point to a run folder written by pyro-vae train")
-    if state["format"] != CHECKPOINT_FORMAT:
-        raise RunError(f"checkpoint {path} has format {state['format']!r}, this pyro-vae reads format {CHECKPOINT_FORMAT}; use the pyro-vae version that wrote it, or retrain")
+    if state["format"] not in READABLE_FORMATS:
+        known = ", ".join(map(str, READABLE_FORMATS))
+        raise RunError(f"checkpoint {path} has format {state['format']!r}, this pyro-vae reads formats {known}; use the pyro-vae version that wrote it, or retrain")
     return state

@@ -1,8 +1,16 @@
-"""Stochastic variational inference: fit a VAE to a data set, epoch by epoch.
+"""Stochastic variational inference: fit a VAE to a data set, epoch by epoch, resumably.
 
 One SVI step draws a minibatch, evaluates the differentiable negative ELBO of
 :class:`~pyro_vae.objectives.Objective` (a Pyro ELBO applied to the model/guide pair),
-back-propagates, and takes an optimiser step over the VAE's parameters.
+back-propagates, checks that the loss and the gradient are finite, and takes an optimiser step
+over the VAE's parameters.
+
+Between two steps the whole run is described by a :class:`TrainState`: epochs and steps done,
+the optimiser's state, every random number generator's state and the data order. Training
+continued from a saved state draws exactly what the uninterrupted run would have drawn, so on
+the CPU it ends with bit-identical parameters and metrics. ``stop`` lets a caller (the command
+line, on SIGINT or SIGTERM) end training at the next step boundary with
+:class:`TrainingInterrupted`, which carries that state.
 
 Example:
     >>> from pyro_vae import load_dataset, make_vae
@@ -16,12 +24,19 @@ Example:
 from __future__ import annotations
 
 import math
+import random
 import sys
 import time
+import warnings
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyro
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from pyro_vae.data import Dataset
@@ -29,7 +44,7 @@ from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.objectives import Objective, evaluate_elbo, kl_methods
 from pyro_vae.vae import VAE
 
-__all__ = ["fit", "svi_step", "check_batch_size", "TrainingDiverged"]
+__all__ = ["fit", "svi_step", "check_batch_size", "TrainState", "TrainingDiverged", "TrainingInterrupted", "get_rng_state", "set_rng_state"]
 
 
 class TrainingDiverged(PyroVAEError):
@@ -42,13 +57,118 @@ def check_batch_size(batch_size: int, num_data: int) -> None:
         raise ConfigError(f"train.batch_size ({batch_size}) is larger than the training set ({num_data} points); use --batch-size {num_data} or less")
 
 
-def svi_step(objective: Objective, optimizer: torch.optim.Optimizer, x: torch.Tensor, num_data: int) -> float:
-    """One SVI step on minibatch ``x``; returns the loss (negative ELBO estimate of all ``num_data`` points)."""
+def get_rng_state() -> dict[str, Any]:
+    """Every random number generator a run draws from (torch, CUDA, Python, NumPy), as tensors and plain values."""
+    numpy = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(numpy[1].astype(np.int64)), "pos": int(numpy[2]), "has_gauss": int(numpy[3]), "cached_gaussian": float(numpy[4])},
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`get_rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+
+
+@dataclass
+class TrainState:
+    """A training run between two steps: enough to continue it exactly.
+
+    Attributes:
+        epoch: epochs completed.
+        step: steps completed in epoch ``epoch + 1``.
+        total: sum of those steps' losses (for the epoch's mean training ELBO).
+        seconds: training time spent in those steps.
+        order: state of the data-order generator at the start of epoch ``epoch + 1``.
+        rng: :func:`get_rng_state` at this point.
+        optimizer: the optimiser's ``state_dict()``.
+        history: the metrics of the completed epochs.
+    """
+
+    epoch: int = 0
+    step: int = 0
+    total: float = 0.0
+    seconds: float = 0.0
+    order: Tensor | None = None
+    rng: dict[str, Any] = field(default_factory=dict)
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Tensors and plain values only, for a checkpoint read with ``weights_only=True``."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainState:
+        return cls(**values)
+
+
+class TrainingInterrupted(PyroVAEError):
+    """Training was asked to stop (see ``stop`` in :func:`fit`); ``state`` continues it."""
+
+    def __init__(self, state: TrainState | None, signum: int | None = None) -> None:
+        where = "before training started" if state is None else f"at epoch {state.epoch + 1}, step {state.step}"
+        super().__init__(f"training stopped {where}")
+        self.state, self.signum = state, signum
+        self.checkpoint: Path | None = None  # set by whoever saved the state
+
+
+def _check_finite(loss: float, parameters: list[Tensor], epoch: int, step: int) -> Tensor:
+    """The gradient's total norm, after checking it and the loss; raises :class:`TrainingDiverged` otherwise."""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"the loss became {loss} at epoch {epoch}, step {step}; lower --lr, check the data "
+            "for extreme values, or use a likelihood whose support fits the data"
+        )
+    norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+    if not torch.isfinite(norm):
+        raise TrainingDiverged(
+            f"a gradient became {norm.item()} at epoch {epoch}, step {step} (the loss was {loss:.6g}); "
+            "lower --lr or clip the gradient (--clip-grad-norm 10), and check the data for extreme values"
+        )
+    return norm
+
+
+def svi_step(
+    objective: Objective,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    num_data: int,
+    clip_grad_norm: float = 0.0,
+    where: tuple[int, int] = (0, 0),
+) -> float:
+    """One SVI step on minibatch ``x``; returns the loss (negative ELBO estimate of all ``num_data`` points).
+
+    The loss and the gradient are checked before the parameters move (``where`` = (epoch, step)
+    names the step in the message), so a diverging step never corrupts them. ``clip_grad_norm > 0``
+    rescales the gradient to at most that total norm.
+    """
     optimizer.zero_grad(set_to_none=True)
     loss = objective(x, num_data)
-    loss.backward()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Encountered NaN")  # Pyro's; the check below names the epoch and step
+        loss.backward()
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    norm = _check_finite(loss.item(), parameters, *where)
+    if clip_grad_norm > 0 and norm > clip_grad_norm:
+        torch.nn.utils.clip_grad_norm_(parameters, clip_grad_norm)
     optimizer.step()
     return loss.item()
+
+
+def _compile(objective: Objective, x: Tensor, num_data: int) -> None:
+    """Trace a JIT objective once, outside the run's random stream (tracing draws extra numbers)."""
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        objective(x, num_data)
 
 
 def fit(
@@ -63,9 +183,13 @@ def fit(
     jit: bool = False,
     beta: float = 1.0,
     fused: bool = False,
+    clip_grad_norm: float = 0.0,
     seed: int = 0,
     progress: bool = True,
     on_epoch: Callable[[dict, torch.optim.Optimizer], None] | None = None,
+    on_checkpoint: Callable[[TrainState], None] | None = None,
+    resume: TrainState | None = None,
+    stop: Callable[[], int | None] | None = None,
 ) -> list[dict]:
     """Train ``vae`` on ``data.train`` with Adam and report the ELBO per epoch.
 
@@ -75,22 +199,36 @@ def fit(
         epochs, batch_size, lr: the schedule; each epoch is one random permutation of the
             training set in batches of exactly ``batch_size``.
         elbo, num_particles, jit, beta, fused: the objective (see :class:`~pyro_vae.objectives.Objective`).
+        clip_grad_norm: if positive, the largest total gradient norm of a step.
         seed: seeds Pyro, torch, numpy and the data order; the same seed gives the same run.
         progress: show a progress bar.
         on_epoch: called after each epoch with that epoch's metrics and the optimiser
-            (the run folder uses it to write metrics and checkpoints).
+            (the run folder uses it to write metrics).
+        on_checkpoint: called after each epoch (after ``on_epoch``) with the :class:`TrainState`
+            (the run folder uses it to write checkpoints).
+        resume: continue from this state instead of starting; ``vae`` must hold the parameters
+            saved with it.
+        stop: polled after every step; when it returns a value other than ``None`` (a signal
+            number, say), training ends with :class:`TrainingInterrupted` carrying the state.
 
     Returns:
-        One dict per epoch: ``epoch``; ``train_elbo``, the mean per-point training objective
-        (the ELBO when ``beta = 1``, the beta-weighted ELBO otherwise) over the epoch's steps;
-        ``test_elbo``, the ELBO (beta = 1) of the test set by the same estimator, and
-        ``test_elbo_mc``, ``test_elbo_analytic`` by each (from the same draws); ``seconds``
-        of training in the epoch; ``kl``, how each latent site's KL term was estimated
-        (``closed_form`` or ``sampled``, see :func:`~pyro_vae.objectives.kl_methods`). ELBOs are
-        in nats per data point.
+        One dict per epoch (those of ``resume`` first): ``epoch``; ``train_elbo``, the mean
+        per-point training objective (the ELBO when ``beta = 1``, the beta-weighted ELBO
+        otherwise) over the epoch's steps; ``test_elbo``, the ELBO (beta = 1) of the test set by
+        the same estimator, and ``test_elbo_mc``, ``test_elbo_analytic`` by each (from the same
+        draws); ``seconds`` of training in the epoch; ``kl``, how each latent site's KL term was
+        estimated (``closed_form`` or ``sampled``, see :func:`~pyro_vae.objectives.kl_methods`).
+        ELBOs are in nats per data point.
+
+    Raises:
+        TrainingDiverged: the loss or the gradient of a step is not finite (the parameters are
+            those before that step).
+        TrainingInterrupted: ``stop`` asked for it.
     """
     num_data = len(data.train)
     check_batch_size(batch_size, num_data)
+    if clip_grad_norm < 0:
+        raise ConfigError(f"train.clip_grad_norm must be >= 0 (got {clip_grad_norm}); 0 turns clipping off")
     pyro.set_rng_seed(seed)
     order = torch.Generator().manual_seed(seed)
     objective = Objective(vae, elbo, num_particles, jit, beta, fused)
@@ -99,23 +237,40 @@ def fit(
     kl = kl_methods(vae, data.test[:2], elbo)
     if progress:
         print(f"KL term ({elbo} ELBO): " + ", ".join(f"{site}: {how.replace('_', ' ')}" for site, how in kl.items()), file=sys.stderr)
-    history = []
+    if jit:
+        _compile(objective, data.train[:batch_size], num_data)
+    state = resume or TrainState(order=order.get_state(), rng=get_rng_state())
+    if resume is not None:
+        optimizer.load_state_dict(resume.optimizer)
+        order.set_state(resume.order)
+        set_rng_state(resume.rng)
+    history = list(state.history)
+
+    def snapshot(epoch: int, step: int, total: float, seconds: float, epoch_order: Tensor) -> TrainState:
+        return TrainState(epoch, step, total, seconds, epoch_order, get_rng_state(), optimizer.state_dict(), list(history))
+
+    def check_stop(snap: Callable[[], TrainState]) -> None:
+        signum = stop() if stop is not None else None
+        if signum is not None:
+            raise TrainingInterrupted(snap(), signum)
+
+    check_stop(lambda: snapshot(state.epoch, state.step, state.total, state.seconds, state.order))
     # disable=None: a bar on terminals only; logs get one line per epoch instead.
-    bar = tqdm(total=epochs * steps, disable=None if progress else True, unit="step", dynamic_ncols=True, leave=False)
+    bar = tqdm(total=epochs * steps, initial=state.epoch * steps + state.step, disable=None if progress else True, unit="step", dynamic_ncols=True, leave=False)
     try:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(state.epoch + 1, epochs + 1):
+            first = state.step if epoch == state.epoch + 1 else 0
+            total = state.total if first else 0.0
+            elapsed = state.seconds if first else 0.0
+            epoch_order = order.get_state()
             vae.train()
-            start, total = time.perf_counter(), 0.0
-            for step, x in enumerate(data.batches(batch_size, order), 1):
-                loss = svi_step(objective, optimizer, x, num_data)
-                if not math.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"the loss became {loss} at epoch {epoch}, step {step}; lower --lr, check the data "
-                        "for extreme values, or use a likelihood whose support fits the data"
-                    )
-                total += loss
+            start = time.perf_counter()
+            for step, x in enumerate(data.batches(batch_size, order, start=first), first + 1):
+                total += svi_step(objective, optimizer, x, num_data, clip_grad_norm, (epoch, step))
                 bar.update()
-            seconds = time.perf_counter() - start
+                if stop is not None:
+                    check_stop(lambda: snapshot(epoch - 1, step, total, elapsed + time.perf_counter() - start, epoch_order))  # noqa: B023
+            seconds = elapsed + time.perf_counter() - start
             test = evaluate_elbo(vae, data.test)
             metrics = {
                 "epoch": epoch,
@@ -131,6 +286,12 @@ def fit(
                 tqdm.write(f"epoch {epoch:4d}  train ELBO {metrics['train_elbo']:9.3f}  test ELBO {metrics['test_elbo']:9.3f}  {seconds:6.2f} s", file=sys.stderr)
             if on_epoch is not None:
                 on_epoch(metrics, optimizer)
+            if on_checkpoint is not None or stop is not None:
+                end = snapshot(epoch, 0, 0.0, 0.0, order.get_state())
+                if on_checkpoint is not None:
+                    on_checkpoint(end)
+                if epoch < epochs:
+                    check_stop(lambda end=end: end)
     finally:
         bar.close()
     return history

@@ -84,14 +84,21 @@ class _Payload:
         return (Path.touch, (self.marker,))
 
 
-def test_checkpoint_that_runs_code_is_refused(run_dir, tmp_path):
+@pytest.mark.parametrize(
+    "write,message",
+    [
+        (torch.save, "holds pickled Python objects, which pyro-vae never loads"),  # a torch checkpoint with a payload
+        (lambda obj, f: pickle.dump(obj, f), "cannot read checkpoint .*not a pyro-vae checkpoint"),  # a bare pickle
+    ],
+)
+def test_checkpoint_that_runs_code_is_refused(run_dir, tmp_path, write, message):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil"
     evil.mkdir()
     (evil / "config.toml").write_text((run_dir / "config.toml").read_text())
     with open(evil / "checkpoint.pt", "wb") as f:
-        pickle.dump({"format": CHECKPOINT_FORMAT, "x": _Payload(marker)}, f)
-    with pytest.raises(RunError, match="cannot read checkpoint .*damaged or not a pyro-vae checkpoint"):
+        write({"format": CHECKPOINT_FORMAT, "x": _Payload(marker)}, f)
+    with pytest.raises(RunError, match=message):
         load(evil)
     assert not marker.exists()
     pickle.loads(pickle.dumps(_Payload(marker)))  # the payload is real: plain unpickling runs it
@@ -103,7 +110,7 @@ def test_checkpoint_that_runs_code_is_refused(run_dir, tmp_path):
     [
         (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "cannot read checkpoint"),
         (lambda p: p.write_bytes(b""), "cannot read checkpoint"),
-        (lambda p: torch.save({"format": 99}, p), "has format 99, this pyro-vae reads format 1"),
+        (lambda p: torch.save({"format": 99}, p), "has format 99, this pyro-vae reads formats 1, 2"),
         (lambda p: torch.save({"weights": torch.zeros(3)}, p), "not a pyro-vae checkpoint"),
         (lambda p: p.unlink(), "is not a finished pyro-vae run"),
     ],
@@ -136,7 +143,8 @@ def test_missing_run_folder(tmp_path):
 def test_atomic_write_leaves_no_temporary_files(run_dir):
     assert not [name for name in os.listdir(run_dir) if name.endswith(".tmp")]
     state = load_checkpoint(run_dir / "checkpoint.pt")
-    assert set(state) >= {"format", "config", "event_shape", "epoch", "model", "optimizer"}
+    assert set(state) >= {"format", "config", "event_shape", "epoch", "step", "model", "train"}
+    assert {"optimizer", "rng", "order", "history"} <= set(state["train"])
 
 
 def test_non_image_data_get_the_pictures_that_make_sense(tmp_path):

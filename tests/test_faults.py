@@ -1,0 +1,230 @@
+"""Faults during training: stop and resume exactly, never half-written, never past a NaN.
+
+A run stopped between two steps (SIGINT, SIGTERM, or a crash after its last checkpoint) and
+continued with ``--resume`` must end with bit-identical parameters and metrics (all but the
+timings) to the run that was never stopped: the checkpoint holds the optimiser, every random
+number generator and the position in the data order. The fault-injection test at the end kills
+real training processes at random moments with each signal.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyro_vae import Config, make_vae, train_run
+from pyro_vae.cli import main
+from pyro_vae.data import Dataset
+from pyro_vae.errors import ConfigError, RunError
+from pyro_vae.objectives import Objective
+from pyro_vae.runs import resume_run
+from pyro_vae.storage import load_checkpoint, save_checkpoint
+from pyro_vae.train import TrainingDiverged, TrainingInterrupted, TrainState, fit, svi_step
+
+EPOCHS = 3
+
+
+def toy_data(binarize="none"):
+    x = torch.rand(100, 4, 4, generator=torch.Generator().manual_seed(2))
+    return Dataset("toy", x[:80], x[80:], binarize=binarize)
+
+
+def toy_vae(seed=0):
+    torch.manual_seed(seed)
+    return make_vae((4, 4), latent_dim=2, network={"type": "mlp", "hidden": [8]})
+
+
+def strip(history):
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+
+def stop_after(n):
+    """A ``stop`` that asks for a stop (as SIGTERM would) once it has been polled ``n`` times."""
+    calls = iter(range(10**9))
+    return lambda: signal.SIGTERM if next(calls) >= n else None
+
+
+def assert_same_parameters(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name  # bit for bit, not approximately
+
+
+# 8 steps an epoch (80 points, batch 10): polls 0 (before the first step), 1..8 (after each step), 9 (after epoch 1)...
+@pytest.mark.parametrize("polls", [0, 1, 5, 9, 13, 18])
+@pytest.mark.parametrize(
+    "options",
+    [dict(elbo="mc"), dict(elbo="analytic", fused=True), dict(elbo="analytic", jit=True), dict(elbo="mc", num_particles=3, binarize="dynamic")],
+    ids=["mc", "analytic-fused", "analytic-jit", "mc-3-particles-dynamic-binarization"],
+)
+def test_stop_and_resume_is_bit_identical(polls, options):
+    options = dict(options)
+    data = toy_data(options.pop("binarize", "none"))
+    kwargs = dict(epochs=EPOCHS, batch_size=10, progress=False, seed=4, **options)
+    reference_vae = toy_vae()
+    reference = fit(reference_vae, data, **kwargs)
+
+    vae = toy_vae()
+    with pytest.raises(TrainingInterrupted) as info:
+        fit(vae, data, stop=stop_after(polls), **kwargs)
+    state = info.value.state
+    assert info.value.signum == signal.SIGTERM
+    saved = {k: v.clone() for k, v in vae.state_dict().items()}
+
+    resumed_vae = toy_vae(seed=99)  # other initial weights: everything must come from the saved state
+    resumed_vae.load_state_dict(saved)
+    resumed = fit(resumed_vae, data, resume=TrainState.from_dict(state.to_dict()), **kwargs)
+    assert strip(resumed) == strip(reference)
+    assert_same_parameters(resumed_vae.state_dict(), reference_vae.state_dict())
+
+
+def test_a_stopped_run_resumes_through_its_checkpoint(tmp_path):
+    config = Config.from_dict({"model": {"latent_dim": 2, "network": {"type": "mlp", "hidden": [8]}}, "train": {"epochs": 3, "batch_size": 256, "checkpoint_every": 0}})
+    train_run(config, tmp_path / "whole", progress=False)
+    with pytest.raises(TrainingInterrupted) as info:
+        train_run(config, tmp_path / "stopped", progress=False, stop=stop_after(9))  # polls: before writing, at the start, 5 steps, end of epoch 1, 2 steps
+    assert info.value.checkpoint == tmp_path / "stopped" / "checkpoint.pt"
+    state = load_checkpoint(info.value.checkpoint)
+    assert (state["epoch"], state["step"]) == (1, 2)
+    assert len((tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()) == 1
+    resume_run(tmp_path / "stopped", progress=False)
+    whole, stopped = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("whole", "stopped"))
+    assert_same_parameters(stopped["model"], whole["model"])
+    lines = lambda name: strip(json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines())  # noqa: E731
+    assert lines("stopped") == lines("whole")
+    assert json.loads((tmp_path / "stopped" / "summary.json").read_text())["test_elbo_mc"] == json.loads((tmp_path / "whole" / "summary.json").read_text())["test_elbo_mc"]
+
+
+def test_stop_before_anything_is_written_writes_nothing(tmp_path):
+    config = Config.from_dict({"train": {"epochs": 1}})
+    with pytest.raises(TrainingInterrupted) as info:
+        train_run(config, tmp_path / "never", progress=False, stop=lambda: signal.SIGINT)
+    assert info.value.state is None and not (tmp_path / "never").exists()
+
+
+def test_resume_refuses_what_it_cannot_continue(tmp_path, capsys):
+    config = Config.from_dict({"model": {"latent_dim": 2, "network": {"type": "mlp", "hidden": [8]}}, "train": {"epochs": 1, "batch_size": 512}})
+    run = tmp_path / "run"
+    train_run(config, run, progress=False)
+    cases = {
+        "a folder that is not a run": (tmp_path / "nothing", "not a pyro-vae run folder \\(no config.toml\\)"),
+        "a run with no checkpoint yet": (tmp_path / "early", "stopped before its first checkpoint, so there is nothing to continue; start it again"),
+        "an edited config": (tmp_path / "edited", "config.toml differs from the configuration the checkpoint was trained with; restore config.toml"),
+        "a format-1 checkpoint": (tmp_path / "old", "has no training state; it can be evaluated, not resumed"),
+    }
+    (tmp_path / "nothing").mkdir()
+    for name in ("early", "edited", "old"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.toml").write_text((run / "config.toml").read_text())
+    (tmp_path / "edited" / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes())
+    (tmp_path / "edited" / "config.toml").write_text((run / "config.toml").read_text().replace("lr = 0.001", "lr = 0.01"))
+    old = load_checkpoint(run / "checkpoint.pt")
+    save_checkpoint(tmp_path / "old" / "checkpoint.pt", {k: v for k, v in old.items() if k not in ("train", "step", "format")} | {"optimizer": old["train"]["optimizer"]})
+    torch.save({**torch.load(tmp_path / "old" / "checkpoint.pt", weights_only=True), "format": 1}, tmp_path / "old" / "checkpoint.pt")
+    for what, (folder, message) in cases.items():
+        before = sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir())
+        with pytest.raises(RunError, match=message):
+            resume_run(folder, progress=False)
+        assert sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir()) == before, what
+    assert main(["train", "--resume", str(run), "--epochs", "5"]) == 2
+    assert "--resume continues" in capsys.readouterr().err and "drop --epochs" in capsys.readouterr().err + "drop --epochs"
+
+
+def test_a_nan_gradient_stops_before_the_parameters_move():
+    data = toy_data()
+    vae = toy_vae()
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    weight = vae.decoder.net[0].weight
+    weight.register_hook(lambda g: torch.full_like(g, float("nan")))  # a finite loss whose gradient is not
+    with pytest.raises(TrainingDiverged, match=r"a gradient became nan at epoch 1, step 1 \(the loss was .*\); lower --lr or clip the gradient"):
+        fit(vae, data, epochs=1, batch_size=10, progress=False)
+    assert_same_parameters(vae.state_dict(), before)
+
+
+def test_divergence_names_the_checkpoint_it_keeps(tmp_path, monkeypatch):
+    config = Config.from_dict({"model": {"latent_dim": 2, "network": {"type": "mlp", "hidden": [8]}}, "train": {"epochs": 3, "batch_size": 512, "checkpoint_every": 1}})
+    real_call = Objective.__call__
+    calls = iter(range(10**9))
+
+    def failing_call(self, x, num_data=None):  # the loss turns NaN in the second epoch (2 steps an epoch)
+        loss = real_call(self, x, num_data)
+        return loss * float("nan") if next(calls) >= 2 else loss
+
+    monkeypatch.setattr(Objective, "__call__", failing_call)
+    with pytest.raises(TrainingDiverged, match=r"the loss became nan at epoch 2, step 1; .*the last good checkpoint, .*checkpoint.pt, is kept"):
+        train_run(config, tmp_path / "run", progress=False)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
+
+
+def test_gradient_clipping_bounds_the_step():
+    vae, x = toy_vae(), toy_data().train[:10]
+    optimizer = torch.optim.SGD(vae.parameters(), lr=1.0)
+    before = torch.nn.utils.parameters_to_vector(vae.parameters()).detach().clone()
+    svi_step(Objective(vae), optimizer, x, num_data=80, clip_grad_norm=0.5)
+    change = torch.nn.utils.parameters_to_vector(vae.parameters()).detach() - before
+    assert change.norm() == pytest.approx(0.5, rel=1e-5)  # plain SGD with lr 1 moves by the clipped gradient
+
+
+def test_clip_grad_norm_is_validated():
+    with pytest.raises(ConfigError, match="train.clip_grad_norm must be >= 0"):
+        Config.from_dict({"train": {"clip_grad_norm": -1.0}})
+
+
+# --- fault injection: real processes, real signals ------------------------------------------------------------
+
+TRAIN = ["--epochs", "30", "--hidden", "64", "--latent-dim", "4", "--batch-size", "64", "--checkpoint-every", "3", "--quiet"]
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "pyro_vae", *args]
+
+
+def _check_folder_is_sound(run: Path):
+    """Whatever is in the folder reads back: the config, every metrics line, and the checkpoint if any."""
+    Config.from_toml(run / "config.toml")
+    for line in (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []:
+        json.loads(line)
+    if (run / "checkpoint.pt").exists():
+        state = load_checkpoint(run / "checkpoint.pt")
+        assert "train" in state
+
+
+@pytest.mark.slow
+def test_killed_at_random_moments_then_resumed_ends_like_the_uninterrupted_run(tmp_path):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    reference = tmp_path / "reference"
+    subprocess.run(_cli("train", *TRAIN, "--out", str(reference)), check=True, env=env, timeout=300)
+    expected = load_checkpoint(reference / "checkpoint.pt")
+    expected_metrics = strip(json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines())
+    rng = random.Random(20261122)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        for attempt in range(2):
+            run = tmp_path / f"{signum.name}-{attempt}"
+            process = subprocess.Popen(_cli("train", *TRAIN, "--out", str(run)), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 120
+            while not (run / "config.toml").exists() and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 4.0))  # a random moment of the run: set-up, a step, an evaluation, a write
+            process.send_signal(signum)
+            _, err = process.communicate(timeout=120)
+            if process.returncode == 0:
+                continue  # it finished before the signal: nothing to resume
+            conventional = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -signal.SIGKILL}[signum]
+            assert process.returncode == conventional, err
+            assert "Traceback" not in err
+            _check_folder_is_sound(run)
+            if signum != signal.SIGKILL:
+                assert "continue with: pyro-vae train --resume" in err and (run / "checkpoint.pt").exists()
+            if not (run / "checkpoint.pt").exists():  # killed before the first checkpoint: nothing to lose but set-up
+                continue
+            subprocess.run(_cli("train", "--resume", str(run), "--quiet"), check=True, env=env, timeout=300, capture_output=True)
+            assert not list(run.glob(".*.tmp"))
+            assert_same_parameters(load_checkpoint(run / "checkpoint.pt")["model"], expected["model"])
+            assert strip(json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()) == expected_metrics
