@@ -156,6 +156,8 @@ def _train(args: argparse.Namespace) -> int:
             config = _train_config(args)
             out = args.out or Path("runs") / f"{Path(config.data.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
             summary = train_run(config, out, overwrite=args.overwrite, progress=not args.quiet, stop=stop)
+    if not summary:  # a process of a data-parallel job other than process 0, which reports for all
+        return 0
     print(
         f"run folder: {summary['run']}\n"
         f"  {summary['dataset']}: {summary['num_train']} train / {summary['num_test']} test points, "

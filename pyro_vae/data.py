@@ -65,17 +65,23 @@ class Dataset:
     def event_shape(self) -> tuple[int, ...]:
         return tuple(self.train.shape[1:])
 
-    def batches(self, batch_size: int, generator: torch.Generator | None = None, start: int = 0) -> Iterator[Tensor]:
+    def batches(self, batch_size: int, generator: torch.Generator | None = None, start: int = 0, rank: int = 0, world_size: int = 1) -> Iterator[Tensor]:
         """One epoch of training minibatches of exactly ``batch_size`` points, in random order.
 
         The last ``len(train) % batch_size`` points of each permutation are left for later epochs:
         equal batch sizes keep a JIT-compiled objective valid, and every point is still used
         equally often in expectation. ``start`` skips that many batches of the permutation without
         drawing anything for them (a resumed run continues its epoch where it stopped).
+
+        With ``world_size`` processes each draws the same permutation and takes its shard, every
+        ``world_size``-th point from ``rank`` on; then the shards' ``k``-th batches together are
+        the ``k``-th batch of ``world_size * batch_size`` points of a single process.
         """
         n = len(self.train)
         order = torch.randperm(n, generator=generator).to(self.train.device)
-        for first in range(start * batch_size, n - batch_size + 1, batch_size):
+        if world_size > 1:
+            order = order[rank::world_size][: n // world_size]
+        for first in range(start * batch_size, len(order) - batch_size + 1, batch_size):
             batch = self.train[order[first : first + batch_size]]
             yield torch.bernoulli(batch) if self.binarize == "dynamic" else batch
 

@@ -257,6 +257,7 @@ def evaluate_elbo(
     num_particles: int = 1,
     batch_size: int = 1000,
     estimators: tuple[str, ...] = ("mc", "analytic"),
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, float]:
     """Mean per-example ELBO of ``x`` under each estimator, with its standard error.
 
@@ -264,6 +265,9 @@ def evaluate_elbo(
     ``std(per-example ELBO) / sqrt(num_examples)``; it covers both the spread of the data and
     the Monte Carlo noise of each per-example estimate. All estimators are formed from the same
     draws of :math:`z`, so their difference is not blurred by independent noise.
+
+    ``reduce`` sums a tensor over the processes of a data-parallel job, each holding its shard
+    of ``x``: the sums, sums of squares and counts are added up before anything is averaged.
 
     Returns:
         ``{"elbo_mc", "elbo_mc_se", "elbo_analytic", "elbo_analytic_se", "num_examples"}``
@@ -282,6 +286,8 @@ def evaluate_elbo(
         values = {e: torch.cat(v) for e, v in parts.items()}
     finally:
         vae.train(was_training)
+    if reduce is not None:
+        return _reduced_summary(values, reduce)
     n = len(x)
     out: dict[str, float] = {}
     for e, v in values.items():
@@ -289,4 +295,17 @@ def evaluate_elbo(
         out[f"elbo_{e}"] = v.mean().item()
         out[f"elbo_{e}_se"] = (v.std().item() / math.sqrt(n)) if n > 1 else float("nan")
     out["num_examples"] = n
+    return out
+
+
+def _reduced_summary(values: dict[str, Tensor], reduce: Callable[[Tensor], Tensor]) -> dict[str, float]:
+    """Mean and standard error of per-example values held in shards, from their summed moments."""
+    stats = torch.stack([torch.stack([v.double().sum(), v.double().square().sum(), torch.tensor(float(len(v)), dtype=torch.float64, device=v.device)]) for v in values.values()])
+    stats = reduce(stats).cpu()
+    out: dict[str, float] = {}
+    for e, (total, squares, n) in zip(values, stats.tolist()):
+        mean = total / n
+        out[f"elbo_{e}"] = mean
+        out[f"elbo_{e}_se"] = math.sqrt(max(squares - n * mean * mean, 0.0) / (n - 1) / n) if n > 1 else float("nan")
+    out["num_examples"] = int(stats[0, 2].item()) if len(stats) else 0
     return out

@@ -16,11 +16,12 @@ have all been checked. :func:`resume_run` continues a stopped or killed run from
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ import torch
 from pyro_vae.compare import compare_estimators
 from pyro_vae.config import Config, resolve_device
 from pyro_vae.data import Dataset, load_dataset
+from pyro_vae.distributed import Distributed, from_env
 from pyro_vae.errors import RunError
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.marginal import log_likelihood
@@ -116,22 +118,38 @@ def train_run(
     """
     out = Path(out)
     t = config.train
-    device = resolve_device(t.device)
-    data = load_data(config, device)
-    pyro.set_rng_seed(t.seed)  # the initial weights are part of what the seed fixes
-    vae = build_vae(config, data.event_shape).to(device)
-    check_batch_size(t.batch_size, len(data.train))
-    if stop is not None and stop() is not None:  # asked to stop before anything was written: write nothing
-        raise TrainingInterrupted(None, stop())
-    _prepare_folder(out, overwrite)
-    atomic_write(out / "config.toml", config.to_toml())
-    if progress:
-        print(
-            f"training on {data.name} ({len(data.train)} train / {len(data.test)} test points) for {t.epochs} epochs "
-            f"on {device}: {t.elbo} ELBO, {t.num_particles} particle(s), beta {t.beta:g}, into {out}",
-            file=sys.stderr,
-        )
-    return _train_into(out, config, data, vae, None, progress, stop)
+    with _job(t.device) as (device, distributed):
+        main = distributed is None or distributed.is_main
+        data = load_data(config, device)
+        pyro.set_rng_seed(t.seed)  # the initial weights are part of what the seed fixes
+        vae = build_vae(config, data.event_shape).to(device)
+        world_size = distributed.world_size if distributed else 1
+        check_batch_size(t.batch_size, len(data.train) // world_size)
+        if stop is not None and stop() is not None:  # asked to stop before anything was written: write nothing
+            raise TrainingInterrupted(None, stop())
+        if main:
+            _prepare_folder(out, overwrite)
+            atomic_write(out / "config.toml", config.to_toml())
+        if progress and main:
+            processes = f" in {world_size} processes of {t.batch_size} points a batch each" if distributed else ""
+            print(
+                f"training on {data.name} ({len(data.train)} train / {len(data.test)} test points) for {t.epochs} epochs "
+                f"on {device}{processes}: {t.elbo} ELBO, {t.num_particles} particle(s), beta {t.beta:g}, into {out}",
+                file=sys.stderr,
+            )
+        return _train_into(out, config, data, vae, None, progress, stop, distributed)
+
+
+@contextlib.contextmanager
+def _job(device_name: str) -> Iterator[tuple[torch.device, Distributed | None]]:
+    """The device, and this process's place in a torchrun job (``None`` alone); leaves the job at the end."""
+    device = resolve_device(device_name)
+    distributed = from_env(device)
+    try:
+        yield (distributed.device if distributed else device), distributed
+    finally:
+        if distributed is not None:
+            distributed.close()
 
 
 def resume_run(run_dir: str | Path, progress: bool = True, stop: Callable[[], int | None] | None = None) -> dict[str, Any]:
@@ -157,22 +175,34 @@ def resume_run(run_dir: str | Path, progress: bool = True, stop: Callable[[], in
         raise RunError(f"--resume {run_dir}: its checkpoint (format {state['format']}) has no training state; it can be evaluated, not resumed; retrain to continue")
     if Config.from_dict(state["config"]) != config:
         raise RunError(f"--resume {run_dir}: config.toml differs from the configuration the checkpoint was trained with; restore config.toml to resume")
-    device = resolve_device(config.train.device)
-    data = load_data(config, device)
-    vae = _load_model(config, state, run_dir).to(device)
     resume = TrainState.from_dict(state["train"])
-    remove_partial_writes(run_dir)
-    atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in resume.history))
-    if progress:
-        print(f"resuming {run_dir} at epoch {resume.epoch + 1}, step {resume.step} of {config.train.epochs} epochs on {device}", file=sys.stderr)
-    return _train_into(run_dir, config, data, vae, resume, progress, stop)
+    with _job(config.train.device) as (device, distributed):
+        data = load_data(config, device)
+        vae = _load_model(config, state, run_dir).to(device)
+        if distributed is None or distributed.is_main:
+            remove_partial_writes(run_dir)
+            atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in resume.history))
+            if progress:
+                print(f"resuming {run_dir} at epoch {resume.epoch + 1}, step {resume.step} of {config.train.epochs} epochs on {device}", file=sys.stderr)
+        return _train_into(run_dir, config, data, vae, resume, progress, stop, distributed)
 
 
 def _train_into(
-    out: Path, config: Config, data: Dataset, vae: VAE, resume: TrainState | None, progress: bool, stop: Callable[[], int | None] | None
+    out: Path,
+    config: Config,
+    data: Dataset,
+    vae: VAE,
+    resume: TrainState | None,
+    progress: bool,
+    stop: Callable[[], int | None] | None,
+    distributed: Distributed | None = None,
 ) -> dict[str, Any]:
-    """Train (or continue) into ``out``: metrics every epoch, checkpoints as configured and on a stop; then pictures and summary."""
+    """Train (or continue) into ``out``: metrics every epoch, checkpoints as configured and on a stop; then pictures and summary.
+
+    In a data-parallel job only process 0 writes; the others return an empty summary.
+    """
     t = config.train
+    main = distributed is None or distributed.is_main
     lines = [json.dumps(m) for m in resume.history] if resume else []
     checkpoint = out / "checkpoint.pt"
 
@@ -189,19 +219,23 @@ def _train_into(
         history = fit(
             vae, data, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, elbo=t.elbo, num_particles=t.num_particles,
             jit=t.jit, beta=t.beta, fused=t.fused, clip_grad_norm=t.clip_grad_norm, seed=t.seed, progress=progress,
-            on_epoch=on_epoch, on_checkpoint=on_checkpoint, resume=resume, stop=stop,
+            on_epoch=on_epoch if main else None, on_checkpoint=on_checkpoint if main else None, resume=resume, stop=stop, distributed=distributed,
         )
     except TrainingInterrupted as e:
         if e.state is not None:
-            save_checkpoint(checkpoint, _state(vae, config, e.state))
+            if main:
+                save_checkpoint(checkpoint, _state(vae, config, e.state))
             e.checkpoint = checkpoint
         raise
     except TrainingDiverged as e:
         kept = f"the last good checkpoint, {checkpoint}, is kept" if checkpoint.is_file() else "no checkpoint had been written yet"
         raise TrainingDiverged(f"{e}; {kept}") from None
     seconds = time.perf_counter() - start
+    if not main:
+        return {}
     vae.eval()
     pictures = draw_pictures(vae, data, history, out, _caption(config))
+    torch.manual_seed(t.seed)  # as evaluate_run does: `pyro-vae evaluate` reproduces these numbers in any one process
     final = evaluate_elbo(vae, data.test)
     summary = {
         "run": str(out),
@@ -213,6 +247,7 @@ def _train_into(
         "train_elbo": history[-1]["train_elbo"],
         **{f"test_{k}": v for k, v in final.items() if k != "num_examples"},
         "device": str(next(vae.parameters()).device),
+        "processes": distributed.world_size if distributed else 1,
         "files": ["config.toml", "metrics.jsonl", "checkpoint.pt", *pictures, "summary.json"],
     }
     atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")

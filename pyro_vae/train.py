@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import random
+import signal
 import sys
 import time
 import warnings
@@ -40,6 +41,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from pyro_vae.data import Dataset
+from pyro_vae.distributed import Distributed, data_parallel
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.objectives import Objective, evaluate_elbo, kl_methods
 from pyro_vae.vae import VAE
@@ -92,6 +94,7 @@ class TrainState:
         rng: :func:`get_rng_state` at this point.
         optimizer: the optimiser's ``state_dict()``.
         history: the metrics of the completed epochs.
+        world_size: processes of the (data-parallel) run; ``rng`` is process 0's.
     """
 
     epoch: int = 0
@@ -102,6 +105,7 @@ class TrainState:
     rng: dict[str, Any] = field(default_factory=dict)
     optimizer: dict[str, Any] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
+    world_size: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         """Tensors and plain values only, for a checkpoint read with ``weights_only=True``."""
@@ -139,7 +143,7 @@ def _check_finite(loss: float, parameters: list[Tensor], epoch: int, step: int) 
 
 
 def svi_step(
-    objective: Objective,
+    objective: Callable[[Tensor, int], Tensor],
     optimizer: torch.optim.Optimizer,
     x: Tensor,
     num_data: int,
@@ -147,6 +151,9 @@ def svi_step(
     where: tuple[int, int] = (0, 0),
 ) -> float:
     """One SVI step on minibatch ``x``; returns the loss (negative ELBO estimate of all ``num_data`` points).
+
+    ``objective`` is an :class:`~pyro_vae.objectives.Objective`, or one wrapped by
+    :func:`~pyro_vae.distributed.data_parallel`, whose backward pass averages the gradient over processes.
 
     The loss and the gradient are checked before the parameters move (``where`` = (epoch, step)
     names the step in the message), so a diverging step never corrupts them. ``clip_grad_norm > 0``
@@ -190,6 +197,7 @@ def fit(
     on_checkpoint: Callable[[TrainState], None] | None = None,
     resume: TrainState | None = None,
     stop: Callable[[], int | None] | None = None,
+    distributed: Distributed | None = None,
 ) -> list[dict]:
     """Train ``vae`` on ``data.train`` with Adam and report the ELBO per epoch.
 
@@ -210,6 +218,10 @@ def fit(
             saved with it.
         stop: polled after every step; when it returns a value other than ``None`` (a signal
             number, say), training ends with :class:`TrainingInterrupted` carrying the state.
+        distributed: this process's place in a data-parallel job (:mod:`pyro_vae.distributed`):
+            it trains on its shard of every batch with ``batch_size`` points, the gradient is
+            averaged over processes, evaluation is summed over them, and its draws are seeded
+            with ``seed + rank``. Only process 0 shows progress; all call the callbacks.
 
     Returns:
         One dict per epoch (those of ``resume`` first): ``epoch``; ``train_elbo``, the mean
@@ -225,36 +237,51 @@ def fit(
             those before that step).
         TrainingInterrupted: ``stop`` asked for it.
     """
+    rank, world_size = (distributed.rank, distributed.world_size) if distributed else (0, 1)
     num_data = len(data.train)
-    check_batch_size(batch_size, num_data)
+    check_batch_size(batch_size, num_data // world_size)
     if clip_grad_norm < 0:
         raise ConfigError(f"train.clip_grad_norm must be >= 0 (got {clip_grad_norm}); 0 turns clipping off")
-    pyro.set_rng_seed(seed)
-    order = torch.Generator().manual_seed(seed)
+    if distributed and jit:
+        raise ConfigError("train.jit cannot be used under torchrun (DistributedDataParallel); use --fused, the faster exact path, instead")
+    progress = progress and rank == 0
+    pyro.set_rng_seed(seed + rank)
+    order = torch.Generator().manual_seed(seed)  # the same permutation in every process; each takes its shard
     objective = Objective(vae, elbo, num_particles, jit, beta, fused)
+    loss = data_parallel(vae, objective, distributed, beta) if distributed else objective
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
-    steps = num_data // batch_size
+    steps = num_data // world_size // batch_size
     kl = kl_methods(vae, data.test[:2], elbo)
     if progress:
         print(f"KL term ({elbo} ELBO): " + ", ".join(f"{site}: {how.replace('_', ' ')}" for site, how in kl.items()), file=sys.stderr)
     if jit:
         _compile(objective, data.train[:batch_size], num_data)
-    state = resume or TrainState(order=order.get_state(), rng=get_rng_state())
+    state = resume or TrainState(order=order.get_state(), rng=get_rng_state(), world_size=world_size)
     if resume is not None:
+        if resume.world_size != world_size:
+            raise ConfigError(f"the checkpoint was written by a run of {resume.world_size} process(es), this one has {world_size}; resume it with torchrun --nproc_per_node={resume.world_size}" if resume.world_size > 1 else "the checkpoint was written by a single process; resume it without torchrun")
         optimizer.load_state_dict(resume.optimizer)
         order.set_state(resume.order)
-        set_rng_state(resume.rng)
+        if rank == 0:
+            set_rng_state(resume.rng)
+        else:  # only process 0's generators are saved; the others restart from seeds fixed by their rank and the position
+            pyro.set_rng_seed((seed + rank) * 1_000_003 + resume.epoch * 10_007 + resume.step)
     history = list(state.history)
+    test = data.test[rank::world_size] if distributed else data.test
+    reduce = distributed.all_reduce if distributed else None
 
     def snapshot(epoch: int, step: int, total: float, seconds: float, epoch_order: Tensor) -> TrainState:
-        return TrainState(epoch, step, total, seconds, epoch_order, get_rng_state(), optimizer.state_dict(), list(history))
+        return TrainState(epoch, step, total, seconds, epoch_order, get_rng_state(), optimizer.state_dict(), list(history), world_size)
 
     def check_stop(snap: Callable[[], TrainState]) -> None:
         signum = stop() if stop is not None else None
+        if distributed is not None and distributed.agree(signum is not None):  # every process stops at the same step
+            signum = signum if signum is not None else signal.SIGTERM
         if signum is not None:
             raise TrainingInterrupted(snap(), signum)
 
-    check_stop(lambda: snapshot(state.epoch, state.step, state.total, state.seconds, state.order))
+    if stop is not None:
+        check_stop(lambda: snapshot(state.epoch, state.step, state.total, state.seconds, state.order))
     # disable=None: a bar on terminals only; logs get one line per epoch instead.
     bar = tqdm(total=epochs * steps, initial=state.epoch * steps + state.step, disable=None if progress else True, unit="step", dynamic_ncols=True, leave=False)
     try:
@@ -265,19 +292,21 @@ def fit(
             epoch_order = order.get_state()
             vae.train()
             start = time.perf_counter()
-            for step, x in enumerate(data.batches(batch_size, order, start=first), first + 1):
-                total += svi_step(objective, optimizer, x, num_data, clip_grad_norm, (epoch, step))
+            for step, x in enumerate(data.batches(batch_size, order, first, rank, world_size), first + 1):
+                total += svi_step(loss, optimizer, x, num_data, clip_grad_norm, (epoch, step))
                 bar.update()
                 if stop is not None:
                     check_stop(lambda: snapshot(epoch - 1, step, total, elapsed + time.perf_counter() - start, epoch_order))  # noqa: B023
             seconds = elapsed + time.perf_counter() - start
-            test = evaluate_elbo(vae, data.test)
+            if distributed:  # each process's losses estimate the same full-data objective: average them
+                total = distributed.all_reduce(torch.tensor([total], dtype=torch.float64, device=distributed.device)).item() / world_size
+            scores = evaluate_elbo(vae, test, reduce=reduce)
             metrics = {
                 "epoch": epoch,
                 "train_elbo": -total / (steps * num_data),
-                "test_elbo": test[f"elbo_{elbo}"],
-                "test_elbo_mc": test["elbo_mc"],
-                "test_elbo_analytic": test["elbo_analytic"],
+                "test_elbo": scores[f"elbo_{elbo}"],
+                "test_elbo_mc": scores["elbo_mc"],
+                "test_elbo_analytic": scores["elbo_analytic"],
                 "seconds": seconds,
                 "kl": kl,
             }
@@ -286,12 +315,11 @@ def fit(
                 tqdm.write(f"epoch {epoch:4d}  train ELBO {metrics['train_elbo']:9.3f}  test ELBO {metrics['test_elbo']:9.3f}  {seconds:6.2f} s", file=sys.stderr)
             if on_epoch is not None:
                 on_epoch(metrics, optimizer)
-            if on_checkpoint is not None or stop is not None:
-                end = snapshot(epoch, 0, 0.0, 0.0, order.get_state())
-                if on_checkpoint is not None:
-                    on_checkpoint(end)
-                if epoch < epochs:
-                    check_stop(lambda end=end: end)
+            end = lambda: snapshot(epoch, 0, 0.0, 0.0, order.get_state())  # noqa: E731
+            if on_checkpoint is not None:
+                on_checkpoint(end())
+            if stop is not None and epoch < epochs:
+                check_stop(end)
     finally:
         bar.close()
     return history

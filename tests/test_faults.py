@@ -179,7 +179,7 @@ def test_clip_grad_norm_is_validated():
 
 # --- fault injection: real processes, real signals ------------------------------------------------------------
 
-TRAIN = ["--epochs", "30", "--hidden", "64", "--latent-dim", "4", "--batch-size", "64", "--checkpoint-every", "3", "--quiet"]
+TRAIN = ["--epochs", "20", "--hidden", "64", "--latent-dim", "4", "--batch-size", "64", "--checkpoint-every", "3", "--quiet"]
 
 
 def _cli(*args):
@@ -211,7 +211,7 @@ def test_killed_at_random_moments_then_resumed_ends_like_the_uninterrupted_run(t
             deadline = time.monotonic() + 120
             while not (run / "config.toml").exists() and process.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.02)
-            time.sleep(rng.uniform(0.0, 4.0))  # a random moment of the run: set-up, a step, an evaluation, a write
+            time.sleep(rng.uniform(0.0, 3.0))  # a random moment of the run: set-up, a step, an evaluation, a write
             process.send_signal(signum)
             _, err = process.communicate(timeout=120)
             if process.returncode == 0:
