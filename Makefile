@@ -21,8 +21,8 @@ test: $(VENV)/.installed  ## the whole test suite
 test-fast: $(VENV)/.installed  ## everything but the slow tier
 	$(BIN)/python -m pytest -q -m "not slow"
 
-bench: $(VENV)/.installed  ## ms per SVI step of every estimator, with and without JIT (about a minute)
-	$(BIN)/python benchmarks/step_time.py
+bench: $(VENV)/.installed  ## speed against a hand-written PyTorch VAE: steps, epochs, memory, log-likelihood (about 2 minutes)
+	$(BIN)/python benchmarks/speed.py
 
 lint: $(VENV)/.installed  ## ruff, the style checker (installs the dev extra)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import signal
 import sys
 import time
@@ -252,6 +253,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"pyro-vae: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # in a torchrun job: a peer died or stopped answering (a collective failed or timed out)
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size <= 1 or args.debug:
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        print(
+            f"pyro-vae: error: process {os.environ.get('RANK', '?')} of {world_size} lost the others ({first}); the job stops. "
+            "The first failing process's own message says why; continue from the last checkpoint with torchrun ... -m pyro_vae train --resume RUN_DIR",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print("pyro-vae: interrupted", file=sys.stderr)
         return 130

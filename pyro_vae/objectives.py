@@ -129,15 +129,21 @@ def fused_loss(vae: VAE, x: Tensor, num_data: int | None = None, estimator: str 
     redefines either is a different program, and :class:`Objective` refuses to fuse it.
     """
     q = vae.encode(x)
-    z = q.rsample((num_particles,))  # shape (L, B, latent_dim): Pyro's vectorized particles
+    # Pyro's vectorized particles: z of shape (L, B, latent_dim), drawn in one call; for L = 1 the
+    # same numbers without the particle dimension, which spares the networks a reshape each way.
+    z = q.rsample((num_particles,)) if num_particles > 1 else q.rsample()
     elbo = vae.decode(z).log_prob(x).sum()
     if beta:  # beta = 0 drops the latent terms (Pyro's mask), rather than multiplying them by 0
         prior = vae.prior()
         kl = closed_form_kl(q, prior) if estimator == "analytic" else None
-        latent = -num_particles * kl.sum() if kl is not None else (prior.log_prob(z) - q.log_prob(z)).sum()
-        elbo = elbo + beta * latent
+        if kl is not None:  # the same for every particle
+            kl = kl.sum() if beta * num_particles == 1 else beta * num_particles * kl.sum()
+            elbo = elbo - kl
+        else:
+            latent = (prior.log_prob(z) - q.log_prob(z)).sum()
+            elbo = elbo + (latent if beta == 1 else beta * latent)
     batch = x.shape[0]
-    return -(num_data if num_data is not None else batch) / batch / num_particles * elbo
+    return elbo * (-(num_data if num_data is not None else batch) / batch / num_particles)
 
 
 class Objective:

@@ -98,7 +98,7 @@ class StandardNormal(Prior):
         self.register_buffer("scale", torch.ones(latent_dim))
 
     def forward(self) -> dist.TorchDistribution:
-        return dist.Normal(self.loc, self.scale).to_event(1)
+        return dist.Normal(self.loc, self.scale, validate_args=False).to_event(1)  # constant, valid parameters
 
 
 @PRIORS.register("normal")

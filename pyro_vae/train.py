@@ -126,20 +126,18 @@ class TrainingInterrupted(PyroVAEError):
         self.checkpoint: Path | None = None  # set by whoever saved the state
 
 
-def _check_finite(loss: float, parameters: list[Tensor], epoch: int, step: int) -> Tensor:
-    """The gradient's total norm, after checking it and the loss; raises :class:`TrainingDiverged` otherwise."""
+def _check_finite(loss: float, gradient: Tensor, epoch: int, step: int) -> None:
+    """Raise :class:`TrainingDiverged` unless the loss and ``gradient`` (a sum or norm of the gradient) are finite."""
     if not math.isfinite(loss):
         raise TrainingDiverged(
             f"the loss became {loss} at epoch {epoch}, step {step}; lower --lr, check the data "
             "for extreme values, or use a likelihood whose support fits the data"
         )
-    norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
-    if not torch.isfinite(norm):
+    if not torch.isfinite(gradient):
         raise TrainingDiverged(
-            f"a gradient became {norm.item()} at epoch {epoch}, step {step} (the loss was {loss:.6g}); "
+            f"a gradient became {gradient.item()} at epoch {epoch}, step {step} (the loss was {loss:.6g}); "
             "lower --lr or clip the gradient (--clip-grad-norm 10), and check the data for extreme values"
         )
-    return norm
 
 
 def svi_step(
@@ -164,12 +162,15 @@ def svi_step(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Encountered NaN")  # Pyro's; the check below names the epoch and step
         loss.backward()
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    norm = _check_finite(loss.item(), parameters, *where)
-    if clip_grad_norm > 0 and norm > clip_grad_norm:
-        torch.nn.utils.clip_grad_norm_(parameters, clip_grad_norm)
+    parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if clip_grad_norm > 0:
+        check = torch.nn.utils.clip_grad_norm_(parameters, clip_grad_norm)  # the norm before clipping
+    else:  # a sum is finite exactly when every term is (or it overflows, as no sane gradient does), and costs a third of a norm
+        check = torch.stack([p.grad.sum() for p in parameters]).sum() if parameters else torch.zeros(())
+    value = loss.item()
+    _check_finite(value, check, *where)
     optimizer.step()
-    return loss.item()
+    return value
 
 
 def _compile(objective: Objective, x: Tensor, num_data: int) -> None:
@@ -259,7 +260,8 @@ def fit(
     state = resume or TrainState(order=order.get_state(), rng=get_rng_state(), world_size=world_size)
     if resume is not None:
         if resume.world_size != world_size:
-            raise ConfigError(f"the checkpoint was written by a run of {resume.world_size} process(es), this one has {world_size}; resume it with torchrun --nproc_per_node={resume.world_size}" if resume.world_size > 1 else "the checkpoint was written by a single process; resume it without torchrun")
+            how = f"with torchrun --nproc_per_node={resume.world_size}" if resume.world_size > 1 else "without torchrun"
+            raise ConfigError(f"the checkpoint was written by a run of {resume.world_size} process(es), this one has {world_size}; resume it {how}")
         optimizer.load_state_dict(resume.optimizer)
         order.set_state(resume.order)
         if rank == 0:
@@ -315,7 +317,7 @@ def fit(
                 tqdm.write(f"epoch {epoch:4d}  train ELBO {metrics['train_elbo']:9.3f}  test ELBO {metrics['test_elbo']:9.3f}  {seconds:6.2f} s", file=sys.stderr)
             if on_epoch is not None:
                 on_epoch(metrics, optimizer)
-            end = lambda: snapshot(epoch, 0, 0.0, 0.0, order.get_state())  # noqa: E731
+            end = lambda epoch=epoch: snapshot(epoch, 0, 0.0, 0.0, order.get_state())  # noqa: E731
             if on_checkpoint is not None:
                 on_checkpoint(end())
             if stop is not None and epoch < epochs:

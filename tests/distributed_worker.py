@@ -21,8 +21,8 @@ CASES = [dict(elbo="mc"), dict(elbo="analytic", fused=True), dict(elbo="mc", bet
 def deterministic_draws():
     """Make every reparameterised Normal draw its own ``loc + scale / 2``."""
 
-    def rsample(self, sample_shape=torch.Size()):
-        shape = self._extended_shape(sample_shape)
+    def rsample(self, sample_shape=()):
+        shape = self._extended_shape(torch.Size(sample_shape))
         return self.loc.expand(shape) + 0.5 * self.scale.expand(shape)
 
     Normal.rsample = rsample

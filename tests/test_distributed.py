@@ -11,13 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import distributed_worker
 import pytest
 import torch
 
 from pyro_vae import evaluate_run, load
 from pyro_vae.storage import load_checkpoint
-
-import distributed_worker
 
 HERE = Path(__file__).parent
 pytestmark = pytest.mark.slow

@@ -1,0 +1,625 @@
+"""How fast pyro-vae trains and evaluates, against a hand-written PyTorch VAE with the same network.
+
+    python benchmarks/speed.py                  # every table (make bench): 100 s on 2 idle cores, longer when other work competes
+    python benchmarks/speed.py --quick          # fewer rounds, steps and epochs: under a minute
+    python benchmarks/speed.py --smoke          # tiny sizes on random data, seconds (the tests run this)
+    python benchmarks/speed.py --only steps --batch 64 256 --repeats 7
+    python benchmarks/speed.py --data-root /data --device cuda
+
+Four tables, all for the MLP 784-400-50 VAE with a Bernoulli likelihood and Adam (lr 1e-3):
+
+1. ms per training step (forward, backward, Adam) of every estimator of the library, and of
+   Pyro's ``JitTraceMeanField_ELBO`` as shipped, beside a self-contained hand-written PyTorch VAE
+   started from the same weights; the fastest library row is checked against the targets
+   (within 1.10x of hand-written at batch 128, 1.25x at batch 32).
+2. seconds per MNIST training epoch (batch 256, grey values): ``pyro_vae.fit`` (fused and Pyro
+   path) against the hand-written loop over the same in-memory tensors, (a) slicing a random
+   permutation as the library does and (b) through a shuffling ``DataLoader``; target 1.10x.
+3. peak memory after each epoch of library training (fused), in a fresh process; the peak after
+   the last epoch over the peak after the first should stay within 1.05.
+4. points x samples per second of ``pyro_vae.log_likelihood`` (K = 5000) against the bare
+   matrix multiplies of the decoder with the same shapes and chunks; target at least half.
+
+Every timing is a median over rounds in which the configurations take turns, so a slow spell of
+the machine hits all of them alike, and every ratio is the median of the ratios within a round.
+Each table says how long it took and how much of that time another task waited for a CPU (Linux
+pressure stall information): more than a few percent means other work skewed it. The command
+reports; it never fails on a missed target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import pyro
+import torch
+import torch.nn.functional as F
+from pyro.infer import JitTraceMeanField_ELBO
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import pyro_vae
+from pyro_vae import VAE, DataError, Dataset, Objective
+from pyro_vae.marginal import MAX_ELEMENTS
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE = (28, 28)
+HIDDEN, LATENT = 400, 50
+LR = 1e-3
+NUM_DATA = 60_000  # the minibatch loss is scaled by NUM_DATA / batch, as for MNIST
+PARTS = ("steps", "epochs", "memory", "likelihood")
+
+LossFn = Callable[[Tensor, int], Tensor]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each part does; ``--smoke`` and ``--quick`` pick smaller ones, options override."""
+
+    batches: tuple[int, ...] = (32, 128, 512)
+    steps: int = 30  # timed steps per round
+    warmup: int = 3  # untimed steps at the start of each round (the JIT compiles on the first)
+    repeats: int = 5  # interleaved rounds of the step and likelihood timings
+    epochs: int = 3  # interleaved rounds of one training epoch each
+    epoch_batch: int = 256
+    memory_epochs: int = 10
+    points: int = 100  # data points of the log-likelihood
+    num_samples: int = 5000  # K
+    likelihood_repeats: int = 3
+    random_train: int = 60_000  # stand-in data when MNIST is missing (always with --smoke)
+    random_test: int = 10_000
+
+
+PROFILES = {
+    "full": Sizes(),
+    "quick": Sizes(steps=15, repeats=3, epochs=2, memory_epochs=3, likelihood_repeats=2),
+    "smoke": Sizes(batches=(32, 128), steps=2, warmup=1, repeats=1, epochs=1, memory_epochs=2, points=4, num_samples=50, likelihood_repeats=1, random_train=600, random_test=50),
+}
+
+
+class HandWrittenVAE(nn.Module):
+    """A typical PyTorch VAE: MLP encoder and decoder, Bernoulli pixels, closed-form KL against N(0, I).
+
+    Self-contained on purpose (no pyro_vae code): it is what the library is measured against.
+    """
+
+    def __init__(self, data_dim: int = 784, hidden: int = HIDDEN, latent_dim: int = LATENT) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(data_dim, hidden), nn.ReLU(), nn.Linear(hidden, 2 * latent_dim))
+        self.decoder = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, data_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The negative ELBO of the batch, summed over its points (one draw of z per point)."""
+        x = x.flatten(1)
+        loc, raw_scale = self.encoder(x).chunk(2, dim=-1)
+        scale = F.softplus(raw_scale) + 1e-6
+        z = loc + scale * torch.randn_like(loc)
+        reconstruction = F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="sum")
+        kl = -0.5 * torch.sum(1 + 2 * scale.log() - loc.pow(2) - scale.pow(2))
+        return reconstruction + kl
+
+    def loss(self, x: Tensor, num_data: int) -> Tensor:
+        """The minibatch estimate of the whole data set's negative ELBO, scaled like the library's."""
+        return num_data / len(x) * self(x)
+
+
+def _linears(module: nn.Module) -> list[nn.Linear]:
+    return [m for m in module.modules() if isinstance(m, nn.Linear)]
+
+
+def hand_written_copy(vae: VAE) -> HandWrittenVAE:
+    """A hand-written VAE with the library VAE's weights, layer by layer, so both do the same arithmetic."""
+    hand = HandWrittenVAE()
+    for source, target in zip(_linears(vae.encoder) + _linears(vae.decoder), _linears(hand.encoder) + _linears(hand.decoder), strict=True):
+        target.load_state_dict(source.state_dict())
+    return hand.to(next(vae.parameters()).device)
+
+
+def new_vae(state: dict[str, Tensor] | None = None, device: str = "cpu") -> VAE:
+    """The benchmark's library VAE (MLP 784-400-50, Bernoulli, N(0, I) prior), with ``state`` if given."""
+    vae = pyro_vae.make_vae(IMAGE, latent_dim=LATENT, network={"type": "mlp", "hidden": [HIDDEN]})
+    if state is not None:
+        vae.load_state_dict(state)
+    return vae.to(device)
+
+
+def shipped_jit_mean_field(vae: VAE) -> Objective:
+    """An Objective running Pyro 1.9's ``JitTraceMeanField_ELBO`` unchanged (it re-traces at every step)."""
+    objective = Objective(vae, "analytic", jit=True)
+    objective.elbo = JitTraceMeanField_ELBO(max_plate_nesting=1, ignore_jit_warnings=True)
+    return objective
+
+
+#: Rows of the step table for the library: ``name -> objective for a VAE``.
+LIBRARY_ROWS: dict[str, Callable[[VAE], Objective]] = {
+    "mc (Trace_ELBO)": partial(Objective, estimator="mc"),
+    "mc, jit": partial(Objective, estimator="mc", jit=True),
+    "mc, fused": partial(Objective, estimator="mc", fused=True),
+    "analytic (TraceMeanField_ELBO)": partial(Objective, estimator="analytic"),
+    "analytic, jit": partial(Objective, estimator="analytic", jit=True),
+    "analytic, fused": partial(Objective, estimator="analytic", fused=True),
+}
+SHIPPED_ROW = "Pyro's JitTraceMeanField_ELBO as shipped"
+HAND_ROW = "hand-written PyTorch VAE"
+HAND_EPOCH = "hand-written (a): slices of a random permutation"
+FUSED_EPOCH = "pyro_vae.fit, fused=True (analytic)"
+MATMUL_ROW = "bare decoder matmuls (50->400->784)"
+#: The fastest library row at these batches must be within this factor of the hand-written step.
+STEP_TARGETS = {128: 1.10, 32: 1.25}
+EPOCH_TARGET, MEMORY_TARGET, LIKELIHOOD_TARGET = 1.10, 1.05, 0.5
+#: Above this share of time with a task waiting for a CPU, a table says its timings are skewed.
+CONTENTION_WARNING = 0.05
+
+
+# --- measuring -------------------------------------------------------------------------------
+
+
+def clock(device: str) -> float:
+    """Seconds, after the device has finished its queued work."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def train_step(loss_fn: LossFn, optimizer: torch.optim.Optimizer, x: Tensor, num_data: int) -> float:
+    """One step of the usual loop: zero the gradients, loss, backward, Adam; returns the loss."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(x, num_data)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def interleaved(measurements: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Each measurement's value in each of ``rounds`` rounds, in each of which every measurement runs once, in turn."""
+    values: dict[str, list[float]] = {name: [] for name in measurements}
+    for _ in range(rounds):
+        for name, measure in measurements.items():
+            values[name].append(measure())
+    return values
+
+
+def median_ratio(values: list[float], reference: list[float]) -> float:
+    """The median over rounds of ``value / reference`` within each round: neighbours in time share the machine's state."""
+    return statistics.median(v / r for v, r in zip(values, reference, strict=True))
+
+
+def cpu_stall_us() -> int | None:
+    """Microseconds since boot in which some runnable task waited for a CPU (Linux pressure stall information), or None."""
+    try:
+        return int(Path("/proc/pressure/cpu").read_text().split("total=", 1)[1].split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class Contention:
+    """How much of the time since it was made some task waited for a CPU: other work on the machine skews timings."""
+
+    def __init__(self) -> None:
+        self.start, self.stall = time.perf_counter(), cpu_stall_us()
+
+    def report(self) -> str:
+        """One line: how long the measurements took, and the share of that time with a task waiting for a CPU."""
+        stall, elapsed = cpu_stall_us(), time.perf_counter() - self.start
+        if stall is None or self.stall is None:
+            return f"measured in {elapsed:.0f} s; CPU contention unknown (no /proc/pressure/cpu)"
+        share = (stall - self.stall) / 1e6 / elapsed
+        warning = "; other work competed for the CPU, so these timings are skewed" if share > CONTENTION_WARNING else ""
+        return f"measured in {elapsed:.0f} s; CPU contention: {share:.0%} of the time some task waited for a CPU (Linux PSI){warning}"
+
+
+@contextlib.contextmanager
+def quiet_jit() -> Iterator[None]:
+    """Silence torch.jit.trace's deprecation notice and the tracer warnings that Pyro's JIT re-emits at every re-trace."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated")
+        yield
+
+
+def verdict(value: float, target: float, at_most: bool = True) -> str:
+    """``value`` beside its target, and whether it meets it."""
+    ok = value <= target if at_most else value >= target
+    return f"{value:.2f} (target {'<=' if at_most else '>='} {target:.2f}): {'PASS' if ok else 'FAIL'}"
+
+
+def print_table(title: str, note: str, header: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    """A plain-text table: the first column left-aligned, the others right-aligned."""
+    rows = [list(map(str, r)) for r in rows]
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
+    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()  # noqa: E731
+    print(f"\n== {title} ==\n{note}")
+    print(line(list(header)))
+    print("-" * (sum(widths) + 2 * (len(widths) - 1)))
+    for r in rows:
+        print(line(r))
+
+
+# --- 1. steps --------------------------------------------------------------------------------
+
+
+def step_timer(loss_fn: LossFn, optimizer: torch.optim.Optimizer, x: Tensor, sizes: Sizes, device: str) -> Callable[[], float]:
+    """A measurement: the median time of ``sizes.steps`` training steps after ``sizes.warmup`` untimed ones."""
+
+    def measure() -> float:
+        times = []
+        for step in range(sizes.warmup + sizes.steps):
+            start = clock(device)
+            train_step(loss_fn, optimizer, x, NUM_DATA)
+            if step >= sizes.warmup:
+                times.append(clock(device) - start)
+        return statistics.median(times)
+
+    return measure
+
+
+def same_arithmetic(state: dict[str, Tensor], x: Tensor, device: str) -> str:
+    """The hand-written and the library's (analytic, fused) loss at the same weights and the same draw of z."""
+    vae = new_vae(state, device)
+    hand = hand_written_copy(vae)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        expected = hand.loss(x, NUM_DATA).item()
+        torch.manual_seed(1)
+        library = Objective(vae, "analytic", fused=True)(x, NUM_DATA).item()
+    return f"same weights, same draw of z: hand-written loss {expected:.6g}, library (analytic, fused) {library:.6g}, relative difference {abs(library - expected) / abs(expected):.1e}"
+
+
+def time_steps(batch: int, sizes: Sizes, device: str) -> dict[str, list[float]]:
+    """Seconds per step of every row at one batch size, one value per round; each row trains its own copy of the same initial weights."""
+    pyro.set_rng_seed(0)
+    state = new_vae().state_dict()
+    x = torch.rand(batch, *IMAGE, device=device).bernoulli()
+    measurements = {}
+    for name, make_loss in [(HAND_ROW, None), *LIBRARY_ROWS.items(), (SHIPPED_ROW, shipped_jit_mean_field)]:
+        vae = new_vae(state, device)
+        model: nn.Module = hand_written_copy(vae) if make_loss is None else vae
+        loss_fn = model.loss if make_loss is None else make_loss(vae)
+        measurements[name] = step_timer(loss_fn, torch.optim.Adam(model.parameters(), lr=LR), x, sizes, device)
+    with quiet_jit():
+        return interleaved(measurements, sizes.repeats)
+
+
+def steps_part(sizes: Sizes, device: str) -> None:
+    contention = Contention()
+    rounds = {batch: time_steps(batch, sizes, device) for batch in sizes.batches}
+    contention_text = contention.report()
+    ratios = {batch: {name: median_ratio(v, times[HAND_ROW]) for name, v in times.items()} for batch, times in rounds.items()}
+    fastest = {batch: min(LIBRARY_ROWS, key=r.__getitem__) for batch, r in ratios.items()}
+    header = ["configuration"] + [h for b in sizes.batches for h in (f"batch {b}: ms", "x hand")]
+    rows = []
+    for name in [HAND_ROW, *LIBRARY_ROWS, SHIPPED_ROW]:
+        cells = [name]
+        for batch, times in rounds.items():
+            mark = " *" if fastest[batch] == name else "  "
+            cells += [f"{1000 * statistics.median(times[name]):.2f}", f"{ratios[batch][name]:.2f}{mark}"]
+        rows.append(cells)
+    note = (
+        f"MLP 784-400-50, Bernoulli, Adam lr {LR:g}, loss scaled by {NUM_DATA} / batch; each row trains its own copy of the same initial weights.\n"
+        f"ms: median over {sizes.repeats} interleaved rounds of the median of {sizes.steps} steps (after {sizes.warmup} untimed); "
+        "x hand: median over the rounds of ms / hand-written ms in the same round."
+    )
+    print_table("ms per training step (forward, backward, Adam)", note, header, rows)
+    print("* the fastest exact estimator: the fastest library row at that batch (every library row computes Pyro's ELBO exactly)")
+    print(contention_text)
+    for batch, target in STEP_TARGETS.items():
+        if batch in ratios:
+            print(f"fastest exact estimator at batch {batch} ({fastest[batch]}) vs hand-written: {verdict(ratios[batch][fastest[batch]], target)}")
+        else:
+            print(f"target at batch {batch}: not measured (add it to --batch)")
+    pyro.set_rng_seed(0)
+    print(same_arithmetic(new_vae().state_dict(), torch.rand(sizes.batches[0], *IMAGE, device=device).bernoulli(), device))
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def load_data(data_root: Path, sizes: Sizes, smoke: bool, device: str) -> tuple[Dataset, str]:
+    """MNIST (grey values) from ``data_root``, or a labelled random stand-in when it is missing or ``smoke``."""
+    if not smoke:
+        try:
+            data = pyro_vae.load_dataset("mnist", data_root=data_root, device=device)
+            return data, f"MNIST from {data_root} ({len(data.train)} train / {len(data.test)} test images, grey values)"
+        except DataError as e:
+            reason = f"MNIST not found ({e})"
+    else:
+        reason = "--smoke"
+    generator = torch.Generator().manual_seed(0)
+    train, test = (torch.rand(n, *IMAGE, generator=generator).to(device) for n in (sizes.random_train, sizes.random_test))
+    return Dataset("random", train, test), f"RANDOM STAND-IN DATA, not MNIST: uniform grey values {len(train)}x28x28 train / {len(test)} test ({reason})"
+
+
+# --- 2. epochs -------------------------------------------------------------------------------
+
+
+def timed_epoch(loss_fn: LossFn, optimizer: torch.optim.Optimizer, batches: Iterable[Tensor], num_data: int, device: str) -> float:
+    """Seconds to run the training steps of one epoch (fetching the batches included), as ``fit`` counts them."""
+    start = clock(device)
+    for x in batches:
+        train_step(loss_fn, optimizer, x, num_data)  # returns loss.item(), as loops that log the loss do (fit too)
+    return clock(device) - start
+
+
+def permutation_slices(train: Tensor, batch_size: int) -> Iterator[Tensor]:
+    """Hand-written loop (a): slices of a random permutation of the in-memory tensor."""
+    order = torch.randperm(len(train)).to(train.device)
+    for start in range(0, len(train) - batch_size + 1, batch_size):
+        yield train[order[start : start + batch_size]]
+
+
+def data_loader(train: Tensor, batch_size: int) -> Iterator[Tensor]:
+    """Hand-written loop (b): what typical code does, a shuffling DataLoader over a TensorDataset."""
+    for (x,) in DataLoader(TensorDataset(train), batch_size=batch_size, shuffle=True, drop_last=True):
+        yield x
+
+
+def library_epoch(data: Dataset, batch_size: int, **options: object) -> Callable[[], float]:
+    """A measurement: one epoch of ``pyro_vae.fit`` with ``options``, by the seconds of training it reports."""
+    vae = new_vae(device=str(data.train.device))
+    return lambda: pyro_vae.fit(vae, data, epochs=1, batch_size=batch_size, lr=LR, progress=False, **options)[0]["seconds"]
+
+
+def hand_written_epoch(data: Dataset, batch_size: int, batches: Callable[[Tensor, int], Iterable[Tensor]]) -> Callable[[], float]:
+    """A measurement: one epoch of the hand-written loop over the minibatches that ``batches`` makes of ``data.train``."""
+    hand = hand_written_copy(new_vae(device=str(data.train.device)))
+    optimizer = torch.optim.Adam(hand.parameters(), lr=LR)
+    return lambda: timed_epoch(hand.loss, optimizer, batches(data.train, batch_size), len(data.train), str(data.train.device))
+
+
+def epochs_part(data: Dataset, description: str, sizes: Sizes) -> None:
+    batch = sizes.epoch_batch
+    # fit evaluates the test set after each epoch, outside the seconds it reports; a small test set saves the wait.
+    data = Dataset(data.name, data.train, data.test[:500])
+    pyro.set_rng_seed(0)
+    rows = {
+        HAND_EPOCH: hand_written_epoch(data, batch, permutation_slices),
+        "hand-written (b): DataLoader(TensorDataset, shuffle=True)": hand_written_epoch(data, batch, data_loader),
+        FUSED_EPOCH: library_epoch(data, batch, elbo="analytic", fused=True),
+        "pyro_vae.fit, Pyro path (analytic, fused=False)": library_epoch(data, batch, elbo="analytic"),
+    }
+    contention = Contention()
+    seconds = interleaved(rows, sizes.epochs)
+    contention_text = contention.report()
+    ratios = {name: median_ratio(v, seconds[HAND_EPOCH]) for name, v in seconds.items()}
+    note = (
+        f"{description}\nMLP 784-400-50, Bernoulli, batch {batch} ({len(data.train) // batch} steps), Adam lr {LR:g}; training steps only "
+        f"(fit's per-epoch 'seconds'); median of {sizes.epochs} interleaved epochs; x hand (a): median of the per-round ratios"
+    )
+    table = [[name, f"{statistics.median(v):.2f}", f"{ratios[name]:.2f}"] for name, v in seconds.items()]
+    print_table("seconds per MNIST training epoch", note, ["configuration", "s/epoch", "x hand (a)"], table)
+    print(contention_text)
+    print(f"library (fit, fused) / hand-written (a): {verdict(ratios[FUSED_EPOCH], EPOCH_TARGET)}")
+
+
+# --- 3. memory -------------------------------------------------------------------------------
+
+
+def _status_kb(field: str) -> int | None:
+    """A ``kB`` field of /proc/self/status (Linux), or None."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident set size (VmHWM), in MB; getrusage's maximum where /proc is missing."""
+    kb = _status_kb("VmHWM")
+    if kb is None:
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // (1024 if sys.platform == "darwin" else 1)  # bytes on macOS
+    return kb / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux's clear_refs), so the peak counts training, not loading; False when refused."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_part(data: Dataset, description: str, sizes: Sizes, device: str) -> None:
+    cuda = device.startswith("cuda")
+    pyro.set_rng_seed(0)
+    vae = new_vae(device=device)
+    reset = reset_peak_rss()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    rows: list[list[str]] = []
+    peaks: list[float] = []
+
+    def record(metrics: dict, optimizer: torch.optim.Optimizer) -> None:
+        peaks.append(peak_rss_mb())
+        cells = [str(metrics["epoch"]), f"{peaks[-1]:.1f}", f"{(_status_kb('VmRSS') or 0) / 1024:.1f}"]
+        rows.append(cells + ([f"{torch.cuda.max_memory_allocated() / 2**20:.1f}"] if cuda else []))
+
+    pyro_vae.fit(vae, data, epochs=sizes.memory_epochs, batch_size=sizes.epoch_batch, lr=LR, elbo="analytic", fused=True, progress=False, on_epoch=record)
+    note = (
+        f"{description}\npyro_vae.fit, fused=True (analytic), batch {sizes.epoch_batch}, in a fresh process; read after each epoch (fit's test evaluation included). "
+        + ("Peak reset after loading the data, so it counts training." if reset else "The peak could not be reset: it includes loading the data.")
+    )
+    header = ["epoch", "peak RSS MB", "RSS MB"] + (["CUDA max allocated MB"] if cuda else [])
+    print_table("peak memory of library training", note, header, rows)
+    last = sizes.memory_epochs
+    print(f"peak RSS after epoch {last} / after epoch 1: {verdict(peaks[-1] / peaks[0], MEMORY_TARGET)}")
+
+
+def memory_in_subprocess(args: argparse.Namespace) -> None:
+    """Run the memory part in a fresh interpreter, so that the other parts' allocations do not count in its peak."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--only", "memory", "--no-header", "--data-root", str(args.data_root), "--device", args.device]
+    command += ["--memory-epochs", str(args.memory_epochs)] if args.memory_epochs else []
+    command += ["--smoke"] if args.smoke else ["--quick"] if args.quick else []
+    command += ["--default-malloc"] if args.default_malloc else []
+    sys.stdout.flush()
+    result = subprocess.run(command, cwd=REPO)
+    if result.returncode:
+        print(f"the memory part failed (exit status {result.returncode}): {shlex.join(command)}")
+
+
+# --- 4. log-likelihood -----------------------------------------------------------------------
+
+
+def decoder_rows(num_points: int, num_samples: int, batch_size: int = 100) -> list[int]:
+    """Rows of each decoder call that ``log_likelihood`` makes: points in batches, samples in chunks of at most MAX_ELEMENTS outputs."""
+    rows = []
+    for start in range(0, num_points, batch_size):
+        points = min(batch_size, num_points - start)
+        chunk = max(1, MAX_ELEMENTS // (points * math.prod(IMAGE)))
+        rows += [points * min(chunk, num_samples - s) for s in range(0, num_samples, chunk)]
+    return rows
+
+
+def matmul_timer(rows: list[int], device: str) -> Callable[[], float]:
+    """A measurement: the decoder's two bare matrix multiplies (50 -> 400 -> 784, with bias) over the same row counts."""
+    shapes = [(LATENT, HIDDEN), (HIDDEN, math.prod(IMAGE))]
+    weights = [(torch.randn(n_out, n_in, device=device) / math.sqrt(n_in), torch.zeros(n_out, device=device)) for n_in, n_out in shapes]
+    z = torch.randn(max(rows), LATENT, device=device)
+
+    def measure() -> float:
+        start = clock(device)
+        for n in rows:
+            h = z[:n]
+            for weight, bias in weights:
+                h = F.linear(h, weight, bias)
+        return clock(device) - start
+
+    return measure
+
+
+def likelihood_part(data: Dataset, description: str, sizes: Sizes, device: str) -> None:
+    pyro.set_rng_seed(0)
+    vae = new_vae(device=device)
+    x = torch.bernoulli(data.test[: sizes.points], generator=torch.Generator(device=device).manual_seed(0))
+    rows = decoder_rows(len(x), sizes.num_samples)
+
+    def log_likelihood() -> float:
+        start = clock(device)
+        pyro_vae.log_likelihood(vae, x, num_samples=sizes.num_samples)
+        return clock(device) - start
+
+    contention = Contention()
+    rounds = interleaved({"pyro_vae.log_likelihood": log_likelihood, MATMUL_ROW: matmul_timer(rows, device)}, sizes.likelihood_repeats)
+    contention_text = contention.report()
+    work = len(x) * sizes.num_samples
+    flops = 2 * (LATENT * HIDDEN + HIDDEN * math.prod(IMAGE)) * sum(rows)
+    seconds = {name: statistics.median(v) for name, v in rounds.items()}
+    table = [[name, f"{s:.3f}", f"{work / s:,.0f}", f"{flops / s / 1e9:.1f}"] for name, s in seconds.items()]
+    note = (
+        f"{description}\n{len(x)} test points binarized, K = {sizes.num_samples}, untrained MLP 784-400-50 VAE; {len(rows)} decoder calls of up to {max(rows)} rows "
+        f"(points x samples per chunk); median of {sizes.likelihood_repeats} interleaved rounds.\n"
+        "GFLOP/s counts the decoder's two matrix multiplies only (for log_likelihood: the rate it achieves on that work)."
+    )
+    print_table("throughput of pyro_vae.log_likelihood", note, ["measurement", "seconds", "points x samples / s", "GFLOP/s"], table)
+    print(contention_text)
+    fraction = median_ratio(rounds[MATMUL_ROW], rounds["pyro_vae.log_likelihood"])
+    print(f"log_likelihood's throughput as a fraction of the bare matmul rate (median of the per-round ratios): {verdict(fraction, LIKELIHOOD_TARGET, at_most=False)}")
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> str:
+    return ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
+def print_header() -> None:
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; load average {load_average()} at the start")
+    print(f"python {platform.python_version()}, torch {torch.__version__}, pyro-ppl {pyro.__version__}, pyro-vae {pyro_vae.__version__}")
+    print(f"command: {shlex.join(['python', *sys.argv])}")
+    malloc = ", ".join(f"{k}={os.environ[k]}" for k in MALLOC_ENV if k in os.environ)
+    print(f"allocator: {malloc or 'glibc defaults'} (the same for every configuration)")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    profile = parser.add_mutually_exclusive_group()
+    profile.add_argument("--quick", action="store_true", help="fewer rounds, steps and epochs (under a minute)")
+    profile.add_argument("--smoke", action="store_true", help="tiny sizes on random data, one round (seconds)")
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="the parts to run (default: all)")
+    parser.add_argument("--batch", type=int, nargs="+", help="batch sizes of the step table (default 32 128 512)")
+    parser.add_argument("--steps", type=int, help="timed steps per round (default 30)")
+    parser.add_argument("--repeats", type=int, help="interleaved rounds of the step and log-likelihood timings (default 5 and 3)")
+    parser.add_argument("--epochs", type=int, help="interleaved one-epoch rounds of the epoch table (default 3)")
+    parser.add_argument("--memory-epochs", type=int, help="epochs of the memory part (default 10)")
+    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data", help="folder holding MNIST/raw (default ../shared/data of the repository)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--default-malloc", action="store_true", help="keep glibc's adaptive malloc thresholds (see MALLOC_ENV; measurements become bimodal)")
+    parser.add_argument("--no-header", action="store_true", help=argparse.SUPPRESS)  # the memory part's own process
+    return parser.parse_args(argv)
+
+
+def resolve_sizes(args: argparse.Namespace) -> Sizes:
+    sizes = PROFILES["smoke" if args.smoke else "quick" if args.quick else "full"]
+    overrides = {"batches": tuple(args.batch) if args.batch else None, "steps": args.steps, "epochs": args.epochs, "memory_epochs": args.memory_epochs}
+    if args.repeats:
+        overrides |= {"repeats": args.repeats, "likelihood_repeats": args.repeats}
+    return Sizes(**{**sizes.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+#: glibc's malloc hands large freed blocks back to the OS and maps them in again, page faults
+#: included, under a threshold it keeps adjusting: one process of this benchmark then runs a step
+#: at about 4.3 ms and the next at 5.5 ms, for any configuration. Fixed thresholds remove that
+#: mode (it is the process's allocator, not the code being measured); --default-malloc keeps glibc's.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(64 * 2**20)}
+
+
+def _with_fixed_malloc(argv: list[str] | None) -> None:
+    """Run this command again with :data:`MALLOC_ENV` set (glibc reads it only at start), unless it is set."""
+    if platform.system() == "Linux" and not all(k in os.environ for k in MALLOC_ENV):
+        os.execve(sys.executable, [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv)], {**os.environ, **MALLOC_ENV})
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if not args.default_malloc:
+        _with_fixed_malloc(argv)
+    sizes = resolve_sizes(args)
+    if not args.no_header:
+        print_header()
+    start = time.perf_counter()
+    memory_here = args.only == ["memory"]  # alone, this process is fresh; beside other parts it gets its own
+    if "steps" in args.only:
+        steps_part(sizes, args.device)
+    if memory_here or {"epochs", "likelihood"} & set(args.only):
+        data, description = load_data(args.data_root, sizes, args.smoke, args.device)
+        if "epochs" in args.only:
+            epochs_part(data, description, sizes)
+        if "likelihood" in args.only:
+            likelihood_part(data, description, sizes, args.device)
+        if memory_here:
+            memory_part(data, description, sizes, args.device)
+    if "memory" in args.only and not memory_here:
+        memory_in_subprocess(args)
+    if not args.no_header:
+        print(f"\ntotal {time.perf_counter() - start:.0f} s; load average {load_average()} at the end")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""The benchmark command (make bench) runs end to end in --smoke mode and prints every table."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SPEED = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+TABLES = [
+    "== ms per training step (forward, backward, Adam) ==",
+    "== seconds per MNIST training epoch ==",
+    "== peak memory of library training ==",
+    "== throughput of pyro_vae.log_likelihood ==",
+]
+
+
+@pytest.mark.slow  # two interpreters (the memory part runs in its own) and JIT compilation: about 10 s
+def test_speed_benchmark_runs_in_smoke_mode(tmp_path):
+    # PYTHONWARNINGS reaches the memory part's process too: the benchmark is held to the suite's warnings-as-errors.
+    result = subprocess.run(
+        [sys.executable, str(SPEED), "--smoke"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300, env={**os.environ, "PYTHONWARNINGS": "error"},
+    )
+    assert result.returncode == 0, result.stderr
+    for title in TABLES:
+        assert title in result.stdout, f"missing table {title!r} in:\n{result.stdout}"
+    assert "RANDOM STAND-IN DATA" in result.stdout  # --smoke never reads MNIST, and says so
+    assert "failed" not in result.stdout, result.stdout
