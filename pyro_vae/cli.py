@@ -149,7 +149,7 @@ def _train(args: argparse.Namespace) -> int:
 
     with StopSignals() as stop:  # from here on, SIGINT and SIGTERM stop at the next step with a checkpoint
         if args.resume is not None:
-            given = [f"--{name.replace('_', '-')}" for name in ("config", "out", "overwrite", *_TRAIN_OPTIONS) if getattr(args, name) not in (None, False)]
+            given = [f"--{name.replace('_', '-')}" for name in ("config", "out", *_TRAIN_OPTIONS) if getattr(args, name) is not None] + ["--overwrite"] * args.overwrite
             if given or args.set:
                 raise ConfigError(f"--resume continues {args.resume} with its own config.toml; drop {', '.join(given + ['--set'] * bool(args.set))}")
             summary = resume_run(args.resume, progress=not args.quiet, stop=stop)
@@ -238,6 +238,16 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lost_peer(error: RuntimeError) -> bool:
+    """Whether ``error`` is a collective operation failing because another process died or hung."""
+    import torch.distributed
+
+    if isinstance(error, getattr(torch.distributed, "DistError", ())):
+        return True
+    text = str(error)
+    return any(sign in text for sign in ("gloo", "NCCL", "Connection closed", "Connection reset", "timed out", "Timed out"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pyro-vae`` and ``python -m pyro_vae``; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -255,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except RuntimeError as e:  # in a torchrun job: a peer died or stopped answering (a collective failed or timed out)
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        if world_size <= 1 or args.debug:
+        if world_size <= 1 or args.debug or not _lost_peer(e):
             raise
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         print(

@@ -28,7 +28,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from pyro_vae.vae import VAE
+from pyro_vae.objectives import elbo_terms
+from pyro_vae.vae import VAE, is_standard_program
 
 __all__ = ["log_weights", "log_likelihood", "iwae_bound"]
 
@@ -39,6 +40,9 @@ MAX_ELEMENTS = 2**20
 
 
 def _log_weights(vae: VAE, q: Distribution, prior: Distribution, x: Tensor, num_samples: int) -> Tensor:
+    if not is_standard_program(vae):  # a redefined model or guide: its densities come from Pyro traces of it
+        terms = elbo_terms(vae, x, num_samples)
+        return terms["log_likelihood"] + terms["log_prior"] - terms["log_q"]
     z = q.rsample((num_samples,))
     return vae.decode(z).log_prob(x) + prior.log_prob(z) - q.log_prob(z)
 
@@ -47,7 +51,8 @@ def log_weights(vae: VAE, x: Tensor, num_samples: int) -> Tensor:
     r"""Log importance weights :math:`\log p(x\mid z_k) + \log p(z_k) - \log q(z_k\mid x)`, shape ``(num_samples, batch)``.
 
     The terms are those of the model and guide (:meth:`~pyro_vae.vae.VAE.encode`, ``prior``,
-    :meth:`~pyro_vae.vae.VAE.decode`), evaluated without recording Pyro traces.
+    :meth:`~pyro_vae.vae.VAE.decode`), evaluated without recording Pyro traces; a subclass that
+    redefines ``model`` or ``guide`` is evaluated through Pyro traces of its own program.
     """
     return _log_weights(vae, vae.encode(x), vae.prior(), x, num_samples)
 

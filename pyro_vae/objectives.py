@@ -35,7 +35,7 @@ from torch import Tensor
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.kl import closed_form_kl  # importing kl also registers the Gaussian closed form
-from pyro_vae.vae import VAE
+from pyro_vae.vae import VAE, is_standard_program
 
 __all__ = ["ESTIMATORS", "Objective", "check_estimator", "check_fused", "make_elbo", "fused_loss", "kl_methods", "elbo_terms", "elbo_per_example", "evaluate_elbo"]
 
@@ -173,7 +173,7 @@ class Objective:
         if beta < 0:
             raise ConfigError(f"train.beta must be >= 0 (got {beta})")
         check_fused(fused, jit)
-        if fused and (type(vae).model is not VAE.model or type(vae).guide is not VAE.guide):
+        if fused and not is_standard_program(vae):
             raise ConfigError(f"train.fused: {type(vae).__name__} redefines the model or guide, which the fused ELBO cannot know; set train.fused = false")
         self.elbo = make_elbo(estimator, num_particles, jit)
         self.estimator, self.num_particles, self.jit, self.beta, self.fused = estimator, num_particles, jit, beta, fused

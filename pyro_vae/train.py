@@ -46,7 +46,7 @@ from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.objectives import Objective, evaluate_elbo, kl_methods
 from pyro_vae.vae import VAE
 
-__all__ = ["fit", "svi_step", "check_batch_size", "TrainState", "TrainingDiverged", "TrainingInterrupted", "get_rng_state", "set_rng_state"]
+__all__ = ["fit", "svi_step", "check_batch_size", "check_data_parallel", "TrainState", "TrainingDiverged", "TrainingInterrupted", "get_rng_state", "set_rng_state"]
 
 
 class TrainingDiverged(PyroVAEError):
@@ -59,22 +59,24 @@ def check_batch_size(batch_size: int, num_data: int) -> None:
         raise ConfigError(f"train.batch_size ({batch_size}) is larger than the training set ({num_data} points); use --batch-size {num_data} or less")
 
 
-def get_rng_state() -> dict[str, Any]:
-    """Every random number generator a run draws from (torch, CUDA, Python, NumPy), as tensors and plain values."""
+def get_rng_state(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Every random number generator a run on ``device`` draws from (torch, that GPU's, Python, NumPy), as tensors and plain values."""
+    device = torch.device(device)
     numpy = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else [],
         "python": random.getstate(),
         "numpy": {"key": torch.from_numpy(numpy[1].astype(np.int64)), "pos": int(numpy[2]), "has_gauss": int(numpy[3]), "cached_gaussian": float(numpy[4])},
     }
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`get_rng_state` returned."""
+def set_rng_state(state: dict[str, Any], device: torch.device | str = "cpu") -> None:
+    """Restore what :func:`get_rng_state` returned, the GPU's generator on ``device``."""
+    device = torch.device(device)
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["cuda"] and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"][0].cpu(), device)
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
@@ -124,6 +126,12 @@ class TrainingInterrupted(PyroVAEError):
         super().__init__(f"training stopped {where}")
         self.state, self.signum = state, signum
         self.checkpoint: Path | None = None  # set by whoever saved the state
+
+
+def check_data_parallel(distributed: Distributed | None, jit: bool) -> None:
+    """Pyro's JIT does not run under DistributedDataParallel: a :class:`ConfigError` for the pair."""
+    if distributed and jit:
+        raise ConfigError("train.jit cannot be used under torchrun (DistributedDataParallel); use --fused, the faster exact path, instead")
 
 
 def _check_finite(loss: float, gradient: Tensor, epoch: int, step: int) -> None:
@@ -243,10 +251,9 @@ def fit(
     check_batch_size(batch_size, num_data // world_size)
     if clip_grad_norm < 0:
         raise ConfigError(f"train.clip_grad_norm must be >= 0 (got {clip_grad_norm}); 0 turns clipping off")
-    if distributed and jit:
-        raise ConfigError("train.jit cannot be used under torchrun (DistributedDataParallel); use --fused, the faster exact path, instead")
+    check_data_parallel(distributed, jit)
     progress = progress and rank == 0
-    pyro.set_rng_seed(seed + rank)
+    pyro.set_rng_seed((seed + rank) % 2**32)  # NumPy, which Pyro seeds too, takes 32-bit seeds
     order = torch.Generator().manual_seed(seed)  # the same permutation in every process; each takes its shard
     objective = Objective(vae, elbo, num_particles, jit, beta, fused)
     loss = data_parallel(vae, objective, distributed, beta) if distributed else objective
@@ -257,7 +264,8 @@ def fit(
         print(f"KL term ({elbo} ELBO): " + ", ".join(f"{site}: {how.replace('_', ' ')}" for site, how in kl.items()), file=sys.stderr)
     if jit:
         _compile(objective, data.train[:batch_size], num_data)
-    state = resume or TrainState(order=order.get_state(), rng=get_rng_state(), world_size=world_size)
+    device = next(vae.parameters()).device
+    state = resume or TrainState(order=order.get_state(), rng=get_rng_state(device), world_size=world_size)
     if resume is not None:
         if resume.world_size != world_size:
             how = f"with torchrun --nproc_per_node={resume.world_size}" if resume.world_size > 1 else "without torchrun"
@@ -265,15 +273,17 @@ def fit(
         optimizer.load_state_dict(resume.optimizer)
         order.set_state(resume.order)
         if rank == 0:
-            set_rng_state(resume.rng)
+            set_rng_state(resume.rng, device)
         else:  # only process 0's generators are saved; the others restart from seeds fixed by their rank and the position
-            pyro.set_rng_seed((seed + rank) * 1_000_003 + resume.epoch * 10_007 + resume.step)
+            pyro.set_rng_seed(((seed + rank) * 1_000_003 + resume.epoch * 10_007 + resume.step) % 2**32)
     history = list(state.history)
     test = data.test[rank::world_size] if distributed else data.test
     reduce = distributed.all_reduce if distributed else None
 
     def snapshot(epoch: int, step: int, total: float, seconds: float, epoch_order: Tensor) -> TrainState:
-        return TrainState(epoch, step, total, seconds, epoch_order, get_rng_state(), optimizer.state_dict(), list(history), world_size)
+        if distributed and step:  # every process stops at this step (agreed): carry the average of their partial sums
+            total = distributed.all_reduce(torch.tensor([total], dtype=torch.float64, device=distributed.device)).item() / world_size
+        return TrainState(epoch, step, total, seconds, epoch_order, get_rng_state(device), optimizer.state_dict(), list(history), world_size)
 
     def check_stop(snap: Callable[[], TrainState]) -> None:
         signum = stop() if stop is not None else None

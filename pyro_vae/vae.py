@@ -35,7 +35,7 @@ from pyro_vae.likelihoods import LIKELIHOODS, Likelihood
 from pyro_vae.networks import NETWORKS
 from pyro_vae.priors import PRIORS, Prior
 
-__all__ = ["VAE", "make_vae"]
+__all__ = ["VAE", "make_vae", "is_standard_program"]
 
 _instances = itertools.count()
 
@@ -138,6 +138,15 @@ class VAE(nn.Module):
         """Means of :math:`p(x \\mid z)` for ``num_samples`` codes drawn from the prior."""
         z = self.prior().sample((num_samples,))
         return self.decode(z).mean
+
+
+def is_standard_program(vae: VAE) -> bool:
+    """Whether ``vae`` runs :class:`VAE`'s own model and guide (a subclass may redefine either: another program).
+
+    Code that evaluates the program's densities directly, rather than through Pyro traces of
+    ``vae.model`` and ``vae.guide``, is valid only then.
+    """
+    return type(vae).model is VAE.model and type(vae).guide is VAE.guide
 
 
 def make_vae(

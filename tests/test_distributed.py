@@ -106,3 +106,27 @@ def test_killing_one_process_ends_the_job_with_an_error_not_a_hang(tmp_path):
     assert time.monotonic() - killed < 60
     assert all(not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text() for pid in workers)
     assert (run / "config.toml").exists() and not list(run.glob(".*.tmp"))
+
+
+def test_a_stopped_two_process_run_resumes_under_torchrun_only(tmp_path):
+    run = tmp_path / "run"
+    args = ["--epochs", "40", "--hidden", "32", "--latent-dim", "2", "--seed", "4294967000", "--checkpoint-every", "0", "--quiet"]
+    process = torchrun("-m", "pyro_vae", "train", *args, "--out", str(run))
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)  # torchrun forwards it to both processes
+    try:
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode != 0 and "continue with: pyro-vae train --resume" in err, err[-3000:]
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert state["train"]["world_size"] == 2 and state["epoch"] < 40
+
+    single = subprocess.run([sys.executable, "-m", "pyro_vae", "train", "--resume", str(run)], capture_output=True, text=True, timeout=120)
+    assert single.returncode == 2 and "written by 2 process(es), this job has 1; resume with torchrun --nproc_per_node=2" in single.stderr
+    finish(torchrun("-m", "pyro_vae", "train", "--resume", str(run), "--quiet"))
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == list(range(1, 41))
+    assert json.loads((run / "summary.json").read_text())["processes"] == 2

@@ -113,6 +113,20 @@ def test_two_dimensional_latent_against_numerical_integration():
     assert (estimate - grid).abs().lt(4 * se).all()
 
 
+def test_a_redefined_guide_is_evaluated_through_its_own_program():
+    """A subclass's densities come from Pyro traces of its program; with the exact posterior, every weight is still p(x)."""
+    from pyro_vae import VAE
+
+    class Traced(VAE):
+        def guide(self, x, num_data=None, beta=1.0):
+            return super().guide(x, num_data, beta)
+
+    vae, marginal = ppca()
+    other = Traced(vae.encoder, vae.decoder, vae.prior, vae.likelihood)
+    x = data(marginal)
+    torch.testing.assert_close(log_likelihood(other, x, num_samples=7), marginal.log_prob(x), rtol=0, atol=1e-10)
+
+
 def test_chunks_do_not_change_the_estimate(monkeypatch):
     """With the exact posterior every weight is p(x), so any chunking must return log p(x) exactly."""
     vae, marginal = ppca()
