@@ -61,6 +61,10 @@ class Distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def mean(self, value: float) -> float:
+        """The average of ``value`` over all processes."""
+        return self.all_reduce(torch.tensor([value], dtype=torch.float64, device=self.device)).item() / self.world_size
+
     def agree(self, flag: bool) -> bool:
         """Whether any process says ``flag`` (a stop request, say), so that all act on it at the same step."""
         return bool(self.all_reduce(torch.tensor([float(flag)], device=self.device)).item())

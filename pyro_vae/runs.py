@@ -38,7 +38,7 @@ from pyro_vae.marginal import log_likelihood
 from pyro_vae.objectives import evaluate_elbo
 from pyro_vae.plots import plot_curves, plot_gradient_variance, plot_latent_space, plot_manifold, plot_reconstructions, plot_samples
 from pyro_vae.storage import atomic_write, load_checkpoint, remove_partial_writes, save_checkpoint
-from pyro_vae.train import TrainingDiverged, TrainingInterrupted, TrainState, check_batch_size, check_data_parallel, fit
+from pyro_vae.train import TrainingDiverged, TrainingInterrupted, TrainState, check_batch_size, check_data_parallel, check_world_size, fit
 from pyro_vae.vae import VAE, make_vae
 
 __all__ = ["train_run", "resume_run", "load", "evaluate_run", "compare_run", "plot_run", "draw_pictures", "load_data", "build_vae", "RUN_FILES"]
@@ -126,8 +126,9 @@ def train_run(
         world_size = distributed.world_size if distributed else 1
         check_batch_size(t.batch_size, len(data.train) // world_size)
         check_data_parallel(distributed, t.jit)
-        if stop is not None and stop() is not None and distributed is None:  # asked to stop before anything was written: write nothing
-            raise TrainingInterrupted(None, stop())  # (in a job, the processes agree on a stop at the first step instead)
+        signum = stop() if stop is not None and distributed is None else None  # (in a job, the processes agree on a stop at the first step)
+        if signum is not None:  # asked to stop before anything was written: write nothing
+            raise TrainingInterrupted(None, signum)
         if main:
             _prepare_folder(out, overwrite)
             atomic_write(out / "config.toml", config.to_toml())
@@ -178,10 +179,7 @@ def resume_run(run_dir: str | Path, progress: bool = True, stop: Callable[[], in
         raise RunError(f"--resume {run_dir}: config.toml differs from the configuration the checkpoint was trained with; restore config.toml to resume")
     resume = TrainState.from_dict(state["train"])
     with _job(config.train.device) as (device, distributed):
-        world_size = distributed.world_size if distributed else 1
-        if resume.world_size != world_size:
-            how = f"torchrun --nproc_per_node={resume.world_size} -m pyro_vae train --resume {run_dir}" if resume.world_size > 1 else f"pyro-vae train --resume {run_dir} without torchrun"
-            raise RunError(f"--resume {run_dir}: the checkpoint was written by {resume.world_size} process(es), this job has {world_size}; resume with {how}")
+        check_world_size(resume, distributed.world_size if distributed else 1, run_dir)  # before anything is written
         data = load_data(config, device)
         vae = _load_model(config, state, run_dir).to(device)
         if distributed is None or distributed.is_main:

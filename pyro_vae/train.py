@@ -46,7 +46,7 @@ from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.objectives import Objective, evaluate_elbo, kl_methods
 from pyro_vae.vae import VAE
 
-__all__ = ["fit", "svi_step", "check_batch_size", "check_data_parallel", "TrainState", "TrainingDiverged", "TrainingInterrupted", "get_rng_state", "set_rng_state"]
+__all__ = ["fit", "svi_step", "check_batch_size", "check_data_parallel", "check_world_size", "TrainState", "TrainingDiverged", "TrainingInterrupted", "get_rng_state", "set_rng_state"]
 
 
 class TrainingDiverged(PyroVAEError):
@@ -132,6 +132,14 @@ def check_data_parallel(distributed: Distributed | None, jit: bool) -> None:
     """Pyro's JIT does not run under DistributedDataParallel: a :class:`ConfigError` for the pair."""
     if distributed and jit:
         raise ConfigError("train.jit cannot be used under torchrun (DistributedDataParallel); use --fused, the faster exact path, instead")
+
+
+def check_world_size(resume: TrainState, world_size: int, run_dir: Path | None = None) -> None:
+    """A :class:`ConfigError` unless ``resume`` was saved by a run of ``world_size`` processes (its data shards and positions depend on it)."""
+    if resume.world_size != world_size:
+        where = f" {run_dir}" if run_dir else " RUN_DIR"
+        how = f"torchrun --nproc_per_node={resume.world_size} -m pyro_vae train --resume{where}" if resume.world_size > 1 else f"pyro-vae train --resume{where} without torchrun"
+        raise ConfigError(f"the checkpoint was written by {resume.world_size} process(es), this job has {world_size}; resume with {how}")
 
 
 def _check_finite(loss: float, gradient: Tensor, epoch: int, step: int) -> None:
@@ -267,9 +275,7 @@ def fit(
     device = next(vae.parameters()).device
     state = resume or TrainState(order=order.get_state(), rng=get_rng_state(device), world_size=world_size)
     if resume is not None:
-        if resume.world_size != world_size:
-            how = f"with torchrun --nproc_per_node={resume.world_size}" if resume.world_size > 1 else "without torchrun"
-            raise ConfigError(f"the checkpoint was written by a run of {resume.world_size} process(es), this one has {world_size}; resume it {how}")
+        check_world_size(resume, world_size)
         optimizer.load_state_dict(resume.optimizer)
         order.set_state(resume.order)
         if rank == 0:
@@ -282,7 +288,7 @@ def fit(
 
     def snapshot(epoch: int, step: int, total: float, seconds: float, epoch_order: Tensor) -> TrainState:
         if distributed and step:  # every process stops at this step (agreed): carry the average of their partial sums
-            total = distributed.all_reduce(torch.tensor([total], dtype=torch.float64, device=distributed.device)).item() / world_size
+            total = distributed.mean(total)
         return TrainState(epoch, step, total, seconds, epoch_order, get_rng_state(device), optimizer.state_dict(), list(history), world_size)
 
     def check_stop(snap: Callable[[], TrainState]) -> None:
@@ -311,7 +317,7 @@ def fit(
                     check_stop(lambda: snapshot(epoch - 1, step, total, elapsed + time.perf_counter() - start, epoch_order))  # noqa: B023
             seconds = elapsed + time.perf_counter() - start
             if distributed:  # each process's losses estimate the same full-data objective: average them
-                total = distributed.all_reduce(torch.tensor([total], dtype=torch.float64, device=distributed.device)).item() / world_size
+                total = distributed.mean(total)
             scores = evaluate_elbo(vae, test, reduce=reduce)
             metrics = {
                 "epoch": epoch,
