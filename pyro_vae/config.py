@@ -27,14 +27,29 @@ from typing import Annotated, Any, Literal
 import tomllib
 import torch
 
-from pyro_vae.errors import ConfigError
+from pyro_vae.data import Dataset, load_dataset
+from pyro_vae.errors import ConfigError, renamed_errors
+from pyro_vae.estimators import check_estimator
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.networks import NETWORKS
-from pyro_vae.objectives import check_estimator, check_fused
+from pyro_vae.optim import LR_SCHEDULES, OPTIMIZERS
 from pyro_vae.priors import PRIORS
-from pyro_vae.registry import AtLeast, AtMost, check_value
+from pyro_vae.registry import AtLeast, AtMost, Registry, check_value
+from pyro_vae.vae import VAE, make_vae
 
-__all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "apply_overrides", "set_key", "resolve_device", "toml_value"]
+__all__ = [
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "set_key",
+    "resolve_device",
+    "toml_value",
+    "config_names",
+    "load_data",
+    "build_vae",
+]
 
 
 _REGISTRIES = {"network": NETWORKS, "prior": PRIORS, "likelihood": LIKELIHOODS}
@@ -75,12 +90,20 @@ class TrainConfig:
     elbo: str = "mc"
     num_particles: Annotated[int, AtLeast(1)] = 1
     jit: bool = False
-    fused: bool = False  # the same estimator as plain tensor code (objectives.fused_loss); not with jit
+    # The estimator as plain tensor code (exact, fastest); "auto": wherever it is exact and jit is not asked for.
+    fused: bool | Literal["auto"] = "auto"
+    optimizer: dict = field(default_factory=lambda: {"type": "adam"})  # an entry of pyro_vae.optim.OPTIMIZERS
+    lr_schedule: dict = field(default_factory=lambda: {"type": "constant"})  # an entry of pyro_vae.optim.LR_SCHEDULES
     beta: Annotated[float, AtLeast(0)] = 1.0
     seed: Annotated[int, AtLeast(0), AtMost(2**32 - 1)] = 0  # numpy takes 32-bit seeds
     checkpoint_every: Annotated[int, AtLeast(0)] = 10  # epochs between checkpoints; 0: only at the end
     clip_grad_norm: Annotated[float, AtLeast(0)] = 0.0  # largest total gradient norm of a step; 0: no clipping
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        registries: dict[str, Registry] = {"optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES}
+        for name, registry in registries.items():
+            setattr(self, name, registry.validate(getattr(self, name), f"train.{name}"))
 
 
 def _section(cls: type, values: Any, path: str) -> Any:
@@ -120,8 +143,10 @@ class Config:
         if unknown:
             raise ConfigError(f"{unknown[0]}: unknown table; allowed: {', '.join(sections)}")
         config = cls(**{name: _section(sc, values.get(name, {}), name) for name, sc in sections.items()})
-        check_estimator(config.train.elbo)
-        check_fused(config.train.fused, config.train.jit)
+        with renamed_errors(config_names()):
+            check_estimator(config.train.elbo)
+        if config.train.fused is True and config.train.jit:
+            raise ConfigError("train.fused and train.jit cannot both be true: fused is the faster of the two; drop --jit (train.jit = false)")
         resolve_device(config.train.device)
         return config
 
@@ -216,6 +241,42 @@ def apply_overrides(values: dict[str, Any], assignments: list[str]) -> dict[str,
             value = text.strip()
         set_key(values, key.strip(), value)
     return values
+
+
+def config_names() -> dict[str, tuple[str, str]]:
+    """How the config calls each library parameter: ``{"batch_size": ("train.batch_size", "train.batch_size = "), ...}``.
+
+    Library functions name their parameters in their errors (see :mod:`pyro_vae.errors`); a run
+    built from a config re-words them with these key paths.
+    """
+    names = {}
+    for section, cls in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig)):
+        for f in dataclasses.fields(cls):
+            names[f.name] = (f"{section}.{f.name}", f"{section}.{f.name} = ")
+    names["estimator"] = names["elbo"]  # Objective(estimator=...) is train.elbo
+    return names
+
+
+def load_data(config: Config, device: str | torch.device = "cpu") -> Dataset:
+    """The data set a config names, checked against the support of its likelihood."""
+    likelihood = LIKELIHOODS.get(config.model.likelihood["type"], "model.likelihood.type")
+    d = config.data
+    return load_dataset(
+        d.dataset,
+        data_root=d.data_root,
+        download=d.download,
+        binarize=d.binarize,
+        support=likelihood.support,
+        support_text=likelihood.support_text,
+        device=device,
+        seed=config.train.seed,
+    )
+
+
+def build_vae(config: Config, event_shape: tuple[int, ...]) -> VAE:
+    """The (untrained) VAE a config describes, for data points of shape ``event_shape``."""
+    m = config.model
+    return make_vae(event_shape, m.latent_dim, network=m.network, prior=m.prior, likelihood=m.likelihood)
 
 
 def resolve_device(name: str) -> torch.device:

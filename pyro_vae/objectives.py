@@ -1,149 +1,102 @@
-r"""ELBO estimators, and per-example ELBO evaluation.
+r"""The loss SVI minimises, and ELBOs per data point for evaluation.
 
-Both estimators target the same evidence lower bound
-
-.. math:: \mathcal L(x) = \mathbb E_{q(z\mid x)}[\log p(x\mid z)] - \mathrm{KL}(q(z\mid x)\,\|\,p(z))
-    \le \log p(x).
-
-- ``"mc"`` (:class:`~pyro.infer.Trace_ELBO`) estimates all of it from samples
-  :math:`z^{(l)} \sim q`: :math:`\frac1L\sum_l \log p(x\mid z^{(l)}) + \log p(z^{(l)}) - \log q(z^{(l)}\mid x)`.
-- ``"analytic"`` (:class:`~pyro.infer.TraceMeanField_ELBO`) samples only the reconstruction term
-  and uses the closed-form KL (:func:`pyro_vae.kl.gaussian_kl`) wherever one is registered.
-
-``jit=True`` compiles the estimator with :mod:`torch.jit` through Pyro's JIT variants.
-``fused=True`` computes the same estimator as straight-line tensor code
-(:func:`fused_loss`): the same value and gradient from the same draws, without tracing the
-model and guide at every step (see ``make bench``).
-
-Reference:
-    Auto-Encoding Variational Bayes (Kingma & Welling, 2014), estimators A and B.
+:class:`Objective` is the negative (beta-weighted) estimate of one estimator of
+:mod:`pyro_vae.estimators`, on one of three paths that compute the same value and gradient from
+the same draws: Pyro's traced ELBO (the reference), Pyro's JIT-compiled ELBO (``jit=True``), or
+the estimator's fused loss, straight-line tensor code (``fused=True``, the fastest; see ``make bench``).
+:func:`evaluate_elbo` reports the ELBO of a data set under several estimators from the same draws.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import ELBO, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.kl import closed_form_kl  # importing kl also registers the Gaussian closed form
+from pyro_vae.estimators import ESTIMATORS, REPORTED, check_estimator, make_estimator
+from pyro_vae.kl import closed_form_kl
 from pyro_vae.vae import VAE, is_standard_program
 
-__all__ = ["ESTIMATORS", "Objective", "check_estimator", "check_fused", "make_elbo", "fused_loss", "kl_methods", "elbo_terms", "elbo_per_example", "evaluate_elbo"]
+__all__ = [
+    "ESTIMATORS",
+    "PATHS",
+    "Objective",
+    "check_estimator",
+    "check_fused",
+    "choose_path",
+    "make_elbo",
+    "fused_loss",
+    "kl_methods",
+    "elbo_terms",
+    "elbo_per_example",
+    "evaluate_elbo",
+]
+
+#: How an :class:`Objective` computes its estimator, fastest first: the estimator's fused tensor
+#: code, Pyro's JIT-compiled ELBO, or Pyro's traced ELBO (the reference).
+PATHS: tuple[str, ...] = ("fused", "jit", "pyro")
 
 
-class _JitTrace_ELBO(JitTrace_ELBO):
-    """Pyro's ``JitTrace_ELBO`` whose ``differentiable_loss`` has the right gradient.
-
-    In pyro-ppl 1.9 the compiled function returns ``loss`` without detaching it, and
-    ``differentiable_loss`` returns ``loss + (surrogate - surrogate.detach())``: for a
-    reparameterised model that doubles every gradient (``loss_and_grads``, which back-propagates
-    the surrogate alone, is unaffected). Detaching the loss restores value and gradient.
-    """
-
-    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Tensor:
-        loss, surrogate = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
-        return loss.detach() + (surrogate - surrogate.detach())
-
-
-class _JitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
-    """Pyro's ``JitTraceMeanField_ELBO`` without its re-trace on every call.
-
-    In pyro-ppl 1.9 ``differentiable_loss`` tests for ``self._loss_and_surrogate_loss`` (the name
-    ``JitTrace_ELBO`` uses) but stores the compiled function as ``self._differentiable_loss``, so
-    the test always fails and the model is traced again at every step: about 3x slower than no
-    JIT, with a tracer warning per site per step. Aliasing the stored function under the name
-    that is tested makes the first compilation the only one.
-    """
-
-    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Tensor:
-        loss = super().differentiable_loss(model, guide, *args, **kwargs)
-        self._loss_and_surrogate_loss = self._differentiable_loss
-        return loss
-
-
-#: ``name -> (estimator, its JIT-compiled variant)``.
-ESTIMATORS: dict[str, tuple[type[ELBO], type[ELBO]]] = {
-    "mc": (Trace_ELBO, _JitTrace_ELBO),
-    "analytic": (TraceMeanField_ELBO, _JitTraceMeanField_ELBO),
-}
-
-
-def check_estimator(estimator: str, path: str = "train.elbo") -> None:
-    """A :class:`ConfigError` naming the known estimators unless ``estimator`` is one of them."""
-    if estimator not in ESTIMATORS:
-        raise ConfigError(f"{path}: unknown estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
-
-
-def check_fused(fused: bool, jit: bool) -> None:
+def check_fused(fused: bool | str, jit: bool) -> None:
     """A :class:`ConfigError` when both the fused path and Pyro's JIT are asked for."""
-    if fused and jit:
-        raise ConfigError("train.fused and train.jit cannot both be true: fused is the faster of the two; drop --jit (train.jit = false)")
+    if fused is True and jit:
+        raise ConfigError("fused and jit cannot both be true: fused is the faster of the two; pass jit=False")
+
+
+def choose_path(vae: VAE, jit: bool = False, fused: bool | Literal["auto"] = "auto") -> str:
+    """The path (one of :data:`PATHS`) an :class:`Objective` for ``vae`` takes.
+
+    ``fused="auto"`` takes the fused path unless ``jit`` asks for Pyro's JIT or ``vae`` redefines
+    its model or guide (a different program, which only Pyro's traces can evaluate).
+    """
+    check_fused(fused, jit)
+    if fused is True and not is_standard_program(vae):
+        raise ConfigError(
+            f"{{fused}}: {type(vae).__name__} redefines the model or guide, which the fused ELBO cannot know; "
+            "use {fused=}False",
+            "fused",
+        )
+    if jit:
+        return "jit"
+    return "fused" if fused is True or (fused == "auto" and is_standard_program(vae)) else "pyro"
 
 
 def make_elbo(estimator: str = "mc", num_particles: int = 1, jit: bool = False) -> ELBO:
-    """A Pyro ELBO for the VAE's model/guide pair.
+    """Pyro's ELBO for the VAE's model/guide pair: the reference of the estimator registered as ``estimator``.
 
     Args:
-        estimator: ``"mc"`` (Monte Carlo, ``Trace_ELBO``) or ``"analytic"`` (closed-form KL,
-            ``TraceMeanField_ELBO``).
+        estimator: a name in :data:`~pyro_vae.estimators.ESTIMATORS`: ``"mc"`` (Monte Carlo,
+            ``Trace_ELBO``) or ``"analytic"`` (closed-form KL, ``TraceMeanField_ELBO``).
         num_particles: samples of :math:`z` per data point, drawn in one vectorized pass.
         jit: compile the estimator (Pyro's ``JitTrace_ELBO`` / ``JitTraceMeanField_ELBO``).
             The batch shape is fixed at the first call, so give it equal-sized batches.
     """
-    check_estimator(estimator)
-    if num_particles < 1:
-        raise ConfigError(f"train.num_particles must be >= 1 (got {num_particles})")
-    cls = ESTIMATORS[estimator][int(jit)]
-    options: dict[str, Any] = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
-    if jit:
-        # Tracing a Pyro program warns about Python ints taken from tensor shapes; the shapes are
-        # fixed by design here (equal-sized batches), so the warnings carry no information.
-        options["ignore_jit_warnings"] = True
-    return cls(**options)
+    return make_estimator(estimator, num_particles).pyro_elbo(jit)
 
 
-def fused_loss(vae: VAE, x: Tensor, num_data: int | None = None, estimator: str = "mc", num_particles: int = 1, beta: float = 1.0) -> Tensor:
-    r"""The negative ELBO that Pyro's estimator computes for ``vae.model`` / ``vae.guide``, as plain tensor code.
+def fused_loss(
+    vae: VAE, x: Tensor, num_data: int | None = None, estimator: str = "mc", num_particles: int = 1, beta: float = 1.0
+) -> Tensor:
+    """The negative ELBO that Pyro's estimator computes for ``vae.model`` / ``vae.guide``, as plain tensor code.
 
-    .. math:: \text{loss} = -\frac{N}{B}\sum_{n=1}^{B}\frac1L\sum_{l=1}^{L}\Big(\log p(x_n\mid z_n^{(l)})
-        + \beta\,[\log p(z_n^{(l)}) - \log q(z_n^{(l)}\mid x_n)]\Big), \qquad z_n^{(l)} \sim q(z\mid x_n),
-
-    with :math:`\beta\,\mathrm{KL}(q\,\|\,p)` in place of the bracket for ``"analytic"`` wherever
-    a closed form is registered (as :class:`~pyro.infer.TraceMeanField_ELBO` decides). The draws
-    are those Pyro makes (one standard-normal tensor of shape ``(L, B, latent_dim)``), so from the
-    same random state the value and the gradient equal :class:`~pyro.infer.Trace_ELBO`'s and
-    :class:`~pyro.infer.TraceMeanField_ELBO`'s to float rounding; the tests hold it to that.
-    What it saves is Pyro's per-step bookkeeping (traces, messengers, the param store), which
-    costs a few milliseconds a step whatever the batch size.
+    From the same random state the value and the gradient equal those of :func:`make_elbo`'s
+    ELBO to float rounding (see :meth:`~pyro_vae.estimators.Estimator.fused_loss`); the tests
+    hold it to that. What it saves is Pyro's per-step bookkeeping (traces, messengers, the param
+    store), which costs a few milliseconds a step whatever the batch size.
 
     It is valid for the model and guide of :class:`~pyro_vae.vae.VAE` itself; a subclass that
     redefines either is a different program, and :class:`Objective` refuses to fuse it.
     """
-    q = vae.encode(x)
-    # Pyro's vectorized particles: z of shape (L, B, latent_dim), drawn in one call; for L = 1 the
-    # same numbers without the particle dimension, which spares the networks a reshape each way.
-    z = q.rsample((num_particles,)) if num_particles > 1 else q.rsample()
-    elbo = vae.decode(z).log_prob(x).sum()
-    if beta:  # beta = 0 drops the latent terms (Pyro's mask), rather than multiplying them by 0
-        prior = vae.prior()
-        kl = closed_form_kl(q, prior) if estimator == "analytic" else None
-        if kl is not None:  # the same for every particle
-            kl = kl.sum() if beta * num_particles == 1 else beta * num_particles * kl.sum()
-            elbo = elbo - kl
-        else:
-            latent = (prior.log_prob(z) - q.log_prob(z)).sum()
-            elbo = elbo + (latent if beta == 1 else beta * latent)
-    batch = x.shape[0]
-    return elbo * (-(num_data if num_data is not None else batch) / batch / num_particles)
+    return make_estimator(estimator, num_particles).fused_loss(vae, x, num_data, beta)
 
 
 class Objective:
@@ -158,33 +111,55 @@ class Objective:
         vae: the model/guide pair.
         estimator, num_particles, jit: see :func:`make_elbo`.
         beta: weight of the KL term (1 is the ELBO; 0 drops the KL).
-        fused: compute the estimator as plain tensor code (:func:`fused_loss`), the fastest
-            exact path; not with ``jit`` (it is the faster of the two).
+        fused: compute the estimator as plain tensor code (the estimator's
+            :meth:`~pyro_vae.estimators.Estimator.fused_loss`), the fastest exact path; not with
+            ``jit``. ``"auto"`` fuses wherever that is exact (see :func:`choose_path`); the default,
+            ``False``, runs Pyro's ELBO, the reference.
+
+    Attributes:
+        path: the path taken, one of :data:`PATHS`.
 
     Example:
         >>> import torch
         >>> from pyro_vae.vae import make_vae
         >>> vae = make_vae((8, 8), latent_dim=2, network={"type": "mlp", "hidden": [16]})
-        >>> loss = Objective(vae, "analytic")(torch.rand(4, 8, 8), num_data=100)
-        >>> loss.backward()
+        >>> objective = Objective(vae, "analytic", fused="auto")
+        >>> objective.path
+        'fused'
+        >>> objective(torch.rand(4, 8, 8), num_data=100).backward()
     """
 
-    def __init__(self, vae: VAE, estimator: str = "mc", num_particles: int = 1, jit: bool = False, beta: float = 1.0, fused: bool = False) -> None:
-        if beta < 0:
-            raise ConfigError(f"train.beta must be >= 0 (got {beta})")
-        check_fused(fused, jit)
-        if fused and not is_standard_program(vae):
-            raise ConfigError(f"train.fused: {type(vae).__name__} redefines the model or guide, which the fused ELBO cannot know; set train.fused = false")
-        self.elbo = make_elbo(estimator, num_particles, jit)
-        self.estimator, self.num_particles, self.jit, self.beta, self.fused = estimator, num_particles, jit, beta, fused
+    def __init__(
+        self,
+        vae: VAE,
+        estimator: str = "mc",
+        num_particles: int = 1,
+        jit: bool = False,
+        beta: float = 1.0,
+        fused: bool | Literal["auto"] = False,
+    ) -> None:
+        if not beta >= 0:
+            raise ConfigError(f"{{beta}} must be >= 0 (got {beta})", "beta")
+        self.path = choose_path(vae, jit, fused)
+        self.estimator = make_estimator(estimator, num_particles)
+        self.elbo = self.estimator.pyro_elbo(jit)
+        self.name, self.num_particles, self.beta = estimator, num_particles, beta
         self.vae = vae
         # Bound once: Pyro's JIT caches compiled code by id(model), and ``vae.model`` makes a new
         # bound-method object (a new id) at every attribute access, which would re-trace each step.
         self.model, self.guide = vae.model, vae.guide
 
+    @property
+    def fused(self) -> bool:
+        return self.path == "fused"
+
+    @property
+    def jit(self) -> bool:
+        return self.path == "jit"
+
     def __call__(self, x: Tensor, num_data: int | None = None) -> Tensor:
         if self.fused:
-            return fused_loss(self.vae, x, num_data, self.estimator, self.num_particles, self.beta)
+            return self.estimator.fused_loss(self.vae, x, num_data, self.beta)
         with warnings.catch_warnings():
             # Pyro's JIT runs on torch.jit.trace, which torch 2.x marks deprecated but still supports.
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated")
@@ -202,11 +177,12 @@ def kl_methods(vae: VAE, x: Tensor, estimator: str) -> dict[str, str]:
     """
     with torch.no_grad():
         guide_trace, model_trace = _traces(vae, x)
+    uses_closed_form = make_estimator(estimator).closed_form_kl
     methods = {}
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site) or name not in guide_trace.nodes:
             continue
-        closed = estimator == "analytic" and closed_form_kl(guide_trace.nodes[name]["fn"], site["fn"]) is not None
+        closed = uses_closed_form and closed_form_kl(guide_trace.nodes[name]["fn"], site["fn"]) is not None
         methods[name] = "closed_form" if closed else "sampled"
     return methods
 
@@ -239,21 +215,13 @@ def elbo_terms(vae: VAE, x: Tensor, num_particles: int = 1) -> dict[str, Tensor 
     }
 
 
-def _combine(terms: dict[str, Tensor | None], estimator: str) -> Tensor:
-    """The per-example ELBO that ``estimator`` (already checked) forms from the terms of :func:`elbo_terms`."""
-    if estimator == "analytic" and terms["kl"] is not None:
-        return terms["log_likelihood"].mean(0) - terms["kl"]
-    return (terms["log_likelihood"] + terms["log_prior"] - terms["log_q"]).mean(0)
-
-
 def elbo_per_example(vae: VAE, x: Tensor, estimator: str = "mc", num_particles: int = 1) -> Tensor:
     """The ELBO of each data point in ``x`` (nats), averaged over ``num_particles`` draws of :math:`z`.
 
     ``"analytic"`` falls back to the sampled KL when the prior has no closed form, like
     :class:`~pyro.infer.TraceMeanField_ELBO`.
     """
-    check_estimator(estimator, "estimator")
-    return _combine(elbo_terms(vae, x, num_particles), estimator)
+    return make_estimator(estimator, num_particles).per_example(elbo_terms(vae, x, num_particles))
 
 
 @torch.no_grad()
@@ -262,7 +230,7 @@ def evaluate_elbo(
     x: Tensor,
     num_particles: int = 1,
     batch_size: int = 1000,
-    estimators: tuple[str, ...] = ("mc", "analytic"),
+    estimators: Sequence[str] = REPORTED,
     reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, float]:
     """Mean per-example ELBO of ``x`` under each estimator, with its standard error.
@@ -276,19 +244,19 @@ def evaluate_elbo(
     of ``x``: the sums, sums of squares and counts are added up before anything is averaged.
 
     Returns:
-        ``{"elbo_mc", "elbo_mc_se", "elbo_analytic", "elbo_analytic_se", "num_examples"}``
-        (one pair per estimator asked for), in nats per data point.
+        ``{"elbo_<name>", "elbo_<name>_se", ..., "num_examples"}``, a pair per estimator named in
+        ``estimators`` (by default :data:`~pyro_vae.estimators.REPORTED`: ``elbo_mc``,
+        ``elbo_analytic``), in nats per data point.
     """
-    for e in estimators:
-        check_estimator(e, "estimators")
+    chosen = {e: make_estimator(e, num_particles) for e in estimators}
     was_training = vae.training
     vae.eval()
     try:
-        parts: dict[str, list[Tensor]] = {e: [] for e in estimators}
+        parts: dict[str, list[Tensor]] = {e: [] for e in chosen}
         for xb in x.split(batch_size):
             terms = elbo_terms(vae, xb, num_particles)
-            for e in estimators:
-                parts[e].append(_combine(terms, e))
+            for e, estimator in chosen.items():
+                parts[e].append(estimator.per_example(terms))
         values = {e: torch.cat(v) for e, v in parts.items()}
     finally:
         vae.train(was_training)

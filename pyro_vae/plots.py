@@ -16,9 +16,11 @@ import torch
 from torch import Tensor
 
 from pyro_vae.storage import atomic_write
+from pyro_vae.data import Dataset
 from pyro_vae.vae import VAE
 
 __all__ = [
+    "draw_pictures",
     "image_shape",
     "plot_reconstructions",
     "plot_samples",
@@ -282,3 +284,22 @@ def plot_latent_spaces(
     if labels is not None:
         fig.colorbar(points, ax=axes.ravel().tolist(), ticks=range(10), label="label", shrink=0.6)
     _save(fig, Path(path), "Posterior means of the test set" + (" and decoded latent grids" if grids else ""), caption)
+
+
+def draw_pictures(vae: VAE, data: Dataset, history: list[dict], out: Path, caption: str) -> list[str]:
+    """Every picture of a run, written into ``out``; returns the file names drawn."""
+    drawn = []
+    if plot_reconstructions(vae, data.test, out / "reconstructions.png", caption):
+        drawn.append("reconstructions.png")
+    if plot_samples(vae, out / "samples.png", caption):
+        drawn.append("samples.png")
+    plot_latent_space(vae, data.test, data.test_labels, out / "latent.png", caption)
+    drawn.append("latent.png")
+    if plot_manifold(vae, out / "manifold.png", data.test, caption):
+        drawn.append("manifold.png")
+    if history:
+        both = all("test_elbo_mc" in h for h in history)  # runs written before both estimators were logged have one
+        keys = ("train_elbo", "test_elbo_mc", "test_elbo_analytic") if both else ("train_elbo", "test_elbo")
+        plot_curves({"": history}, out / "curves.png", "ELBO per epoch", caption, keys=keys)
+        drawn.append("curves.png")
+    return drawn

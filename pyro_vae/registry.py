@@ -203,6 +203,8 @@ def check_value(value: Any, annotation: Any, path: str) -> Any:
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path} must be a list (got {value!r})")
+        if origin is tuple and args and Ellipsis not in args and len(value) != len(args):  # tuple[float, float]: a fixed length
+            raise ConfigError(f"{path} must be a list of {len(args)} items (got {list(value)!r})")
         item = args[0] if args else Any
         return [check_value(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
     if annotation is bool:

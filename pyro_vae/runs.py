@@ -271,25 +271,6 @@ def _open_run(run_dir: str | Path, device: str) -> tuple[VAE, Config, Dataset]:
     return vae, config, data
 
 
-def draw_pictures(vae: VAE, data: Dataset, history: list[dict], out: Path, caption: str) -> list[str]:
-    """Every picture of a run, written into ``out``; returns the file names drawn."""
-    drawn = []
-    if plot_reconstructions(vae, data.test, out / "reconstructions.png", caption):
-        drawn.append("reconstructions.png")
-    if plot_samples(vae, out / "samples.png", caption):
-        drawn.append("samples.png")
-    plot_latent_space(vae, data.test, data.test_labels, out / "latent.png", caption)
-    drawn.append("latent.png")
-    if plot_manifold(vae, out / "manifold.png", data.test, caption):
-        drawn.append("manifold.png")
-    if history:
-        both = all("test_elbo_mc" in h for h in history)  # runs written before both estimators were logged have one
-        keys = ("train_elbo", "test_elbo_mc", "test_elbo_analytic") if both else ("train_elbo", "test_elbo")
-        plot_curves({"": history}, out / "curves.png", "ELBO per epoch", caption, keys=keys)
-        drawn.append("curves.png")
-    return drawn
-
-
 def plot_run(run_dir: str | Path, device: str = "auto") -> list[str]:
     """Draw (again) every picture of a finished run from its checkpoint and metrics; returns their paths."""
     run_dir = Path(run_dir)

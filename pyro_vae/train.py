@@ -18,7 +18,12 @@ Example:
     >>> vae = make_vae(data.event_shape, latent_dim=2, network={"type": "mlp", "hidden": [32]})
     >>> history = fit(vae, data, epochs=1, progress=False)
     >>> sorted(history[0])
-    ['epoch', 'kl', 'seconds', 'test_elbo', 'test_elbo_analytic', 'test_elbo_mc', 'train_elbo']
+    ['epoch', 'kl', 'lr', 'path', 'seconds', 'test_elbo', 'test_elbo_analytic', 'test_elbo_mc', 'train_elbo']
+
+:func:`fit` tells the story of a run; the pieces it calls each do one thing: :func:`_start` builds
+the objective and optimiser, :func:`_restore` puts a saved :class:`TrainState` back, :class:`_Loop`
+runs an epoch's steps and measures it, :class:`_Stops` answers stop requests, :class:`_Progress`
+shows the bar and the epoch lines.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyro
@@ -43,10 +48,30 @@ from tqdm.auto import tqdm
 from pyro_vae.data import Dataset
 from pyro_vae.distributed import Distributed, data_parallel
 from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.estimators import reported_with
 from pyro_vae.objectives import Objective, evaluate_elbo, kl_methods
+from pyro_vae.optim import make_lr_schedule, make_optimizer
 from pyro_vae.vae import VAE
 
-__all__ = ["fit", "svi_step", "check_batch_size", "check_data_parallel", "check_world_size", "TrainState", "TrainingDiverged", "TrainingInterrupted", "get_rng_state", "set_rng_state"]
+__all__ = [
+    "fit",
+    "svi_step",
+    "check_batch_size",
+    "check_data_parallel",
+    "check_world_size",
+    "TrainState",
+    "TrainingDiverged",
+    "TrainingInterrupted",
+    "get_rng_state",
+    "set_rng_state",
+]
+
+#: How the path an objective takes is described at the start of a run.
+_PATH_TEXT = {
+    "fused": "fused (the estimator as plain tensor code, exact)",
+    "jit": "jit (Pyro's ELBO compiled with torch.jit)",
+    "pyro": "pyro (Pyro's traced ELBO)",
+}
 
 
 class TrainingDiverged(PyroVAEError):
@@ -56,7 +81,10 @@ class TrainingDiverged(PyroVAEError):
 def check_batch_size(batch_size: int, num_data: int) -> None:
     """Batches have exactly ``batch_size`` points, so there must be at least that many."""
     if batch_size > num_data:
-        raise ConfigError(f"train.batch_size ({batch_size}) is larger than the training set ({num_data} points); use --batch-size {num_data} or less")
+        raise ConfigError(
+            f"{{batch_size}} ({batch_size}) is larger than the training set ({num_data} points); use {{batch_size=}}{num_data} or less",
+            "batch_size",
+        )
 
 
 def get_rng_state(device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -95,6 +123,7 @@ class TrainState:
         order: state of the data-order generator at the start of epoch ``epoch + 1``.
         rng: :func:`get_rng_state` at this point.
         optimizer: the optimiser's ``state_dict()``.
+        scheduler: the learning-rate schedule's ``state_dict()`` (empty in checkpoints written before schedules).
         history: the metrics of the completed epochs.
         world_size: processes of the (data-parallel) run; ``rng`` is process 0's.
     """
@@ -106,6 +135,7 @@ class TrainState:
     order: Tensor | None = None
     rng: dict[str, Any] = field(default_factory=dict)
     optimizer: dict[str, Any] = field(default_factory=dict)
+    scheduler: dict[str, Any] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     world_size: int = 1
 
@@ -131,7 +161,7 @@ class TrainingInterrupted(PyroVAEError):
 def check_data_parallel(distributed: Distributed | None, jit: bool) -> None:
     """Pyro's JIT does not run under DistributedDataParallel: a :class:`ConfigError` for the pair."""
     if distributed and jit:
-        raise ConfigError("train.jit cannot be used under torchrun (DistributedDataParallel); use --fused, the faster exact path, instead")
+        raise ConfigError("{jit} cannot be used under torchrun (DistributedDataParallel); the default fused path is faster and exact", "jit")
 
 
 def check_world_size(resume: TrainState, world_size: int, run_dir: Path | None = None) -> None:
@@ -195,6 +225,172 @@ def _compile(objective: Objective, x: Tensor, num_data: int) -> None:
         objective(x, num_data)
 
 
+class _Stops:
+    """Stop requests, polled at step boundaries; in a data-parallel job every process stops at the same step."""
+
+    def __init__(self, stop: Callable[[], int | None] | None, distributed: Distributed | None) -> None:
+        self.stop, self.distributed = stop, distributed
+
+    def check(self, snapshot: Callable[[], TrainState]) -> None:
+        """Raise :class:`TrainingInterrupted` with ``snapshot()`` if a stop was asked for."""
+        if self.stop is None:
+            return
+        signum = self.stop()
+        if self.distributed is not None and self.distributed.agree(signum is not None):
+            signum = signum if signum is not None else signal.SIGTERM
+        if signum is not None:
+            raise TrainingInterrupted(snapshot(), signum)
+
+
+class _Progress:
+    """The progress bar (terminals only) and about ten epoch lines a run, on standard error."""
+
+    def __init__(self, show: bool, epochs: int, steps: int, state: TrainState) -> None:
+        self.show, self.epochs = show, epochs
+        # disable=None: a bar on terminals only; logs get the epoch lines instead.
+        self.bar = tqdm(
+            total=epochs * steps, initial=state.epoch * steps + state.step, disable=None if show else True,
+            unit="step", dynamic_ncols=True, leave=False,
+        )
+
+    def start(self, estimator: str, kl: dict[str, str], path: str) -> None:
+        if self.show:
+            sites = ", ".join(f"{site}: {how.replace('_', ' ')}" for site, how in kl.items())
+            print(f"KL term ({estimator} ELBO): {sites}; path: {_PATH_TEXT[path]}", file=sys.stderr)
+
+    def epoch(self, metrics: dict[str, Any]) -> None:
+        epoch = metrics["epoch"]
+        if self.show and (epoch % max(1, self.epochs // 10) == 0 or epoch in (1, self.epochs)):
+            tqdm.write(
+                f"epoch {epoch:4d}  train ELBO {metrics['train_elbo']:9.3f}  test ELBO {metrics['test_elbo']:9.3f}  "
+                f"{metrics['seconds']:6.2f} s",
+                file=sys.stderr,
+            )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@dataclass
+class _Loop:
+    """What one call of :func:`fit` trains with, built once by :func:`_start`."""
+
+    vae: VAE
+    data: Dataset
+    objective: Objective
+    loss: Callable[[Tensor, int], Tensor]  # the objective, or its data-parallel wrapper
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    order: torch.Generator
+    batch_size: int
+    clip_grad_norm: float
+    distributed: Distributed | None
+    kl: dict[str, str]
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def rank(self) -> int:
+        return self.distributed.rank if self.distributed else 0
+
+    @property
+    def world_size(self) -> int:
+        return self.distributed.world_size if self.distributed else 1
+
+    @property
+    def num_data(self) -> int:
+        return len(self.data.train)
+
+    @property
+    def steps(self) -> int:
+        return self.num_data // self.world_size // self.batch_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
+    def snapshot(self, epoch: int, step: int, total: float, seconds: float, epoch_order: Tensor) -> TrainState:
+        """The run's state after ``step`` steps of epoch ``epoch + 1``."""
+        if self.distributed and step:  # every process stops at this step (agreed): carry the average of their partial sums
+            total = self.distributed.mean(total)
+        return TrainState(
+            epoch, step, total, seconds, epoch_order, get_rng_state(self.device), self.optimizer.state_dict(),
+            self.schedule.state_dict(), list(self.history), self.world_size,
+        )
+
+    def train_epoch(self, epoch: int, state: TrainState, progress: _Progress, stops: _Stops) -> tuple[float, float]:
+        """The steps of ``epoch`` (from where ``state`` stopped, if it stopped inside it); returns the summed loss and seconds."""
+        first = state.step if epoch == state.epoch + 1 else 0
+        total, elapsed = (state.total, state.seconds) if first else (0.0, 0.0)
+        epoch_order = self.order.get_state()
+        self.vae.train()
+        start = time.perf_counter()
+        for step, x in enumerate(self.data.batches(self.batch_size, self.order, first, self.rank, self.world_size), first + 1):
+            total += svi_step(self.loss, self.optimizer, x, self.num_data, self.clip_grad_norm, (epoch, step))
+            progress.bar.update()
+            stops.check(lambda: self.snapshot(epoch - 1, step, total, elapsed + time.perf_counter() - start, epoch_order))  # noqa: B023
+        seconds = elapsed + time.perf_counter() - start
+        if self.distributed:  # each process's losses estimate the same full-data objective: average them
+            total = self.distributed.mean(total)
+        return total, seconds
+
+    def end_epoch(self, epoch: int, total: float, seconds: float) -> dict[str, Any]:
+        """Step the learning-rate schedule, evaluate the test set, and record the epoch's metrics."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        with warnings.catch_warnings():  # a run resumed after the last step of its first epoch steps the schedule first
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            self.schedule.step()
+        test = self.data.test[self.rank :: self.world_size] if self.distributed else self.data.test
+        reported = reported_with(self.objective.name)
+        scores = evaluate_elbo(self.vae, test, estimators=reported, reduce=self.distributed.all_reduce if self.distributed else None)
+        metrics = {
+            "epoch": epoch,
+            "train_elbo": -total / (self.steps * self.num_data),
+            "test_elbo": scores[f"elbo_{self.objective.name}"],
+            **{f"test_elbo_{name}": scores[f"elbo_{name}"] for name in reported},
+            "seconds": seconds,
+            "lr": lr,
+            "path": self.objective.path,
+            "kl": self.kl,
+        }
+        self.history.append(metrics)
+        return metrics
+
+
+def _start(vae: VAE, data: Dataset, distributed: Distributed | None, settings: dict[str, Any]) -> _Loop:
+    """Check the settings, seed every generator, and build the objective, optimiser and schedule of a run."""
+    rank, world_size = (distributed.rank, distributed.world_size) if distributed else (0, 1)
+    s = settings
+    check_batch_size(s["batch_size"], len(data.train) // world_size)
+    if s["clip_grad_norm"] < 0:
+        raise ConfigError(f"{{clip_grad_norm}} must be >= 0 (got {s['clip_grad_norm']}); 0 turns clipping off", "clip_grad_norm")
+    check_data_parallel(distributed, s["jit"])
+    pyro.set_rng_seed((s["seed"] + rank) % 2**32)  # NumPy, which Pyro seeds too, takes 32-bit seeds
+    order = torch.Generator().manual_seed(s["seed"])  # the same permutation in every process; each takes its shard
+    objective = Objective(vae, s["elbo"], s["num_particles"], s["jit"], s["beta"], s["fused"])
+    loss = data_parallel(vae, objective, distributed, s["beta"]) if distributed else objective
+    optimizer = make_optimizer(vae.parameters(), s["lr"], s["optimizer"])
+    schedule = make_lr_schedule(optimizer, s["lr_schedule"], s["epochs"])
+    kl = kl_methods(vae, data.test[:2], s["elbo"])
+    return _Loop(vae, data, objective, loss, optimizer, schedule, order, s["batch_size"], s["clip_grad_norm"], distributed, kl)
+
+
+def _restore(loop: _Loop, resume: TrainState | None, seed: int) -> TrainState:
+    """Put the optimiser, schedule, data order and random generators back as ``resume`` saved them (or describe a fresh start)."""
+    if resume is None:
+        return TrainState(order=loop.order.get_state(), rng=get_rng_state(loop.device), world_size=loop.world_size)
+    check_world_size(resume, loop.world_size)
+    loop.optimizer.load_state_dict(resume.optimizer)
+    if resume.scheduler:
+        loop.schedule.load_state_dict(resume.scheduler)
+    loop.order.set_state(resume.order)
+    if loop.rank == 0:
+        set_rng_state(resume.rng, loop.device)
+    else:  # only process 0's generators are saved; the others restart from seeds fixed by their rank and the position
+        pyro.set_rng_seed(((seed + loop.rank) * 1_000_003 + resume.epoch * 10_007 + resume.step) % 2**32)
+    loop.history = list(resume.history)
+    return resume
+
+
 def fit(
     vae: VAE,
     data: Dataset,
@@ -206,7 +402,9 @@ def fit(
     num_particles: int = 1,
     jit: bool = False,
     beta: float = 1.0,
-    fused: bool = False,
+    fused: bool | Literal["auto"] = "auto",
+    optimizer: dict[str, Any] | None = None,
+    lr_schedule: dict[str, Any] | None = None,
     clip_grad_norm: float = 0.0,
     seed: int = 0,
     progress: bool = True,
@@ -216,14 +414,19 @@ def fit(
     stop: Callable[[], int | None] | None = None,
     distributed: Distributed | None = None,
 ) -> list[dict]:
-    """Train ``vae`` on ``data.train`` with Adam and report the ELBO per epoch.
+    """Train ``vae`` on ``data.train`` by SVI and report the ELBO per epoch.
 
     Args:
         vae: the model/guide pair, on the same device as ``data``.
         data: the data set; its test split is evaluated after every epoch.
         epochs, batch_size, lr: the schedule; each epoch is one random permutation of the
             training set in batches of exactly ``batch_size``.
-        elbo, num_particles, jit, beta, fused: the objective (see :class:`~pyro_vae.objectives.Objective`).
+        elbo, num_particles, jit, beta, fused: the objective (see :class:`~pyro_vae.objectives.Objective`);
+            ``fused="auto"`` trains on the fastest exact path: the fused estimator, unless ``jit``
+            is asked for or ``vae`` redefines its model or guide.
+        optimizer: ``{"type": name, **params}`` from :data:`~pyro_vae.optim.OPTIMIZERS` (default Adam).
+        lr_schedule: ``{"type": name, **params}`` from :data:`~pyro_vae.optim.LR_SCHEDULES`,
+            stepped after every epoch (default constant).
         clip_grad_norm: if positive, the largest total gradient norm of a step.
         seed: seeds Pyro, torch, numpy and the data order; the same seed gives the same run.
         progress: show a progress bar.
@@ -244,100 +447,39 @@ def fit(
         One dict per epoch (those of ``resume`` first): ``epoch``; ``train_elbo``, the mean
         per-point training objective (the ELBO when ``beta = 1``, the beta-weighted ELBO
         otherwise) over the epoch's steps; ``test_elbo``, the ELBO (beta = 1) of the test set by
-        the same estimator, and ``test_elbo_mc``, ``test_elbo_analytic`` by each (from the same
-        draws); ``seconds`` of training in the epoch; ``kl``, how each latent site's KL term was
-        estimated (``closed_form`` or ``sampled``, see :func:`~pyro_vae.objectives.kl_methods`).
-        ELBOs are in nats per data point.
+        the same estimator, and ``test_elbo_<name>`` by each reported estimator (``mc`` and
+        ``analytic``, from the same draws); ``seconds`` of training in the epoch; ``lr``, the
+        learning rate of the epoch; ``path``, how the objective was computed (``fused``, ``jit``
+        or ``pyro``); ``kl``, how each latent site's KL term was estimated (``closed_form`` or
+        ``sampled``, see :func:`~pyro_vae.objectives.kl_methods`). ELBOs are in nats per data point.
 
     Raises:
         TrainingDiverged: the loss or the gradient of a step is not finite (the parameters are
             those before that step).
         TrainingInterrupted: ``stop`` asked for it.
     """
-    rank, world_size = (distributed.rank, distributed.world_size) if distributed else (0, 1)
-    num_data = len(data.train)
-    check_batch_size(batch_size, num_data // world_size)
-    if clip_grad_norm < 0:
-        raise ConfigError(f"train.clip_grad_norm must be >= 0 (got {clip_grad_norm}); 0 turns clipping off")
-    check_data_parallel(distributed, jit)
-    progress = progress and rank == 0
-    pyro.set_rng_seed((seed + rank) % 2**32)  # NumPy, which Pyro seeds too, takes 32-bit seeds
-    order = torch.Generator().manual_seed(seed)  # the same permutation in every process; each takes its shard
-    objective = Objective(vae, elbo, num_particles, jit, beta, fused)
-    loss = data_parallel(vae, objective, distributed, beta) if distributed else objective
-    optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
-    steps = num_data // world_size // batch_size
-    kl = kl_methods(vae, data.test[:2], elbo)
-    if progress:
-        print(f"KL term ({elbo} ELBO): " + ", ".join(f"{site}: {how.replace('_', ' ')}" for site, how in kl.items()), file=sys.stderr)
-    if jit:
-        _compile(objective, data.train[:batch_size], num_data)
-    device = next(vae.parameters()).device
-    state = resume or TrainState(order=order.get_state(), rng=get_rng_state(device), world_size=world_size)
-    if resume is not None:
-        check_world_size(resume, world_size)
-        optimizer.load_state_dict(resume.optimizer)
-        order.set_state(resume.order)
-        if rank == 0:
-            set_rng_state(resume.rng, device)
-        else:  # only process 0's generators are saved; the others restart from seeds fixed by their rank and the position
-            pyro.set_rng_seed(((seed + rank) * 1_000_003 + resume.epoch * 10_007 + resume.step) % 2**32)
-    history = list(state.history)
-    test = data.test[rank::world_size] if distributed else data.test
-    reduce = distributed.all_reduce if distributed else None
-
-    def snapshot(epoch: int, step: int, total: float, seconds: float, epoch_order: Tensor) -> TrainState:
-        if distributed and step:  # every process stops at this step (agreed): carry the average of their partial sums
-            total = distributed.mean(total)
-        return TrainState(epoch, step, total, seconds, epoch_order, get_rng_state(device), optimizer.state_dict(), list(history), world_size)
-
-    def check_stop(snap: Callable[[], TrainState]) -> None:
-        signum = stop() if stop is not None else None
-        if distributed is not None and distributed.agree(signum is not None):  # every process stops at the same step
-            signum = signum if signum is not None else signal.SIGTERM
-        if signum is not None:
-            raise TrainingInterrupted(snap(), signum)
-
-    if stop is not None:
-        check_stop(lambda: snapshot(state.epoch, state.step, state.total, state.seconds, state.order))
-    # disable=None: a bar on terminals only; logs get one line per epoch instead.
-    bar = tqdm(total=epochs * steps, initial=state.epoch * steps + state.step, disable=None if progress else True, unit="step", dynamic_ncols=True, leave=False)
+    settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, elbo=elbo, num_particles=num_particles, jit=jit, beta=beta)
+    settings.update(fused=fused, optimizer=optimizer, lr_schedule=lr_schedule, clip_grad_norm=clip_grad_norm, seed=seed)
+    loop = _start(vae, data, distributed, settings)
+    progress_ = _Progress(progress and loop.rank == 0, epochs, loop.steps, resume or TrainState())
+    progress_.start(elbo, loop.kl, loop.objective.path)
+    if loop.objective.jit:
+        _compile(loop.objective, data.train[:batch_size], loop.num_data)
+    state = _restore(loop, resume, seed)
+    stops = _Stops(stop, distributed)
+    stops.check(lambda: loop.snapshot(state.epoch, state.step, state.total, state.seconds, state.order))
     try:
         for epoch in range(state.epoch + 1, epochs + 1):
-            first = state.step if epoch == state.epoch + 1 else 0
-            total = state.total if first else 0.0
-            elapsed = state.seconds if first else 0.0
-            epoch_order = order.get_state()
-            vae.train()
-            start = time.perf_counter()
-            for step, x in enumerate(data.batches(batch_size, order, first, rank, world_size), first + 1):
-                total += svi_step(loss, optimizer, x, num_data, clip_grad_norm, (epoch, step))
-                bar.update()
-                if stop is not None:
-                    check_stop(lambda: snapshot(epoch - 1, step, total, elapsed + time.perf_counter() - start, epoch_order))  # noqa: B023
-            seconds = elapsed + time.perf_counter() - start
-            if distributed:  # each process's losses estimate the same full-data objective: average them
-                total = distributed.mean(total)
-            scores = evaluate_elbo(vae, test, reduce=reduce)
-            metrics = {
-                "epoch": epoch,
-                "train_elbo": -total / (steps * num_data),
-                "test_elbo": scores[f"elbo_{elbo}"],
-                "test_elbo_mc": scores["elbo_mc"],
-                "test_elbo_analytic": scores["elbo_analytic"],
-                "seconds": seconds,
-                "kl": kl,
-            }
-            history.append(metrics)
-            if progress and (epoch % max(1, epochs // 10) == 0 or epoch in (1, epochs)):  # about ten lines a run
-                tqdm.write(f"epoch {epoch:4d}  train ELBO {metrics['train_elbo']:9.3f}  test ELBO {metrics['test_elbo']:9.3f}  {seconds:6.2f} s", file=sys.stderr)
+            total, seconds = loop.train_epoch(epoch, state, progress_, stops)
+            metrics = loop.end_epoch(epoch, total, seconds)
+            progress_.epoch(metrics)
             if on_epoch is not None:
-                on_epoch(metrics, optimizer)
-            end = lambda epoch=epoch: snapshot(epoch, 0, 0.0, 0.0, order.get_state())  # noqa: E731
+                on_epoch(metrics, loop.optimizer)
+            end = loop.snapshot(epoch, 0, 0.0, 0.0, loop.order.get_state())
             if on_checkpoint is not None:
-                on_checkpoint(end())
-            if stop is not None and epoch < epochs:
-                check_stop(end)
+                on_checkpoint(end)
+            if epoch < epochs:
+                stops.check(lambda end=end: end)
     finally:
-        bar.close()
-    return history
+        progress_.close()
+    return loop.history

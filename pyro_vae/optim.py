@@ -1,0 +1,147 @@
+r"""Optimisers and learning-rate schedules, chosen by name like the model's components.
+
+``train.optimizer = {type = "adam", betas = [0.9, 0.999], eps = 1e-8}`` picks an optimiser from
+:data:`OPTIMIZERS`, ``train.lr_schedule = {type = "multistep", milestones = [10, 20], gamma = 0.1}``
+a schedule from :data:`LR_SCHEDULES`. Each entry is a thin constructor over :mod:`torch.optim` or
+:mod:`torch.optim.lr_scheduler` whose signature declares the settable parameters, so the config
+checks them like any other component. The learning rate itself stays ``train.lr``; a schedule
+multiplies it and steps once at the end of every epoch. Both state dicts are saved in
+checkpoints, so a resumed run continues the same schedule.
+
+Example:
+    >>> import torch
+    >>> params = [torch.nn.Parameter(torch.zeros(2))]
+    >>> optimizer = make_optimizer(params, lr=1e-3, spec={"type": "adam", "eps": 1e-4})
+    >>> schedule = make_lr_schedule(optimizer, {"type": "multistep", "milestones": [1, 4], "gamma": 0.5}, epochs=10)
+    >>> for _ in range(4):
+    ...     schedule.step()
+    >>> optimizer.param_groups[0]["lr"]
+    0.00025
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Annotated, Any
+
+import torch
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from pyro_vae.registry import AtLeast, AtMost, Registry
+
+__all__ = ["OPTIMIZERS", "LR_SCHEDULES", "make_optimizer", "make_lr_schedule"]
+
+#: Optimisers by name; the library supplies ``params`` and ``lr`` (``train.lr``).
+OPTIMIZERS: Registry = Registry("optimizer", context=("params", "lr"))
+#: Learning-rate schedules by name; the library supplies ``optimizer`` and ``epochs`` (``train.epochs``).
+LR_SCHEDULES: Registry = Registry("learning-rate schedule", context=("optimizer", "epochs"))
+
+Positive = Annotated[float, AtLeast(0, strict=True)]
+Fraction = Annotated[float, AtLeast(0), AtMost(1)]
+
+
+@OPTIMIZERS.register("adam")
+def adam(
+    params: Iterable[torch.Tensor],
+    lr: float,
+    betas: tuple[Fraction, Fraction] = (0.9, 0.999),
+    eps: Positive = 1e-8,
+    weight_decay: Annotated[float, AtLeast(0)] = 0.0,
+    amsgrad: bool = False,
+) -> Optimizer:
+    """Adam (:class:`torch.optim.Adam`): A Method for Stochastic Optimization (Kingma & Ba, 2015)."""
+    return torch.optim.Adam(params, lr=lr, betas=_pair(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+
+
+@OPTIMIZERS.register("adamw")
+def adamw(
+    params: Iterable[torch.Tensor],
+    lr: float,
+    betas: tuple[Fraction, Fraction] = (0.9, 0.999),
+    eps: Positive = 1e-8,
+    weight_decay: Annotated[float, AtLeast(0)] = 0.01,
+) -> Optimizer:
+    """AdamW (:class:`torch.optim.AdamW`): Decoupled Weight Decay Regularization (Loshchilov & Hutter, 2019)."""
+    return torch.optim.AdamW(params, lr=lr, betas=_pair(betas), eps=eps, weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("sgd")
+def sgd(
+    params: Iterable[torch.Tensor],
+    lr: float,
+    momentum: Annotated[float, AtLeast(0)] = 0.0,
+    nesterov: bool = False,
+    weight_decay: Annotated[float, AtLeast(0)] = 0.0,
+) -> Optimizer:
+    """Stochastic gradient descent with optional (Nesterov) momentum (:class:`torch.optim.SGD`)."""
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("rmsprop")
+def rmsprop(
+    params: Iterable[torch.Tensor],
+    lr: float,
+    alpha: Fraction = 0.99,
+    eps: Positive = 1e-8,
+    momentum: Annotated[float, AtLeast(0)] = 0.0,
+) -> Optimizer:
+    """RMSprop (:class:`torch.optim.RMSprop`)."""
+    return torch.optim.RMSprop(params, lr=lr, alpha=alpha, eps=eps, momentum=momentum)
+
+
+def _pair(betas: tuple[float, float] | list[float]) -> tuple[float, float]:
+    first, second = betas  # a config's list, checked to hold two numbers
+    return float(first), float(second)
+
+
+@LR_SCHEDULES.register("constant")
+def constant(optimizer: Optimizer, epochs: int) -> LRScheduler:
+    """The learning rate ``train.lr`` throughout."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _one)
+
+
+def _one(epoch: int) -> float:  # a module-level function: LambdaLR's state_dict leaves it out
+    return 1.0
+
+
+@LR_SCHEDULES.register("step")
+def step(optimizer: Optimizer, epochs: int, step_size: Annotated[int, AtLeast(1)] = 10, gamma: Positive = 0.1) -> LRScheduler:
+    """Multiply the rate by ``gamma`` every ``step_size`` epochs (:class:`~torch.optim.lr_scheduler.StepLR`)."""
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
+
+
+@LR_SCHEDULES.register("multistep")
+def multistep(optimizer: Optimizer, epochs: int, milestones: list[Annotated[int, AtLeast(1)]] = (), gamma: Positive = 0.1) -> LRScheduler:
+    """Multiply the rate by ``gamma`` after each epoch listed in ``milestones`` (:class:`~torch.optim.lr_scheduler.MultiStepLR`)."""
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(milestones), gamma=gamma)
+
+
+@LR_SCHEDULES.register("exponential")
+def exponential(optimizer: Optimizer, epochs: int, gamma: Positive = 0.99) -> LRScheduler:
+    """Multiply the rate by ``gamma`` after every epoch (:class:`~torch.optim.lr_scheduler.ExponentialLR`)."""
+    return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
+
+
+@LR_SCHEDULES.register("cosine")
+def cosine(optimizer: Optimizer, epochs: int, eta_min: Annotated[float, AtLeast(0)] = 0.0) -> LRScheduler:
+    r"""Cosine annealing from ``train.lr`` to ``eta_min`` over the run's epochs (:class:`~torch.optim.lr_scheduler.CosineAnnealingLR`).
+
+    .. math:: \eta_t = \eta_{\min} + \tfrac12(\eta_0 - \eta_{\min})(1 + \cos(\pi t / T))
+
+    Reference:
+        SGDR: Stochastic Gradient Descent with Warm Restarts (Loshchilov & Hutter, 2017).
+    """
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=eta_min)
+
+
+def make_optimizer(params: Iterable[torch.Tensor], lr: float, spec: dict[str, Any] | None = None) -> Optimizer:
+    """The optimiser ``spec`` names (default Adam with torch's defaults) over ``params`` at rate ``lr``."""
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0 (got {lr})")
+    return OPTIMIZERS.build(spec or {"type": "adam"}, "optimizer", params=params, lr=lr)
+
+
+def make_lr_schedule(optimizer: Optimizer, spec: dict[str, Any] | None = None, epochs: int = 1) -> LRScheduler:
+    """The learning-rate schedule ``spec`` names (default constant), stepped once per epoch of ``epochs``."""
+    return LR_SCHEDULES.build(spec or {"type": "constant"}, "lr_schedule", optimizer=optimizer, epochs=epochs)
