@@ -1,8 +1,9 @@
 """pyro-vae: variational autoencoders as readable Pyro programs.
 
 The decoder is a Pyro model :math:`p(z)\\,p(x \\mid z)`, the encoder a guide :math:`q(z \\mid x)`;
-priors, likelihoods and networks are registry entries chosen by name; the ELBO is estimated by
-Monte Carlo (``Trace_ELBO``) or with the closed-form Gaussian KL (``TraceMeanField_ELBO``).
+priors, likelihoods, networks, ELBO estimators, optimisers and learning-rate schedules are
+registry entries chosen by name; the ELBO is estimated by Monte Carlo (``Trace_ELBO``) or with
+the closed-form Gaussian KL (``TraceMeanField_ELBO``), on Pyro's path or a fused, exact one.
 """
 
 from pyro_vae.compare import compare_estimators
@@ -15,7 +16,10 @@ from pyro_vae.marginal import iwae_bound, log_likelihood
 from pyro_vae.networks import NETWORKS
 from pyro_vae.objectives import Objective, elbo_per_example, evaluate_elbo, fused_loss, make_elbo
 from pyro_vae.priors import PRIORS
-from pyro_vae.runs import compare_run, evaluate_run, load, train_run
+from pyro_vae.estimators import ESTIMATORS, Estimator
+from pyro_vae.evaluation import compare_run, evaluate_run, plot_run
+from pyro_vae.optim import LR_SCHEDULES, OPTIMIZERS
+from pyro_vae.runs import load, resume_run, train_run
 from pyro_vae.train import fit
 from pyro_vae.vae import VAE, make_vae
 
@@ -25,6 +29,10 @@ __all__ = [
     "PRIORS",
     "LIKELIHOODS",
     "NETWORKS",
+    "ESTIMATORS",
+    "Estimator",
+    "OPTIMIZERS",
+    "LR_SCHEDULES",
     "gaussian_kl",
     "make_elbo",
     "fused_loss",
@@ -40,8 +48,10 @@ __all__ = [
     "fit",
     "Config",
     "train_run",
+    "resume_run",
     "load",
     "evaluate_run",
+    "plot_run",
     "PyroVAEError",
     "ConfigError",
     "DataError",

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pyro_vae.config import Config, apply_overrides, set_key
-from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.errors import ConfigError, PyroVAEError, renamed_errors
 from pyro_vae.signals import exit_status
 from pyro_vae.train import TrainingInterrupted
 
@@ -46,6 +46,18 @@ def _counts(what: str, example: str) -> Callable[[str], list[int]]:
         if not counts or min(counts) < 1:
             raise argparse.ArgumentTypeError(f"{what} must be >= 1, got {text!r}")
         return counts
+
+    return parse
+
+
+def _names(what: str, example: str) -> Callable[[str], list[str]]:
+    """An argparse type reading comma-separated names; messages call them ``what``."""
+
+    def parse(text: str) -> list[str]:
+        names = [s.strip() for s in text.split(",") if s.strip()]
+        if not names:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what} such as {example}, got {text!r}")
+        return names
 
     return parse
 
@@ -97,33 +109,41 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=float)
-    g.add_argument("--elbo", help="mc (Trace_ELBO, default) or analytic (TraceMeanField_ELBO)")
+    g.add_argument("--elbo", help="the estimator: mc (Trace_ELBO, default) or analytic (TraceMeanField_ELBO); see pyro-vae estimators")
     g.add_argument("--num-particles", type=int)
     g.add_argument("--jit", action="store_const", const=True, help="compile the ELBO with Pyro's JIT")
-    g.add_argument("--fused", action=argparse.BooleanOptionalAction, help="compute the same ELBO as plain tensor code, without Pyro's per-step tracing (fastest)")
+    g.add_argument(
+        "--fused",
+        action=argparse.BooleanOptionalAction,
+        help="compute the ELBO as plain tensor code, without Pyro's per-step tracing (exact, fastest; the default "
+        "wherever it applies); --no-fused runs Pyro's traced ELBO",
+    )
     g.add_argument("--beta", type=float, help="weight of the KL term (1: the ELBO; 0: no KL)")
     g.add_argument("--seed", type=int)
     g.add_argument("--checkpoint-every", type=int, metavar="N", help="checkpoint every N epochs (0: only at the end)")
     g.add_argument("--clip-grad-norm", type=float, metavar="C", help="rescale each step's gradient to a total norm of at most C (0: off)")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
 
-    compare = commands.add_parser("compare", help="analytic vs Monte Carlo ELBO on a trained run: values, errors, gradient variance, cost")
+    compare = commands.add_parser("compare", help="the estimators on a trained run: values, errors, gradient variance, cost")
     compare.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     compare.add_argument("--particles", type=_counts("numbers of particles", "1,10,100"), default=[1, 10, 100], metavar="1,10,100", help="numbers of particles L to compare")
     compare.add_argument("--repeats", type=_positive_int, default=50, metavar="R", help="estimates per estimator and L")
     compare.add_argument("--batch-size", type=_positive_int, default=100, help="points in the fixed batch")
     compare.add_argument("--split", choices=["train", "test"], default="test")
     compare.add_argument("--device", default="auto")
+    compare.add_argument(
+        "--estimators", type=_names("estimators", "mc,analytic"), metavar="mc,analytic", help="estimators to compare (default: all)"
+    )
     compare.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
     plot = commands.add_parser("plot", help="draw (again) the pictures of a trained run")
     plot.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     plot.add_argument("--device", default="auto")
 
-    for kind in ("priors", "likelihoods", "networks"):
+    for kind in _LISTINGS:
         commands.add_parser(kind, help=f"list the registered {kind} and their parameters")
 
-    evaluate = commands.add_parser("evaluate", help="ELBO of a trained run with both estimators")
+    evaluate = commands.add_parser("evaluate", help="ELBO of a trained run by each estimator, and log p(x)")
     evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     evaluate.add_argument("--split", choices=["train", "test"], default="test")
     evaluate.add_argument("--num-particles", type=_positive_int, default=1)
@@ -132,6 +152,26 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
+
+
+#: Options that take no value.
+_SWITCHES = {"download", "jit", "fused", "overwrite", "quiet", "json"}
+
+
+def _flags(args: argparse.Namespace) -> dict[str, tuple[str, str]]:
+    """How this command calls the parameters named in library errors: ``{param: (name, how to set it)}``.
+
+    A train option keeps its config key as its name and is set by its flag
+    (``train.batch_size``, ``--batch-size 100``); the other options are their flags.
+    """
+    flag = lambda dest: "--" + dest.replace("_", "-")  # noqa: E731
+    setting = lambda dest: flag(dest) if dest in _SWITCHES else f"{flag(dest)} "  # noqa: E731
+    names = {dest: (flag(dest), setting(dest)) for dest in vars(args)}
+    if args.command == "train":
+        names.update({key.rpartition(".")[2]: (key, setting(option)) for option, key in _TRAIN_OPTIONS.items()})
+        names["estimator"] = names["elbo"]
+        names["run_dir"] = (flag("resume"), setting("resume"))
+    return names
 
 
 def _train_config(args: argparse.Namespace) -> Config:
@@ -159,28 +199,35 @@ def _train(args: argparse.Namespace) -> int:
             summary = train_run(config, out, overwrite=args.overwrite, progress=not args.quiet, stop=stop)
     if not summary:  # a process of a data-parallel job other than process 0, which reports for all
         return 0
+    tests = ", ".join(f"{summary[f'test_{key}']:.2f} ± {summary[f'test_{key}_se']:.2f} ({name})" for name, key in _reported(summary, "test_"))
     print(
         f"run folder: {summary['run']}\n"
         f"  {summary['dataset']}: {summary['num_train']} train / {summary['num_test']} test points, "
-        f"{summary['epochs']} epochs in {summary['seconds']:.1f} s on {summary['device']}\n"
-        f"  train ELBO {summary['train_elbo']:.2f}; test ELBO {summary['test_elbo_mc']:.2f} ± {summary['test_elbo_mc_se']:.2f} (mc), "
-        f"{summary['test_elbo_analytic']:.2f} ± {summary['test_elbo_analytic_se']:.2f} (analytic), nats per point\n"
+        f"{summary['epochs']} epochs in {summary['seconds']:.1f} s on {summary['device']} ({summary['path']} path)\n"
+        f"  train ELBO {summary['train_elbo']:.2f}; test ELBO {tests}, nats per point\n"
         f"  files: {' '.join(summary['files'])}\n"
         f"next: pyro-vae evaluate {summary['run']}"
     )
     return 0
 
 
+def _reported(result: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """``(estimator, key)`` for each registered estimator whose value ``result`` holds under ``<prefix>elbo_<name>``."""
+    from pyro_vae.estimators import ESTIMATORS
+
+    return [(name, f"elbo_{name}") for name in ESTIMATORS if f"{prefix}elbo_{name}" in result]
+
+
 def _evaluate(args: argparse.Namespace) -> int:
-    from pyro_vae.runs import evaluate_run
+    from pyro_vae.evaluation import evaluate_run
 
     result = evaluate_run(args.run_dir, args.split, args.num_particles, args.batch_size, args.device, args.num_samples)
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"{result['run']} ({result['split']} split, {result['num_examples']} points, {result['num_particles']} particle(s))")
-    for estimator in ("mc", "analytic"):
-        print(f"  ELBO ({estimator:8s}) {result[f'elbo_{estimator}']:10.3f} ± {result[f'elbo_{estimator}_se']:.3f} nats per point")
+    for name, key in _reported(result):
+        print(f"  ELBO ({name:8s}) {result[key]:10.3f} ± {result[f'{key}_se']:.3f} nats per point")
     if "log_likelihood" in result:
         print(f"  log p(x) (IS, K={result['num_samples']}) {result['log_likelihood']:10.3f} ± {result['log_likelihood_se']:.3f} nats per point")
     return 0
@@ -188,9 +235,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from pyro_vae.compare import format_comparison
-    from pyro_vae.runs import compare_run
+    from pyro_vae.evaluation import compare_run
 
-    result = compare_run(args.run_dir, args.split, tuple(args.particles), args.repeats, args.batch_size, args.device)
+    result = compare_run(args.run_dir, args.split, tuple(args.particles), args.repeats, args.batch_size, args.device, args.estimators)
     if args.json:
         print(json.dumps(result))
     else:
@@ -200,7 +247,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from pyro_vae.runs import plot_run
+    from pyro_vae.evaluation import plot_run
 
     for path in plot_run(args.run_dir, args.device):
         print(path)
@@ -211,30 +258,50 @@ def _summary(constructor: Any) -> str:
     return (inspect.getdoc(constructor) or "").split("\n\n")[0].replace("\n", " ")
 
 
-def _list(args: argparse.Namespace) -> int:
-    from pyro_vae.config import toml_value
-    from pyro_vae.likelihoods import LIKELIHOODS
-    from pyro_vae.networks import NETWORKS
+#: Listing commands: ``command -> (module, registry name, config key)``.
+_LISTINGS: dict[str, tuple[str, str, str]] = {
+    "priors": ("pyro_vae.priors", "PRIORS", "model.prior.type"),
+    "likelihoods": ("pyro_vae.likelihoods", "LIKELIHOODS", "model.likelihood.type"),
+    "networks": ("pyro_vae.networks", "NETWORKS", "model.network.type"),
+    "estimators": ("pyro_vae.estimators", "ESTIMATORS", "train.elbo"),
+    "optimizers": ("pyro_vae.optim", "OPTIMIZERS", "train.optimizer.type"),
+    "schedules": ("pyro_vae.optim", "LR_SCHEDULES", "train.lr_schedule.type"),
+}
+
+
+def _notes(registry: Any, name: str) -> list[str]:
+    """What a listing says of an entry beyond its parameters."""
     from pyro_vae.priors import PRIORS, has_closed_form_kl
-    from pyro_vae.registry import type_name
     from pyro_vae.vae import make_vae
 
-    registry = {"priors": PRIORS, "likelihoods": LIKELIHOODS, "networks": NETWORKS}[args.command]
-    key = {"priors": "model.prior", "likelihoods": "model.likelihood", "networks": "model.network"}[args.command]
-    print(f"{args.command} ({key}.type = ...):")
+    constructor = registry.get(name)
+    if registry is PRIORS:
+        prior = make_vae((2, 2), latent_dim=2, network={"type": "mlp", "hidden": [2]}, prior={"type": name}).prior
+        return [f"closed-form KL against the Gaussian guide: {'yes' if has_closed_form_kl(prior) else 'no, sampled'}"]
+    if hasattr(constructor, "support_text"):  # a likelihood
+        return [f"data in {constructor.support_text}"]
+    if hasattr(constructor, "closed_form_kl"):  # an estimator
+        return [f"KL term: {'closed form where registered' if constructor.closed_form_kl else 'sampled'}; bound: {constructor.bound}"]
+    return []
+
+
+def _list(args: argparse.Namespace) -> int:
+    import importlib
+
+    from pyro_vae.config import toml_value
+    from pyro_vae.registry import type_name
+
+    module, attribute, key = _LISTINGS[args.command]
+    registry = getattr(importlib.import_module(module), attribute)
+    print(f"{args.command} ({key} = ...):")
     for name in registry:
-        constructor = registry.get(name)
-        notes = []
-        if registry is PRIORS:
-            prior = make_vae((2, 2), latent_dim=2, network={"type": "mlp", "hidden": [2]}, prior={"type": name}).prior
-            notes.append(f"closed-form KL against the Gaussian guide: {'yes' if has_closed_form_kl(prior) else 'no, sampled'}")
-        if registry is LIKELIHOODS:
-            notes.append(f"data in {constructor.support_text}")
+        notes = _notes(registry, name)
         print(f"\n  {name}" + (f"  [{'; '.join(notes)}]" if notes else ""))
-        print(f"    {_summary(constructor)}")
+        print(f"    {_summary(registry.get(name))}")
         for p in registry.parameters(name):
-            default = "required" if p.default is inspect.Parameter.empty else toml_value(list(p.default) if isinstance(p.default, tuple) else p.default)
-            print(f"    {p.name}: {type_name(p.annotation)} = {default}")
+            default = p.default
+            shown = "required" if default is inspect.Parameter.empty else toml_value(list(default) if isinstance(default, tuple) else default)
+            print(f"    {p.name}: {type_name(p.annotation)} = {shown}")
     return 0
 
 
@@ -252,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pyro-vae`` and ``python -m pyro_vae``; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        return {"train": _train, "evaluate": _evaluate, "compare": _compare, "plot": _plot}.get(args.command, _list)(args)
+        with renamed_errors(_flags(args)):
+            return {"train": _train, "evaluate": _evaluate, "compare": _compare, "plot": _plot}.get(args.command, _list)(args)
     except TrainingInterrupted as e:
         name = signal.Signals(e.signum).name if e.signum is not None else "a stop request"
         where = f"checkpoint written to {e.checkpoint}; continue with: pyro-vae train --resume {e.checkpoint.parent}" if e.checkpoint else "nothing was written"

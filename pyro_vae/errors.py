@@ -34,13 +34,14 @@ class PyroVAEError(Exception):
 
     Args:
         message: the one-line message; ``{p}`` and ``{p=}`` are slots for each parameter ``p`` in ``params``.
-        params: the parameters the message names, as the raising function calls them.
+        params: the parameters the message names, as the raising function calls them; ``"p=value"``
+            fills ``{p=}`` with that assignment (``"overwrite=True"``), plain ``"p"`` with ``p=``.
     """
 
     def __init__(self, message: str = "", *params: str) -> None:
         super().__init__(message)
         self.template = message
-        self.names = {p: (p, f"{p}=") for p in params}
+        self.names = {p.partition("=")[0]: (p.partition("=")[0], p if "=" in p else f"{p}=") for p in params}
 
     @property
     def params(self) -> tuple[str, ...]:

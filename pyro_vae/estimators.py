@@ -97,6 +97,8 @@ class Estimator:
     jit_reference: ClassVar[type[ELBO]]
     #: Whether the KL term is the registered closed form (else sampled), as in ``TraceMeanField_ELBO``.
     closed_form_kl: ClassVar[bool] = False
+    #: The bound it estimates; estimators of the same bound agree in expectation (``compare`` checks it).
+    bound: ClassVar[str] = "elbo"
 
     def __init__(self, num_particles: int = 1) -> None:
         if num_particles < 1:

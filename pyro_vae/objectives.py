@@ -168,16 +168,17 @@ class Objective:
             return self.elbo.differentiable_loss(self.model, self.guide, x, num_data=num_data, beta=self.beta)
 
 
-def kl_methods(vae: VAE, x: Tensor, estimator: str) -> dict[str, str]:
+def kl_methods(vae: VAE, x: Tensor, estimator: str | None = None) -> dict[str, str]:
     """How each latent site's KL term is estimated: ``"closed_form"`` or ``"sampled"``.
 
-    ``"mc"`` samples every term. ``"analytic"`` uses the closed form wherever
-    ``kl_divergence(guide site, model site)`` is registered, exactly as
-    :class:`~pyro.infer.TraceMeanField_ELBO` decides, and samples the others.
+    An estimator whose ``closed_form_kl`` is false (``"mc"``) samples every term. One that is true
+    (``"analytic"``) uses the closed form wherever ``kl_divergence(guide site, model site)`` is
+    registered, exactly as :class:`~pyro.infer.TraceMeanField_ELBO` decides, and samples the
+    others. ``estimator=None`` answers whether a closed form is registered at all.
     """
     with torch.no_grad():
         guide_trace, model_trace = _traces(vae, x)
-    uses_closed_form = make_estimator(estimator).closed_form_kl
+    uses_closed_form = estimator is None or make_estimator(estimator).closed_form_kl
     methods = {}
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site) or name not in guide_trace.nodes:

@@ -13,7 +13,8 @@ Example:
     >>> params = [torch.nn.Parameter(torch.zeros(2))]
     >>> optimizer = make_optimizer(params, lr=1e-3, spec={"type": "adam", "eps": 1e-4})
     >>> schedule = make_lr_schedule(optimizer, {"type": "multistep", "milestones": [1, 4], "gamma": 0.5}, epochs=10)
-    >>> for _ in range(4):
+    >>> for _ in range(4):  # four epochs of (here, no) training steps
+    ...     optimizer.step()
     ...     schedule.step()
     >>> optimizer.param_groups[0]["lr"]
     0.00025

@@ -1,12 +1,15 @@
 """Pictures of a trained VAE: reconstructions, samples, the latent space, a decoded latent grid, curves.
 
-Figures are drawn with matplotlib's non-interactive Agg backend (no display needed) and written
-atomically as PNG. Each carries a title, and a caption line with the run's configuration.
+Figures are plain :class:`matplotlib.figure.Figure` objects, made apart from matplotlib's global
+figure manager: drawing needs no display, and neither switches the backend of the user's process
+(a notebook keeps its own) nor leaves figures open in it. They are written atomically as PNG.
+Each carries a title, and a caption line with the run's configuration.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import math
 from pathlib import Path
 from typing import Any
@@ -15,8 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pyro_vae.storage import atomic_write
 from pyro_vae.data import Dataset
+from pyro_vae.storage import atomic_write
 from pyro_vae.vae import VAE
 
 __all__ = [
@@ -59,14 +62,14 @@ def _grid(images: Tensor, rows: int, shape: tuple[int, int]) -> np.ndarray:
     return canvas.numpy()
 
 
-def _pyplot() -> Any:
-    """matplotlib's pyplot on the Agg backend, imported on first use (it adds half a second to start-up)."""
-    import matplotlib
+def _figure(**kwargs: Any) -> Any:
+    """A new figure with constrained layout, bound to no backend and unknown to the global figure manager.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    matplotlib is imported on first use (it adds half a second to start-up).
+    """
+    from matplotlib.figure import Figure
 
-    return plt
+    return Figure(layout="constrained", **kwargs)
 
 
 def _save(fig: Any, path: Path, title: str, caption: str) -> None:
@@ -75,7 +78,6 @@ def _save(fig: Any, path: Path, title: str, caption: str) -> None:
     fig.text(0.5, -0.02, caption, ha="center", va="top", fontsize=7)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    _pyplot().close(fig)
     atomic_write(path, palette_png(buffer.getvalue()))
 
 
@@ -84,7 +86,8 @@ def palette_png(png: bytes) -> bytes:
     from PIL import Image  # Pillow comes with matplotlib
 
     out = io.BytesIO()
-    Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(out, format="PNG", optimize=True)
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(out, format="PNG", optimize=True)
     return out.getvalue()
 
 
@@ -98,7 +101,8 @@ def plot_reconstructions(vae: VAE, x: Tensor, path: str | Path, caption: str = "
         return False
     x = x[:num]
     both = torch.cat([x, vae.reconstruct(x).to(x.dtype)])
-    fig, ax = _pyplot().subplots(layout="constrained", figsize=(max(4.0, 0.8 * len(x)), 2.4))
+    fig = _figure(figsize=(max(4.0, 0.8 * len(x)), 2.4))
+    ax = fig.subplots()
     ax.imshow(_grid(both, 2, shape), cmap="gray_r", vmin=0, vmax=1)
     ax.set_yticks([(shape[0] - 1) / 2, shape[0] + (shape[0] - 1) / 2 + 1], ["input", "reconstruction"])
     ax.set_xticks([])
@@ -112,21 +116,31 @@ def plot_samples(vae: VAE, path: str | Path, caption: str = "", num: int = 64) -
     if shape is None:
         return False
     rows = math.isqrt(num)
-    fig, ax = _pyplot().subplots(layout="constrained", figsize=(5, 5.4))
+    fig = _figure(figsize=(5, 5.4))
+    ax = fig.subplots()
     ax.imshow(_grid(vae.sample(rows * rows), rows, shape), cmap="gray_r", vmin=0, vmax=1)
     ax.set_axis_off()
     _save(fig, Path(path), "Samples: decoded z ~ p(z)", caption)
     return True
 
 
+_ESTIMATOR_STYLES = ("o-", "s--", "^-.", "v:", "D-")  # marker and line of each estimator, in turn
+
+
 def plot_gradient_variance(result: dict, path: str | Path, caption: str = "") -> None:
-    """Log–log plot of the gradient's total variance against the number of particles, per estimator and group."""
-    plt = _pyplot()
+    """Log–log plot of the gradient's total variance against the number of particles, per estimator and group.
+
+    ``result["rows"]`` holds one dict per (estimator, number of particles), with keys ``estimator``,
+    ``num_particles`` and ``grad_variance`` (group name → total variance, or ``None``). Every estimator
+    in the rows gets a line, in the order of its first row.
+    """
     rows = result["rows"]
     groups = [g for g in rows[0]["grad_variance"] if rows[0]["grad_variance"][g] is not None]
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 3.8), squeeze=False, layout="constrained")
+    estimators = list(dict.fromkeys(r["estimator"] for r in rows))
+    fig = _figure(figsize=(4.6 * len(groups), 3.8))
+    axes = fig.subplots(1, len(groups), squeeze=False)
     for ax, group in zip(axes[0], groups):
-        for estimator, style in (("mc", "o-"), ("analytic", "s--")):
+        for estimator, style in zip(estimators, itertools.cycle(_ESTIMATOR_STYLES)):
             points = [(r["num_particles"], r["grad_variance"][group]) for r in rows if r["estimator"] == estimator]
             ax.loglog(*zip(*points), style, label=estimator)
         ax.set_title(f"{group} gradient")
@@ -134,15 +148,40 @@ def plot_gradient_variance(result: dict, path: str | Path, caption: str = "") ->
         ax.set_ylabel("total variance")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-    _save(fig, Path(path), "Gradient variance of the two ELBO estimators against the number of particles", caption)
+    _save(fig, Path(path), "Gradient variance of the estimators against the number of particles", caption)
 
 
-_CURVE_LABELS = {
-    "train_elbo": "train (training objective)",
-    "test_elbo": "test",
-    "test_elbo_mc": "test, mc estimator",
-    "test_elbo_analytic": "test, analytic estimator",
-}
+_CURVE_LABELS = {"train_elbo": "train (training objective)", "test_elbo": "test"}
+_ESTIMATOR_CURVE = "test_elbo_"  # prefix of the test ELBO by one named estimator: test_elbo_<name>
+#: Histories shorter than this get a marker on every epoch (a line of one point is invisible).
+_MARKED_EPOCHS = 30
+
+
+def _curve_label(key: str) -> str:
+    """The legend's name for a metric of a history.
+
+    >>> _curve_label("train_elbo"), _curve_label("test_elbo_iwae")
+    ('train (training objective)', 'test, iwae estimator')
+    """
+    if key in _CURVE_LABELS:
+        return _CURVE_LABELS[key]
+    if key.startswith(_ESTIMATOR_CURVE):
+        return f"test, {key.removeprefix(_ESTIMATOR_CURVE)} estimator"
+    return key
+
+
+def _curve_keys(history: list[dict]) -> tuple[str, ...]:
+    """The metrics to plot: the training objective, then the test ELBO of every estimator logged at every epoch.
+
+    Runs written before each estimator was logged apart have a single ``test_elbo``.
+
+    >>> _curve_keys([{"train_elbo": -9.0, "test_elbo": -9.5, "test_elbo_a": -9.5, "test_elbo_b": -9.4}])
+    ('train_elbo', 'test_elbo_a', 'test_elbo_b')
+    >>> _curve_keys([{"train_elbo": -9.0, "test_elbo": -9.5}])
+    ('train_elbo', 'test_elbo')
+    """
+    named = [k for k in history[0] if k.startswith(_ESTIMATOR_CURVE) and all(k in h for h in history)]
+    return ("train_elbo", *named) if named else ("train_elbo", "test_elbo")
 
 
 def plot_curves(
@@ -152,16 +191,24 @@ def plot_curves(
     caption: str = "",
     keys: tuple[str, ...] = ("train_elbo", "test_elbo"),
 ) -> None:
-    """ELBO per epoch for one or more runs on one figure: one colour per run, one line style per metric."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    """ELBO per epoch for one or more runs on one figure: one colour per run, one line style per metric.
+
+    A short history (under 30 epochs) also marks each epoch, so that a run of one epoch still shows.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
     styles = ["--", "-", ":", "-."]
     for i, (label, history) in enumerate(histories.items()):
         epochs = [h["epoch"] for h in history]
-        for key, style in zip(keys, styles):
+        marks = {"marker": "o", "markersize": 3} if len(history) < _MARKED_EPOCHS else {}
+        for key, style in zip(keys, itertools.cycle(styles)):
             if all(key in h for h in history):
-                name = _CURVE_LABELS.get(key, key)
-                ax.plot(epochs, [h[key] for h in history], style, color=f"C{i}", label=f"{label} ({name})" if label else name)
+                name = _curve_label(key)
+                values = [h[key] for h in history]
+                ax.plot(epochs, values, style, color=f"C{i}", label=f"{label} ({name})" if label else name, **marks)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("ELBO (nats per data point)")
     ax.grid(True, alpha=0.3)
@@ -190,7 +237,8 @@ def _latent_coordinates(vae: VAE, x: Tensor, max_points: int) -> tuple[Tensor, t
         return z, ("z₁", "z₂"), "the 2-D latent"
     mean, directions, explained = principal_directions(z)
     names = tuple(f"principal component {i + 1} ({100 * e:.0f}% of variance)" for i, e in enumerate(explained.tolist()))
-    return (z - mean) @ directions.T, names, f"the {vae.latent_dim}-D latent on its first two principal components"  # type: ignore[return-value]
+    how = f"the {vae.latent_dim}-D latent on its first two principal components"
+    return (z - mean) @ directions.T, names, how  # type: ignore[return-value]
 
 
 def _scatter_latent(ax: Any, vae: VAE, x: Tensor, labels: Tensor | None, max_points: int) -> tuple[Any, str]:
@@ -199,7 +247,9 @@ def _scatter_latent(ax: Any, vae: VAE, x: Tensor, labels: Tensor | None, max_poi
     if labels is None:
         points = ax.scatter(coords[:, 0], coords[:, 1], s=4, alpha=0.6)
     else:
-        points = ax.scatter(coords[:, 0], coords[:, 1], c=labels[:max_points].cpu(), cmap="tab10", s=4, alpha=0.7, vmin=-0.5, vmax=9.5)
+        points = ax.scatter(
+            coords[:, 0], coords[:, 1], c=labels[:max_points].cpu(), cmap="tab10", s=4, alpha=0.7, vmin=-0.5, vmax=9.5
+        )
     ax.set_xlabel(names[0])
     ax.set_ylabel(names[1])
     ax.grid(True, alpha=0.3)
@@ -236,41 +286,53 @@ def _draw_grid(ax: Any, vae: VAE, x: Tensor | None, n: int, limit: float) -> Non
     ax.set_ylabel(names[1])
 
 
-def plot_latent_space(vae: VAE, x: Tensor, labels: Tensor | None, path: str | Path, caption: str = "", max_points: int = 5000) -> None:
+def plot_latent_space(
+    vae: VAE, x: Tensor, labels: Tensor | None, path: str | Path, caption: str = "", max_points: int = 5000
+) -> None:
     """Posterior means of ``x`` coloured by label: the 2-D latent itself, or its first two principal components."""
-    fig, ax = _pyplot().subplots(figsize=(6.0, 5.2), layout="constrained")
+    fig = _figure(figsize=(6.0, 5.2))
+    ax = fig.subplots()
     points, how = _scatter_latent(ax, vae, x, labels, max_points)
     if labels is not None:
         fig.colorbar(points, ax=ax, ticks=range(10), label="label")
     _save(fig, Path(path), f"Latent space: posterior means of {min(len(x), max_points)} test points, {how}", caption)
 
 
-def plot_manifold(vae: VAE, path: str | Path, x: Tensor | None = None, caption: str = "", n: int = 15, limit: float = 2.0) -> bool:
+def plot_manifold(
+    vae: VAE, path: str | Path, x: Tensor | None = None, caption: str = "", n: int = 15, limit: float = 2.0
+) -> bool:
     """Images decoded from a regular n×n grid over [−limit, limit]² of the latent (see :func:`latent_grid`).
 
     Returns ``False`` (and draws nothing) when the data are not images.
     """
     if image_shape(vae.event_shape) is None:
         return False
-    fig, ax = _pyplot().subplots(figsize=(6.0, 6.2), layout="constrained")
+    fig = _figure(figsize=(6.0, 6.2))
+    ax = fig.subplots()
     _draw_grid(ax, vae, x, n, limit)
     _save(fig, Path(path), f"Decoded latent grid over [{-limit:g}, {limit:g}]²", caption)
     return True
 
 
 def plot_latent_spaces(
-    vaes: dict[str, VAE], x: Tensor, labels: Tensor | None, path: str | Path, caption: str = "", grids: bool = False, max_points: int = 5000
+    vaes: dict[str, VAE],
+    x: Tensor,
+    labels: Tensor | None,
+    path: str | Path,
+    caption: str = "",
+    grids: bool = False,
+    max_points: int = 5000,
 ) -> None:
     """Several models side by side: the latent space of each, at most four to a row.
 
     With ``grids`` (image data), each model's decoded [−2, 2]² grid is drawn below its latent space.
     """
-    plt = _pyplot()
     grids = grids and image_shape(next(iter(vaes.values())).event_shape) is not None
     cols = min(4, len(vaes))
     blocks = math.ceil(len(vaes) / cols)
     rows = blocks * (2 if grids else 1)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.0 * rows), squeeze=False, layout="constrained")
+    fig = _figure(figsize=(4.2 * cols, 4.0 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for i, (name, vae) in enumerate(vaes.items()):
         block, col = divmod(i, cols)
         top = axes[block * (2 if grids else 1), col]
@@ -298,8 +360,6 @@ def draw_pictures(vae: VAE, data: Dataset, history: list[dict], out: Path, capti
     if plot_manifold(vae, out / "manifold.png", data.test, caption):
         drawn.append("manifold.png")
     if history:
-        both = all("test_elbo_mc" in h for h in history)  # runs written before both estimators were logged have one
-        keys = ("train_elbo", "test_elbo_mc", "test_elbo_analytic") if both else ("train_elbo", "test_elbo")
-        plot_curves({"": history}, out / "curves.png", "ELBO per epoch", caption, keys=keys)
+        plot_curves({"": history}, out / "curves.png", "ELBO per epoch", caption, keys=_curve_keys(history))
         drawn.append("curves.png")
     return drawn

@@ -176,13 +176,16 @@ def _check_finite(loss: float, gradient: Tensor, epoch: int, step: int) -> None:
     """Raise :class:`TrainingDiverged` unless the loss and ``gradient`` (a sum or norm of the gradient) are finite."""
     if not math.isfinite(loss):
         raise TrainingDiverged(
-            f"the loss became {loss} at epoch {epoch}, step {step}; lower --lr, check the data "
-            "for extreme values, or use a likelihood whose support fits the data"
+            f"the loss became {loss} at epoch {epoch}, step {step}; lower the learning rate ({{lr}}), check the data "
+            "for extreme values, or use a likelihood whose support fits the data",
+            "lr",
         )
     if not torch.isfinite(gradient):
         raise TrainingDiverged(
             f"a gradient became {gradient.item()} at epoch {epoch}, step {step} (the loss was {loss:.6g}); "
-            "lower --lr or clip the gradient (--clip-grad-norm 10), and check the data for extreme values"
+            "lower the learning rate ({lr}) or clip the gradient ({clip_grad_norm=}10), and check the data for extreme values",
+            "lr",
+            "clip_grad_norm",
         )
 
 

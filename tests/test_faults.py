@@ -143,7 +143,7 @@ def test_a_nan_gradient_stops_before_the_parameters_move():
     before = {k: v.clone() for k, v in vae.state_dict().items()}
     weight = vae.decoder.net[0].weight
     weight.register_hook(lambda g: torch.full_like(g, float("nan")))  # a finite loss whose gradient is not
-    with pytest.raises(TrainingDiverged, match=r"a gradient became nan at epoch 1, step 1 \(the loss was .*\); lower --lr or clip the gradient"):
+    with pytest.raises(TrainingDiverged, match=r"a gradient became nan at epoch 1, step 1 \(the loss was .*\); lower the learning rate \(lr\) or clip the gradient"):
         fit(vae, data, epochs=1, batch_size=10, progress=False)
     assert_same_parameters(vae.state_dict(), before)
 

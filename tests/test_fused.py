@@ -85,7 +85,7 @@ def test_training_follows_the_same_path_as_pyro():
 
 
 def test_fused_and_jit_do_not_go_together():
-    with pytest.raises(ConfigError, match="train.fused and train.jit cannot both be true"):
+    with pytest.raises(ConfigError, match="fused and jit cannot both be true"):
         Objective(tiny_vae(), jit=True, fused=True)
 
 

@@ -58,7 +58,7 @@ def test_load_and_evaluate(run_dir):
 
 def test_existing_folder_needs_overwrite_and_nothing_is_written_on_bad_input(run_dir, tmp_path):
     before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
-    with pytest.raises(RunError, match="already exists and is not empty; pass --overwrite"):
+    with pytest.raises(RunError, match="already exists and is not empty; pass overwrite=True"):
         train_run(tiny_config(), run_dir, progress=False)
     with pytest.raises(PyroVAEError, match="batch_size"):
         train_run(tiny_config(batch_size=5000), run_dir, overwrite=True, progress=False)

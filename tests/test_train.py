@@ -40,13 +40,13 @@ def test_nan_stops_training_with_epoch_and_step():
     vae = small_vae(data)
     with torch.no_grad():
         vae.decoder.net[0].weight[0, 0] = float("nan")
-    with pytest.raises(TrainingDiverged, match=r"the loss became nan at epoch 1, step 1; lower --lr"):
+    with pytest.raises(TrainingDiverged, match=r"the loss became nan at epoch 1, step 1; lower the learning rate"):
         fit(vae, data, epochs=1, progress=False)
 
 
 def test_batch_larger_than_data():
     data = load_dataset("digits")
-    with pytest.raises(ConfigError, match="use --batch-size 1438 or less"):
+    with pytest.raises(ConfigError, match="use batch_size=1438 or less"):
         fit(small_vae(data), data, batch_size=5000, progress=False)
 
 

@@ -1,0 +1,127 @@
+r"""Evaluate, compare and draw a finished run: the questions asked of a trained model.
+
+Each function opens a run folder (:func:`pyro_vae.runs.load`), reloads its data set, seeds torch
+from the run's config (so the same command gives the same numbers), and reports in nats per data
+point with standard errors.
+
+Example::
+
+    from pyro_vae import evaluate_run
+    evaluate_run("runs/demo", num_samples=1000)["log_likelihood"]
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pyro_vae.compare import compare_estimators
+from pyro_vae.config import Config, load_data, resolve_device
+from pyro_vae.data import Dataset
+from pyro_vae.errors import RunError
+from pyro_vae.estimators import ESTIMATORS, check_estimator, reported_with
+from pyro_vae.marginal import log_likelihood
+from pyro_vae.objectives import evaluate_elbo
+from pyro_vae.plots import draw_pictures, plot_gradient_variance
+from pyro_vae.runs import caption, load
+from pyro_vae.storage import atomic_write
+from pyro_vae.vae import VAE
+
+__all__ = ["evaluate_run", "compare_run", "plot_run", "open_run"]
+
+SPLITS = ("train", "test")
+
+
+def open_run(run_dir: str | Path, device: str = "auto") -> tuple[VAE, Config, Dataset]:
+    """A finished run's trained VAE, config and data set, on ``device``, with torch seeded from the config."""
+    target = resolve_device(device)
+    vae, config = load(run_dir, target)
+    data = load_data(config, target)
+    if tuple(data.event_shape) != tuple(vae.event_shape):
+        raise RunError(
+            f"data set {data.name} has points of shape {data.event_shape} but the run was trained on {vae.event_shape}; "
+            "restore data.dataset in its config.toml to the data it was trained on, or retrain on this one"
+        )
+    torch.manual_seed(config.train.seed)
+    return vae, config, data
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise RunError(f"{{split}} must be {' or '.join(SPLITS)} (got {split!r})", "split")
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    split: str = "test",
+    num_particles: int = 1,
+    batch_size: int = 1000,
+    device: str = "auto",
+    num_samples: int = 0,
+) -> dict[str, Any]:
+    r"""ELBO of a split of a run's data set under each reported estimator, with standard errors (nats per point).
+
+    The estimators are :data:`~pyro_vae.estimators.REPORTED` and the one the run trained with,
+    all from the same draws. With ``num_samples = K > 0`` it adds ``log_likelihood``, the
+    importance-sampled :math:`\log p(x)` with ``K`` samples per point (see
+    :func:`pyro_vae.marginal.log_likelihood`), and its standard error over the data points.
+    """
+    _check_split(split)
+    if num_particles < 1:
+        raise RunError(f"{{num_particles}} must be >= 1 (got {num_particles})", "num_particles")
+    if num_samples < 0:
+        raise RunError(f"{{num_samples}} must be >= 0 (got {num_samples})", "num_samples")
+    vae, config, data = open_run(run_dir, device)
+    x = data.train if split == "train" else data.test
+    scores = evaluate_elbo(vae, x, num_particles, batch_size, estimators=reported_with(config.train.elbo))
+    result = {"run": str(run_dir), "split": split, "num_particles": num_particles, **scores}
+    if num_samples:
+        ll = log_likelihood(vae, x, num_samples=num_samples, batch_size=min(batch_size, 100)).double()
+        se = ll.std().item() / len(ll) ** 0.5 if len(ll) > 1 else float("nan")
+        result.update(log_likelihood=ll.mean().item(), log_likelihood_se=se, num_samples=num_samples)
+    return result
+
+
+def compare_run(
+    run_dir: str | Path,
+    split: str = "test",
+    particles: Sequence[int] = (1, 10, 100),
+    repeats: int = 50,
+    batch_size: int = 100,
+    device: str = "auto",
+    estimators: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Compare estimators on a fixed batch of a run's data (:func:`pyro_vae.compare.compare_estimators`).
+
+    ``estimators`` defaults to every registered one. Writes ``compare.json`` and ``compare.png``
+    (gradient variance against particles) into the run folder.
+    """
+    _check_split(split)
+    if repeats < 2:
+        raise RunError(f"{{repeats}} must be >= 2 to estimate a variance (got {repeats})", "repeats")
+    if not particles or min(particles) < 1:
+        got = ",".join(map(str, particles))
+        raise RunError(f"{{particles}} must be positive whole numbers such as 1,10,100 (got {got})", "particles")
+    for name in estimators or ():
+        check_estimator(name)
+    vae, config, data = open_run(run_dir, device)
+    x = (data.train if split == "train" else data.test)[:batch_size]
+    chosen = tuple(estimators) if estimators else tuple(ESTIMATORS)
+    result = {"run": str(run_dir), "split": split, **compare_estimators(vae, x, particles, repeats, chosen)}
+    atomic_write(Path(run_dir) / "compare.json", json.dumps(result, indent=2) + "\n")
+    where = f"{caption(config)} | {len(x)} {split} points, {repeats} repeats"
+    plot_gradient_variance(result, Path(run_dir) / "compare.png", where)
+    return result
+
+
+def plot_run(run_dir: str | Path, device: str = "auto") -> list[str]:
+    """Draw (again) every picture of a finished run from its checkpoint and metrics; returns their paths."""
+    run_dir = Path(run_dir)
+    vae, config, data = open_run(run_dir, device)
+    metrics = run_dir / "metrics.jsonl"
+    history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
+    return [str(run_dir / name) for name in draw_pictures(vae, data, history, run_dir, caption(config))]
