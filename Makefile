@@ -24,9 +24,10 @@ test-fast: $(VENV)/.installed  ## everything but the slow tier
 bench: $(VENV)/.installed  ## speed against a hand-written PyTorch VAE: steps, epochs, memory, log-likelihood (about 2 minutes)
 	$(BIN)/python benchmarks/speed.py
 
-lint: $(VENV)/.installed  ## ruff, the style checker (installs the dev extra)
+lint: $(VENV)/.installed  ## ruff: style and formatting at 120 columns (installs the dev extra)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	$(BIN)/python -m ruff check pyro_vae tests examples
+	$(BIN)/python -m ruff check pyro_vae tests examples benchmarks
+	$(BIN)/python -m ruff format --check pyro_vae tests examples benchmarks
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info .pytest_cache

@@ -1,0 +1,93 @@
+"""Every registered estimator: its fused loss is its Pyro reference, its per-example value is its loss.
+
+The tests iterate over :data:`pyro_vae.estimators.ESTIMATORS`, so a new estimator is covered by
+registering it (one row of each parametrized test).
+"""
+
+import pyro
+import pytest
+import torch
+from pyro.infer import ELBO
+
+from pyro_vae import ESTIMATORS, Estimator, Objective, make_elbo
+from pyro_vae.cli import main
+from pyro_vae.objectives import choose_path, elbo_per_example, evaluate_elbo, kl_methods
+
+from helpers import tiny_batch, tiny_vae
+
+NUM_DATA = 60
+
+
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+def test_entry_is_an_estimator_with_pyro_references(name):
+    cls = ESTIMATORS.get(name)
+    assert issubclass(cls, Estimator)
+    assert issubclass(cls.reference, ELBO) and issubclass(cls.jit_reference, ELBO)
+    elbo = cls(num_particles=3).pyro_elbo()
+    assert isinstance(elbo, cls.reference) and elbo.num_particles == 3 and elbo.vectorize_particles
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.5])
+@pytest.mark.parametrize("num_particles", [1, 3])
+@pytest.mark.parametrize("prior", [{"type": "standard_normal"}, {"type": "student_t"}])
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+def test_fused_loss_equals_the_pyro_reference(name, prior, num_particles, beta, float64):
+    vae, x = tiny_vae(prior=prior, double=False), tiny_batch()
+    params = [p for p in vae.parameters() if p.requires_grad]
+    results = []
+    for fused in (False, True):
+        pyro.set_rng_seed(3)
+        loss = Objective(vae, name, num_particles, beta=beta, fused=fused)(x, NUM_DATA)
+        results.append((loss, torch.autograd.grad(loss, params, allow_unused=True)))
+    (reference, reference_grads), (loss, grads) = results
+    torch.testing.assert_close(loss, reference, rtol=1e-10, atol=1e-9)
+    for g, r in zip(grads, reference_grads):
+        assert (g is None) == (r is None)
+        if g is not None:
+            torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("num_particles", [1, 4])
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+def test_per_example_values_sum_to_the_pyro_loss(name, num_particles):
+    vae, x = tiny_vae(), tiny_batch()
+    pyro.set_rng_seed(5)
+    loss = make_elbo(name, num_particles).loss(vae.model, vae.guide, x)
+    pyro.set_rng_seed(5)
+    per_example = elbo_per_example(vae, x, name, num_particles)
+    assert per_example.shape == (len(x),)
+    assert loss == pytest.approx(-per_example.sum().item(), rel=1e-10)
+
+
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+def test_evaluate_reports_the_estimators_asked_for(name):
+    result = evaluate_elbo(tiny_vae(), tiny_batch(n=20), estimators=(name,))
+    assert set(result) == {f"elbo_{name}", f"elbo_{name}_se", "num_examples"}
+
+
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+def test_kl_method_follows_the_estimator(name):
+    expected = "closed_form" if ESTIMATORS.get(name).closed_form_kl else "sampled"
+    assert kl_methods(tiny_vae(), tiny_batch(), name) == {"z": expected}
+
+
+def test_the_fastest_exact_path_is_chosen_unless_asked_otherwise():
+    from pyro_vae import VAE
+
+    class Redefined(VAE):
+        def guide(self, x, num_data=None, beta=1.0):
+            return super().guide(x, num_data, beta)
+
+    vae = tiny_vae()
+    other = Redefined(vae.encoder, vae.decoder, vae.prior, vae.likelihood)
+    assert choose_path(vae) == "fused" and choose_path(other) == "pyro"
+    assert choose_path(vae, jit=True) == "jit" and choose_path(vae, fused=False) == "pyro"
+    assert Objective(vae).path == "pyro"  # the Objective's own default is the reference
+
+
+def test_listing_shows_every_estimator(capsys):
+    assert main(["estimators"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("estimators (train.elbo = ...)")
+    for name in ESTIMATORS:
+        assert f"\n  {name}  [" in text

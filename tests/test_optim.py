@@ -1,0 +1,96 @@
+"""Optimisers and learning-rate schedules from the config: every entry builds and steps, bad settings
+are refused with the key path, and a stopped run resumes its schedule bit for bit."""
+
+import signal
+
+import pytest
+import torch
+
+from pyro_vae import LR_SCHEDULES, OPTIMIZERS, Config, make_vae
+from pyro_vae.data import Dataset
+from pyro_vae.errors import ConfigError
+from pyro_vae.optim import make_lr_schedule, make_optimizer
+from pyro_vae.train import TrainingInterrupted, TrainState, fit
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_every_optimizer_takes_a_step(name):
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = make_optimizer([weight], lr=0.1, spec={"type": name})
+    weight.sum().backward()
+    optimizer.step()
+    assert (weight < 1).all()
+    assert optimizer.param_groups[0]["lr"] == 0.1
+
+
+@pytest.mark.parametrize("name", list(LR_SCHEDULES))
+def test_every_schedule_starts_at_the_rate_and_never_raises_it(name):
+    optimizer = make_optimizer([torch.nn.Parameter(torch.ones(1))], lr=0.1)
+    schedule = make_lr_schedule(optimizer, {"type": name}, epochs=30)
+    rates = []
+    for _ in range(30):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] == 0.1 and all(b <= a for a, b in zip(rates, rates[1:]))
+
+
+def test_multistep_schedule_follows_its_milestones():
+    optimizer = make_optimizer([torch.nn.Parameter(torch.ones(1))], lr=1.0)
+    schedule = make_lr_schedule(optimizer, {"type": "multistep", "milestones": [1, 4], "gamma": 0.5})
+    rates = []
+    for _ in range(6):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates == [1.0, 0.5, 0.5, 0.5, 0.25, 0.25]
+
+
+@pytest.mark.parametrize(
+    "train,message",
+    [
+        ({"optimizer": {"type": "adagrad"}}, "train.optimizer.type: unknown optimizer type 'adagrad'; known: adam"),
+        ({"optimizer": {"type": "adam", "betas": [0.9]}}, r"train.optimizer.betas must be a list of 2 items \(got \[0.9\]\)"),
+        ({"optimizer": {"type": "adam", "eps": 0}}, r"train.optimizer.eps must be > 0 \(got 0\)"),
+        ({"optimizer": {"type": "sgd", "betas": [0.9, 0.99]}}, "train.optimizer.betas: unknown parameter for optimizer 'sgd'"),
+        ({"lr_schedule": {"type": "step", "gamma": -1}}, r"train.lr_schedule.gamma must be > 0 \(got -1"),
+        ({"lr_schedule": {"type": "multistep", "milestones": [0]}}, r"train.lr_schedule.milestones must be >= 1 \(got 0\)"),
+    ],
+)
+def test_bad_settings_name_the_key(train, message):
+    with pytest.raises(ConfigError, match=message):
+        Config.from_dict({"train": train})
+
+
+def test_config_round_trips_the_optimizer_and_schedule():
+    config = Config.from_dict({"train": {"optimizer": {"type": "adam", "betas": [0.5, 0.9], "eps": 1e-4}, "lr_schedule": {"type": "cosine"}}})
+    assert config.train.optimizer == {"type": "adam", "betas": [0.5, 0.9], "eps": 1e-4, "weight_decay": 0.0, "amsgrad": False}
+    assert Config.from_toml_string(config.to_toml()) == config
+
+
+def test_a_scheduled_run_resumes_bit_for_bit():
+    x = torch.rand(100, 4, 4, generator=torch.Generator().manual_seed(2))
+    data = Dataset("toy", x[:80], x[80:])
+    kwargs = dict(
+        epochs=4, batch_size=10, progress=False, seed=1, optimizer={"type": "sgd", "momentum": 0.9},
+        lr_schedule={"type": "multistep", "milestones": [1, 3], "gamma": 0.5}, lr=0.01,
+    )
+
+    def vae(seed=0):
+        torch.manual_seed(seed)
+        return make_vae((4, 4), latent_dim=2, network={"type": "mlp", "hidden": [8]})
+
+    reference_vae = vae()
+    reference = fit(reference_vae, data, **kwargs)
+    assert [h["lr"] for h in reference] == pytest.approx([0.01, 0.005, 0.005, 0.0025])
+    polls = iter(range(100))
+    stopped = vae()
+    with pytest.raises(TrainingInterrupted) as info:  # 8 steps an epoch: poll 13 is step 3 of epoch 2, after the first milestone
+        fit(stopped, data, stop=lambda: signal.SIGTERM if next(polls) >= 13 else None, **kwargs)
+    resumed_vae = vae(seed=5)
+    resumed_vae.load_state_dict(stopped.state_dict())
+    resumed = fit(resumed_vae, data, resume=TrainState.from_dict(info.value.state.to_dict()), **kwargs)
+    strip = lambda hs: [{k: v for k, v in h.items() if k != "seconds"} for h in hs]  # noqa: E731
+    assert strip(resumed) == strip(reference)
+    for name, value in reference_vae.state_dict().items():
+        assert torch.equal(resumed_vae.state_dict()[name], value), name
