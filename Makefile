@@ -21,7 +21,7 @@ test: $(VENV)/.installed  ## the whole test suite
 test-fast: $(VENV)/.installed  ## everything but the slow tier
 	$(BIN)/python -m pytest -q -m "not slow"
 
-bench: $(VENV)/.installed  ## speed against a hand-written PyTorch VAE: steps, epochs, memory, log-likelihood (about 2 minutes)
+bench: $(VENV)/.installed  ## speed against a hand-written PyTorch VAE: steps, epochs, memory, log-likelihood, torch.compile (about 5 minutes)
 	$(BIN)/python benchmarks/speed.py
 
 lint: $(VENV)/.installed  ## ruff: style and formatting at 120 columns (installs the dev extra)

@@ -36,13 +36,40 @@ LATENT, HIDDEN = 50, 400
 def _run(nproc: int, batch_size: int, args: argparse.Namespace, folder: Path) -> float:
     out = folder / f"n{nproc}-b{batch_size}"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "pyro_vae", "train",
-        "--dataset", args.dataset, "--data-root", str(args.data_root), "--epochs", str(args.epochs), "--batch-size", str(batch_size),
-        "--hidden", str(HIDDEN), "--latent-dim", str(LATENT), "--elbo", "analytic", "--checkpoint-every", "0", "--quiet", "--out", str(out),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "pyro_vae",
+        "train",
+        "--dataset",
+        args.dataset,
+        "--data-root",
+        str(args.data_root),
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(batch_size),
+        "--hidden",
+        str(HIDDEN),
+        "--latent-dim",
+        str(LATENT),
+        "--elbo",
+        "analytic",
+        "--checkpoint-every",
+        "0",
+        "--quiet",
+        "--out",
+        str(out),
     ]
     if args.fused:
         command.append("--fused")
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc))),
+    }
     subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
     seconds = [json.loads(line)["seconds"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     return statistics.median(seconds)
@@ -105,14 +132,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128, help="per process")
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--no-fused", dest="fused", action="store_false", help="Pyro's TraceMeanField_ELBO instead of the fused path")
+    parser.add_argument(
+        "--no-fused", dest="fused", action="store_false", help="Pyro's TraceMeanField_ELBO instead of the fused path"
+    )
     args = parser.parse_args(argv)
 
     import pyro
 
-    print(f"{os.cpu_count()} CPU cores, torch {torch.__version__}, pyro-ppl {pyro.__version__}; {args.dataset}, MLP 784-{HIDDEN}-{LATENT}, "
-          f"analytic ELBO{' (fused)' if args.fused else ''}, Adam; median of {args.epochs} epochs; torch threads per process = cores / processes")
-    print(f"\n{'processes':>9} {'batch/process':>13} {'global batch':>12} {'s/epoch':>8} {'vs 1 process, same global batch':>32}")
+    print(
+        f"{os.cpu_count()} CPU cores, torch {torch.__version__}, pyro-ppl {pyro.__version__}; "
+        f"{args.dataset}, MLP 784-{HIDDEN}-{LATENT}, analytic ELBO{' (fused)' if args.fused else ''}, Adam; "
+        f"median of {args.epochs} epochs; torch threads per process = cores / processes"
+    )
+    print(
+        f"\n{'processes':>9} {'batch/process':>13} {'global batch':>12} {'s/epoch':>8} "
+        f"{'vs 1 process, same global batch':>32}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for nproc in args.nproc:
             seconds = _run(nproc, args.batch_size, args, Path(tmp))
@@ -121,12 +156,21 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             alone = _run(1, nproc * args.batch_size, args, Path(tmp))
             print(f"{1:>9} {nproc * args.batch_size:>13} {nproc * args.batch_size:>12} {alone:8.2f} {'':>32}")
-            print(f"{nproc:>9} {args.batch_size:>13} {nproc * args.batch_size:>12} {seconds:8.2f} {alone / seconds:31.2f}x")
+            print(
+                f"{nproc:>9} {args.batch_size:>13} {nproc * args.batch_size:>12} {seconds:8.2f} "
+                f"{alone / seconds:31.2f}x"
+            )
 
     step, numel = _step_ms(args.batch_size)
     reduce = _all_reduce_ms(numel)
-    print(f"\none step of {args.batch_size} points on one thread: {step:.2f} ms; its gradient: {numel:,} floats ({4 * numel / 1e6:.2f} MB)")
-    print(f"all-reduce of that gradient between 2 gloo processes on this machine: {reduce:.2f} ms ({reduce / (step + reduce):.0%} of a data-parallel step)")
+    print(
+        f"\none step of {args.batch_size} points on one thread: {step:.2f} ms; "
+        f"its gradient: {numel:,} floats ({4 * numel / 1e6:.2f} MB)"
+    )
+    print(
+        f"all-reduce of that gradient between 2 gloo processes on this machine: {reduce:.2f} ms "
+        f"({reduce / (step + reduce):.0%} of a data-parallel step)"
+    )
 
 
 if __name__ == "__main__":

@@ -59,14 +59,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--out", default="runs/custom-prior", help="run folder")
     args = parser.parse_args(argv)
-    text = CONFIG.format(dataset=args.dataset, data_root=args.data_root, hidden=[64] if args.smoke else [512, 256], epochs=2 if args.smoke else args.epochs)
+    text = CONFIG.format(
+        dataset=args.dataset,
+        data_root=args.data_root,
+        hidden=[64] if args.smoke else [512, 256],
+        epochs=2 if args.smoke else args.epochs,
+    )
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "cauchy.toml"
         path.write_text(text)
         config = Config.from_toml(path)
     print(f"config: prior = {config.model.prior}")
     summary = train_run(config, args.out, overwrite=True, progress=not args.smoke)
-    print(f"test ELBO {summary['test_elbo_analytic']:.2f} ± {summary['test_elbo_analytic_se']:.2f} nats per image; pictures in {args.out}")
+    print(
+        f"test ELBO {summary['test_elbo_analytic']:.2f} ± {summary['test_elbo_analytic_se']:.2f} nats per image; "
+        f"pictures in {args.out}"
+    )
     return summary
 
 

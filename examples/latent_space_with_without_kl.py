@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> dict:
     vaes, rows = {}, []
     for beta in (0.0, 1.0):
         pyro.set_rng_seed(args.seed)
-        vae = pyro_vae.make_vae(data.event_shape, latent_dim=2, network={"type": "mlp", "hidden": [64] if args.smoke else [512, 256]})
+        vae = pyro_vae.make_vae(
+            data.event_shape, latent_dim=2, network={"type": "mlp", "hidden": [64] if args.smoke else [512, 256]}
+        )
         pyro_vae.fit(vae, data, epochs=epochs, beta=beta, elbo="analytic", seed=args.seed, progress=False)
         vae.eval()
         z = posterior_means(vae, data.test)
@@ -90,7 +92,14 @@ def main(argv: list[str] | None = None) -> dict:
         ("test ELBO (nats/image)", lambda r: f"{r['elbo']:.1f} ± {r['elbo_se']:.1f}"),
     ):
         print(f"{name:24} {cell(rows[0]):>22} {cell(rows[1]):>22}")
-    plot_latent_spaces(vaes, data.test, data.test_labels, args.out, caption=f"{args.dataset} | mlp | latent 2 | {epochs} epochs | seed {args.seed}", grids=True)
+    plot_latent_spaces(
+        vaes,
+        data.test,
+        data.test_labels,
+        args.out,
+        caption=f"{args.dataset} | mlp | latent 2 | {epochs} epochs | seed {args.seed}",
+        grids=True,
+    )
     print(f"figure: {args.out}")
     return {"rows": rows}
 

@@ -3,6 +3,8 @@
     python examples/quickstart.py            # 50 epochs on the bundled digits (about 10 s)
     python examples/quickstart.py --smoke    # one epoch, a second or two
     python examples/quickstart.py --dataset mnist --data-root ../shared/data
+
+It prints the test ELBO by both estimators and draws samples from the prior into ``--out``.
 """
 
 import argparse
@@ -32,8 +34,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Evaluate with both estimators: they target the same ELBO, so they agree within their errors.
     result = pyro_vae.evaluate_elbo(vae, data.test, num_particles=10)
-    print(f"after {len(history)} epoch(s): test ELBO {result['elbo_analytic']:.2f} ± {result['elbo_analytic_se']:.2f} (analytic), "
-          f"{result['elbo_mc']:.2f} ± {result['elbo_mc_se']:.2f} (Monte Carlo) nats per image")
+    print(
+        f"after {len(history)} epoch(s): "
+        f"test ELBO {result['elbo_analytic']:.2f} ± {result['elbo_analytic_se']:.2f} (analytic), "
+        f"{result['elbo_mc']:.2f} ± {result['elbo_mc_se']:.2f} (Monte Carlo) nats per image"
+    )
 
     # Sample: decode z ~ p(z).
     plot_samples(vae.eval(), args.out, caption=f"quickstart on {args.dataset}")

@@ -38,7 +38,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows, vaes = [], {}
     for name in pyro_vae.PRIORS:
         pyro.set_rng_seed(args.seed)
-        vae = pyro_vae.make_vae(data.event_shape, latent_dim=args.latent_dim, network={"type": "mlp", "hidden": hidden}, prior={"type": name})
+        vae = pyro_vae.make_vae(
+            data.event_shape,
+            latent_dim=args.latent_dim,
+            network={"type": "mlp", "hidden": hidden},
+            prior={"type": name},
+        )
         history = pyro_vae.fit(vae, data, epochs=epochs, elbo="analytic", seed=args.seed, progress=False)
         vae.eval()
         torch.manual_seed(args.seed)
@@ -58,17 +63,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
         r = rows[-1]
         print(f"  trained {name}: log p(x) {r['log_likelihood']:.2f}", flush=True)
 
-    print(f"\n{args.dataset}: {len(data.train)} train / {len(data.test)} test images; mlp {hidden}, latent {args.latent_dim}, "
-          f"Bernoulli, Adam 1e-3, {epochs} epochs, analytic ELBO; test ELBO with 10 particles, log p(x) with K = {num_samples}; nats per image")
+    print(
+        f"\n{args.dataset}: {len(data.train)} train / {len(data.test)} test images; "
+        f"mlp {hidden}, latent {args.latent_dim}, Bernoulli, Adam 1e-3, {epochs} epochs, analytic ELBO; "
+        f"test ELBO with 10 particles, log p(x) with K = {num_samples}; nats per image"
+    )
     print()
     print("| prior | KL | test ELBO (mc) | test ELBO (analytic) | log p(x) | s / epoch |")
     print("|---|---|---:|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['prior']} | {r['kl'].replace('_', ' ')} | {r['elbo_mc']:.2f} ± {r['elbo_mc_se']:.2f} | {r['elbo_analytic']:.2f} ± {r['elbo_analytic_se']:.2f} "
+            f"| {r['prior']} | {r['kl'].replace('_', ' ')} | {r['elbo_mc']:.2f} ± {r['elbo_mc_se']:.2f} "
+            f"| {r['elbo_analytic']:.2f} ± {r['elbo_analytic_se']:.2f} "
             f"| {r['log_likelihood']:.2f} ± {r['log_likelihood_se']:.2f} | {r['seconds_per_epoch']:.2f} |"
         )
-    plot_latent_spaces(vaes, data.test, data.test_labels, args.out, caption=f"{args.dataset} | mlp {hidden} | latent {args.latent_dim} | {epochs} epochs | seed {args.seed}")
+    plot_latent_spaces(
+        vaes,
+        data.test,
+        data.test_labels,
+        args.out,
+        caption=f"{args.dataset} | mlp {hidden} | latent {args.latent_dim} | {epochs} epochs | seed {args.seed}",
+    )
     print(f"figure: {args.out}")
     return rows
 

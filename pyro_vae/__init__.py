@@ -10,15 +10,15 @@ from pyro_vae.compare import compare_estimators
 from pyro_vae.config import Config
 from pyro_vae.data import Dataset, load_dataset
 from pyro_vae.errors import ConfigError, DataError, PyroVAEError, RunError
+from pyro_vae.estimators import ESTIMATORS, Estimator
+from pyro_vae.evaluation import compare_run, evaluate_run, plot_run
 from pyro_vae.kl import gaussian_kl
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.marginal import iwae_bound, log_likelihood
 from pyro_vae.networks import NETWORKS
 from pyro_vae.objectives import Objective, elbo_per_example, evaluate_elbo, fused_loss, make_elbo
-from pyro_vae.priors import PRIORS
-from pyro_vae.estimators import ESTIMATORS, Estimator
-from pyro_vae.evaluation import compare_run, evaluate_run, plot_run
 from pyro_vae.optim import LR_SCHEDULES, OPTIMIZERS
+from pyro_vae.priors import PRIORS
 from pyro_vae.runs import load, resume_run, train_run
 from pyro_vae.train import fit
 from pyro_vae.vae import VAE, make_vae

@@ -1,4 +1,6 @@
-"""The ``pyro-vae`` command line: ``train``, ``evaluate``, ``compare``, ``plot``, and ``priors`` / ``likelihoods`` / ``networks`` listings.
+"""The ``pyro-vae`` command line: ``train``, ``evaluate``, ``compare``, ``plot``, and the component listings.
+
+``priors``, ``likelihoods`` and ``networks`` list the registered components.
 
 Errors caused by input (a config value, a data file, a run folder) print one line and exit with
 status 2; ``--debug`` shows the traceback instead.
@@ -42,7 +44,9 @@ def _counts(what: str, example: str) -> Callable[[str], list[int]]:
         try:
             counts = [int(s) for s in text.split(",") if s.strip()]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {what} such as {example}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {what} such as {example}, got {text!r}"
+            ) from None
         if not counts or min(counts) < 1:
             raise argparse.ArgumentTypeError(f"{what} must be >= 1, got {text!r}")
         return counts
@@ -86,16 +90,42 @@ _TRAIN_OPTIONS: dict[str, str] = {
 
 
 def _parser() -> argparse.ArgumentParser:
+    """The ``pyro-vae`` parser; subcommands are listed in help in the order they are added here."""
     parser = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders as Pyro programs.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _train_parser(commands)
+    _compare_parser(commands)
+    _plot_parser(commands)
+    for kind in _LISTINGS:
+        commands.add_parser(kind, help=f"list the registered {kind} and their parameters")
+    _evaluate_parser(commands)
+    return parser
 
-    train = commands.add_parser("train", help="train a VAE into a run folder", description="Train a VAE into a run folder. Options override the config file, which overrides the defaults.")
+
+def _train_parser(commands: argparse._SubParsersAction) -> None:
+    """Add ``train``: the run options, then the data, model and training groups."""
+    train = commands.add_parser(
+        "train",
+        help="train a VAE into a run folder",
+        description="Train a VAE into a run folder. Options override the config file, which overrides the defaults.",
+    )
     train.add_argument("--config", type=Path, help="TOML configuration file")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key, e.g. --set model.latent_dim=2 (repeatable)")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key, e.g. --set model.latent_dim=2 (repeatable)",
+    )
     train.add_argument("--out", type=Path, help="run folder (default: runs/<dataset>-<date>-<time>)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped or killed run from its checkpoint (with its own config)")
+    train.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue a stopped or killed run from its checkpoint (with its own config)",
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     g = train.add_argument_group("data")
     g.add_argument("--dataset", help="digits (default), mnist, or a .npy/.npz/.pt file")
@@ -104,12 +134,25 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--binarize", choices=["none", "static", "dynamic"])
     g = train.add_argument_group("model")
     g.add_argument("--latent-dim", type=_positive_int)
-    g.add_argument("--hidden", type=_counts("layer sizes", "400,400"), metavar="400,400", help="hidden layer sizes of the MLP encoder (the decoder mirrors them)")
+    g.add_argument(
+        "--hidden",
+        type=_counts("layer sizes", "400,400"),
+        metavar="400,400",
+        help="hidden layer sizes of the MLP encoder (the decoder mirrors them)",
+    )
+    _training_options(train)
+
+
+def _training_options(train: argparse.ArgumentParser) -> None:
+    """Add the ``training`` option group of ``train``."""
     g = train.add_argument_group("training")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=float)
-    g.add_argument("--elbo", help="the estimator: mc (Trace_ELBO, default) or analytic (TraceMeanField_ELBO); see pyro-vae estimators")
+    g.add_argument(
+        "--elbo",
+        help="the estimator: mc (Trace_ELBO, default) or analytic (TraceMeanField_ELBO); see pyro-vae estimators",
+    )
     g.add_argument("--num-particles", type=int)
     g.add_argument("--jit", action="store_const", const=True, help="compile the ELBO with Pyro's JIT")
     g.add_argument(
@@ -121,37 +164,64 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--beta", type=float, help="weight of the KL term (1: the ELBO; 0: no KL)")
     g.add_argument("--seed", type=int)
     g.add_argument("--checkpoint-every", type=int, metavar="N", help="checkpoint every N epochs (0: only at the end)")
-    g.add_argument("--clip-grad-norm", type=float, metavar="C", help="rescale each step's gradient to a total norm of at most C (0: off)")
+    g.add_argument(
+        "--clip-grad-norm",
+        type=float,
+        metavar="C",
+        help="rescale each step's gradient to a total norm of at most C (0: off)",
+    )
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
 
-    compare = commands.add_parser("compare", help="the estimators on a trained run: values, errors, gradient variance, cost")
+
+def _compare_parser(commands: argparse._SubParsersAction) -> None:
+    """Add ``compare``."""
+    compare = commands.add_parser(
+        "compare", help="the estimators on a trained run: values, errors, gradient variance, cost"
+    )
     compare.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    compare.add_argument("--particles", type=_counts("numbers of particles", "1,10,100"), default=[1, 10, 100], metavar="1,10,100", help="numbers of particles L to compare")
+    compare.add_argument(
+        "--particles",
+        type=_counts("numbers of particles", "1,10,100"),
+        default=[1, 10, 100],
+        metavar="1,10,100",
+        help="numbers of particles L to compare",
+    )
     compare.add_argument("--repeats", type=_positive_int, default=50, metavar="R", help="estimates per estimator and L")
     compare.add_argument("--batch-size", type=_positive_int, default=100, help="points in the fixed batch")
     compare.add_argument("--split", choices=["train", "test"], default="test")
     compare.add_argument("--device", default="auto")
     compare.add_argument(
-        "--estimators", type=_names("estimators", "mc,analytic"), metavar="mc,analytic", help="estimators to compare (default: all)"
+        "--estimators",
+        type=_names("estimators", "mc,analytic"),
+        metavar="mc,analytic",
+        help="estimators to compare (default: all)",
     )
     compare.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
+
+def _plot_parser(commands: argparse._SubParsersAction) -> None:
+    """Add ``plot``."""
     plot = commands.add_parser("plot", help="draw (again) the pictures of a trained run")
     plot.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     plot.add_argument("--device", default="auto")
 
-    for kind in _LISTINGS:
-        commands.add_parser(kind, help=f"list the registered {kind} and their parameters")
 
+def _evaluate_parser(commands: argparse._SubParsersAction) -> None:
+    """Add ``evaluate``."""
     evaluate = commands.add_parser("evaluate", help="ELBO of a trained run by each estimator, and log p(x)")
     evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     evaluate.add_argument("--split", choices=["train", "test"], default="test")
     evaluate.add_argument("--num-particles", type=_positive_int, default=1)
-    evaluate.add_argument("--num-samples", type=int, default=0, metavar="K", help="also estimate log p(x) by importance sampling with K samples per point")
+    evaluate.add_argument(
+        "--num-samples",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also estimate log p(x) by importance sampling with K samples per point",
+    )
     evaluate.add_argument("--batch-size", type=_positive_int, default=1000)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
-    return parser
 
 
 #: Options that take no value.
@@ -189,9 +259,16 @@ def _train(args: argparse.Namespace) -> int:
 
     with StopSignals() as stop:  # from here on, SIGINT and SIGTERM stop at the next step with a checkpoint
         if args.resume is not None:
-            given = [f"--{name.replace('_', '-')}" for name in ("config", "out", *_TRAIN_OPTIONS) if getattr(args, name) is not None] + ["--overwrite"] * args.overwrite
+            given = [
+                f"--{name.replace('_', '-')}"
+                for name in ("config", "out", *_TRAIN_OPTIONS)
+                if getattr(args, name) is not None
+            ] + ["--overwrite"] * args.overwrite
             if given or args.set:
-                raise ConfigError(f"--resume continues {args.resume} with its own config.toml; drop {', '.join(given + ['--set'] * bool(args.set))}")
+                raise ConfigError(
+                    f"--resume continues {args.resume} with its own config.toml; "
+                    f"drop {', '.join(given + ['--set'] * bool(args.set))}"
+                )
             summary = resume_run(args.resume, progress=not args.quiet, stop=stop)
         else:
             config = _train_config(args)
@@ -199,7 +276,10 @@ def _train(args: argparse.Namespace) -> int:
             summary = train_run(config, out, overwrite=args.overwrite, progress=not args.quiet, stop=stop)
     if not summary:  # a process of a data-parallel job other than process 0, which reports for all
         return 0
-    tests = ", ".join(f"{summary[f'test_{key}']:.2f} ± {summary[f'test_{key}_se']:.2f} ({name})" for name, key in _reported(summary, "test_"))
+    tests = ", ".join(
+        f"{summary[f'test_{key}']:.2f} ± {summary[f'test_{key}_se']:.2f} ({name})"
+        for name, key in _reported(summary, "test_")
+    )
     print(
         f"run folder: {summary['run']}\n"
         f"  {summary['dataset']}: {summary['num_train']} train / {summary['num_test']} test points, "
@@ -225,11 +305,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{result['run']} ({result['split']} split, {result['num_examples']} points, {result['num_particles']} particle(s))")
+    print(
+        f"{result['run']} ({result['split']} split, {result['num_examples']} points, "
+        f"{result['num_particles']} particle(s))"
+    )
     for name, key in _reported(result):
         print(f"  ELBO ({name:8s}) {result[key]:10.3f} ± {result[f'{key}_se']:.3f} nats per point")
     if "log_likelihood" in result:
-        print(f"  log p(x) (IS, K={result['num_samples']}) {result['log_likelihood']:10.3f} ± {result['log_likelihood_se']:.3f} nats per point")
+        print(
+            f"  log p(x) (IS, K={result['num_samples']}) {result['log_likelihood']:10.3f} "
+            f"± {result['log_likelihood_se']:.3f} nats per point"
+        )
     return 0
 
 
@@ -237,7 +323,9 @@ def _compare(args: argparse.Namespace) -> int:
     from pyro_vae.compare import format_comparison
     from pyro_vae.evaluation import compare_run
 
-    result = compare_run(args.run_dir, args.split, tuple(args.particles), args.repeats, args.batch_size, args.device, args.estimators)
+    result = compare_run(
+        args.run_dir, args.split, tuple(args.particles), args.repeats, args.batch_size, args.device, args.estimators
+    )
     if args.json:
         print(json.dumps(result))
     else:
@@ -281,7 +369,10 @@ def _notes(registry: Any, name: str) -> list[str]:
     if hasattr(constructor, "support_text"):  # a likelihood
         return [f"data in {constructor.support_text}"]
     if hasattr(constructor, "closed_form_kl"):  # an estimator
-        return [f"KL term: {'closed form where registered' if constructor.closed_form_kl else 'sampled'}; bound: {constructor.bound}"]
+        return [
+            f"KL term: {'closed form where registered' if constructor.closed_form_kl else 'sampled'}; "
+            f"bound: {constructor.bound}"
+        ]
     return []
 
 
@@ -300,7 +391,11 @@ def _list(args: argparse.Namespace) -> int:
         print(f"    {_summary(registry.get(name))}")
         for p in registry.parameters(name):
             default = p.default
-            shown = "required" if default is inspect.Parameter.empty else toml_value(list(default) if isinstance(default, tuple) else default)
+            shown = (
+                "required"
+                if default is inspect.Parameter.empty
+                else toml_value(list(default) if isinstance(default, tuple) else default)
+            )
             print(f"    {p.name}: {type_name(p.annotation)} = {shown}")
     return 0
 
@@ -312,7 +407,9 @@ def _lost_peer(error: RuntimeError) -> bool:
     if isinstance(error, getattr(torch.distributed, "DistError", ())):
         return True
     text = str(error)
-    return any(sign in text for sign in ("gloo", "NCCL", "Connection closed", "Connection reset", "timed out", "Timed out"))
+    return any(
+        sign in text for sign in ("gloo", "NCCL", "Connection closed", "Connection reset", "timed out", "Timed out")
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -320,10 +417,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         with renamed_errors(_flags(args)):
-            return {"train": _train, "evaluate": _evaluate, "compare": _compare, "plot": _plot}.get(args.command, _list)(args)
+            return {"train": _train, "evaluate": _evaluate, "compare": _compare, "plot": _plot}.get(
+                args.command, _list
+            )(args)
     except TrainingInterrupted as e:
         name = signal.Signals(e.signum).name if e.signum is not None else "a stop request"
-        where = f"checkpoint written to {e.checkpoint}; continue with: pyro-vae train --resume {e.checkpoint.parent}" if e.checkpoint else "nothing was written"
+        where = (
+            f"checkpoint written to {e.checkpoint}; continue with: pyro-vae train --resume {e.checkpoint.parent}"
+            if e.checkpoint
+            else "nothing was written"
+        )
         print(f"pyro-vae: {name}: {e}; {where}", file=sys.stderr)
         return exit_status(e.signum) if e.signum is not None else 1
     except PyroVAEError as e:
@@ -337,8 +440,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         print(
-            f"pyro-vae: error: process {os.environ.get('RANK', '?')} of {world_size} lost the others ({first}); the job stops. "
-            "The first failing process's own message says why; continue from the last checkpoint with torchrun ... -m pyro_vae train --resume RUN_DIR",
+            f"pyro-vae: error: process {os.environ.get('RANK', '?')} of {world_size} lost the others ({first}); "
+            "the job stops. The first failing process's own message says why; continue from the last checkpoint "
+            "with torchrun ... -m pyro_vae train --resume RUN_DIR",
             file=sys.stderr,
         )
         return 1

@@ -34,7 +34,6 @@ from pyro_vae.vae import VAE
 __all__ = ["compare_estimators", "parameter_groups", "format_comparison"]
 
 
-
 def parameter_groups(vae: VAE) -> dict[str, list[torch.nn.Parameter]]:
     """The VAE's trainable parameters by role: ``encoder``, ``decoder`` (with the likelihood's), ``prior``."""
     return {
@@ -74,7 +73,11 @@ def _estimates(vae: VAE, x: Tensor, estimator: str, num_particles: int, repeats:
 
 
 def compare_estimators(
-    vae: VAE, x: Tensor, particles: Sequence[int] = (1, 10, 100), repeats: int = 100, estimators: Sequence[str] | None = None
+    vae: VAE,
+    x: Tensor,
+    particles: Sequence[int] = (1, 10, 100),
+    repeats: int = 100,
+    estimators: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Measure estimators on the batch ``x`` for each number of particles.
 
@@ -151,17 +154,25 @@ def format_comparison(result: dict[str, Any]) -> str:
             f"no closed-form KL for {', '.join(sampled)}: estimators that use the closed form where one is "
             "registered sample it here, so they compute the same thing and only their random draws differ"
         )
-    header = f"{'estimator':<9} {'L':>4} {'ELBO':>10} {'± SE':>7} " + " ".join(f"{'var ' + g:>13}" for g in groups) + f" {'ms':>7}"
+    header = (
+        f"{'estimator':<9} {'L':>4} {'ELBO':>10} {'± SE':>7} "
+        + " ".join(f"{'var ' + g:>13}" for g in groups)
+        + f" {'ms':>7}"
+    )
     lines += [header, "-" * len(header)]
     for r in result["rows"]:
         variances = " ".join(f"{v:13.4g}" if v is not None else f"{'-':>13}" for v in r["grad_variance"].values())
-        lines.append(f"{r['estimator']:<9} {r['num_particles']:>4} {r['elbo']:10.3f} {r['elbo_se']:7.3f} {variances} {r['ms_per_estimate']:7.1f}")
+        lines.append(
+            f"{r['estimator']:<9} {r['num_particles']:>4} {r['elbo']:10.3f} {r['elbo_se']:7.3f} {variances} "
+            f"{r['ms_per_estimate']:7.1f}"
+        )
     lines.append("")
     for a in result["agreement"]:
         first, other = a["estimators"]
         ratios = ", ".join(f"{g} {v:.2f}" for g, v in a["grad_variance_ratio"].items() if v is not None)
         lines.append(
-            f"L = {a['num_particles']:>3}: {first} - {other} = {a['difference']:+.3f} nats ({a['difference_in_se']:+.1f} SE); "
+            f"L = {a['num_particles']:>3}: {first} - {other} = {a['difference']:+.3f} nats "
+            f"({a['difference_in_se']:+.1f} SE); "
             f"gradient variance {first} / {other}: {ratios}"
         )
     return "\n".join(lines)

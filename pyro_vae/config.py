@@ -146,7 +146,10 @@ class Config:
         with renamed_errors(config_names()):
             check_estimator(config.train.elbo)
         if config.train.fused is True and config.train.jit:
-            raise ConfigError("train.fused and train.jit cannot both be true: fused is the faster of the two; drop --jit (train.jit = false)")
+            raise ConfigError(
+                "train.fused and train.jit cannot both be true: fused is the faster of the two; "
+                "drop --jit (train.jit = false)"
+            )
         resolve_device(config.train.device)
         return config
 
@@ -224,7 +227,7 @@ def set_key(values: dict[str, Any], key: str, value: Any) -> None:
 
 
 def apply_overrides(values: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
-    """A copy of a nested dict with ``key.sub=value`` assignments applied (values in TOML syntax, bare words as strings).
+    """A copy of a nested dict with ``key.sub=value`` assignments applied (TOML values, bare words as strings).
 
     Example:
         >>> apply_overrides({"train": {"epochs": 3}}, ["train.epochs=5", "model.prior.type=standard_normal"])
@@ -244,7 +247,7 @@ def apply_overrides(values: dict[str, Any], assignments: list[str]) -> dict[str,
 
 
 def config_names() -> dict[str, tuple[str, str]]:
-    """How the config calls each library parameter: ``{"batch_size": ("train.batch_size", "train.batch_size = "), ...}``.
+    """How the config calls each library parameter: ``{"lr": ("train.lr", "train.lr = "), ...}``.
 
     Library functions name their parameters in their errors (see :mod:`pyro_vae.errors`); a run
     built from a config re-words them with these key paths.

@@ -65,7 +65,14 @@ class Dataset:
     def event_shape(self) -> tuple[int, ...]:
         return tuple(self.train.shape[1:])
 
-    def batches(self, batch_size: int, generator: torch.Generator | None = None, start: int = 0, rank: int = 0, world_size: int = 1) -> Iterator[Tensor]:
+    def batches(
+        self,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        start: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> Iterator[Tensor]:
         """One epoch of training minibatches of exactly ``batch_size`` points, in random order.
 
         The last ``len(train) % batch_size`` points of each permutation are left for later epochs:
@@ -124,7 +131,9 @@ def _load_mnist(data_root: Path, download: bool) -> _Arrays:
                     "MNIST/raw, or add --download (data.download = true) when online"
                 ) from None
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise DataError(f"cannot read MNIST from {raw} ({reason}); delete the damaged files and copy or download them again") from None
+            raise DataError(
+                f"cannot read MNIST from {raw} ({reason}); delete the damaged files and copy or download them again"
+            ) from None
         splits.append((mnist.data.float() / 255.0, mnist.targets))
     (train, train_labels), (test, test_labels) = splits
     return train, test, train_labels, test_labels
@@ -137,7 +146,10 @@ DATASETS: dict[str, Callable[[Path, bool], _Arrays]] = {"digits": _load_digits, 
 def _read_file(path: Path) -> dict[str, Tensor]:
     """The arrays in a user's file, read without unpickling anything."""
     if not path.is_file():
-        raise DataError(f"data file {path} does not exist; give --dataset digits, mnist or the path of an existing .npy/.npz/.pt file")
+        raise DataError(
+            f"data file {path} does not exist; "
+            "give --dataset digits, mnist or the path of an existing .npy/.npz/.pt file"
+        )
     try:
         with open(path, "rb") as f, warnings.catch_warnings():
             # torch warns about the pickle protocol of files it then refuses; the refusal is the message.
@@ -152,23 +164,34 @@ def _read_file(path: Path) -> dict[str, Tensor]:
     except Exception as e:  # any failure to parse the file means the same thing to the user
         reason = str(e)
         if isinstance(e, pickle.UnpicklingError) and "weights_only" in reason:
-            # torch's safe loader refused the file; its message suggests loading it unsafely, which must not be repeated.
+            # torch's safe loader refused the file; its message suggests loading it unsafely,
+            # which must not be repeated.
             if "Unsupported global" in reason:
-                raise DataError(f"data file {path} holds pickled Python objects, which pyro-vae never loads (they could run code); save tensors or arrays only") from None
+                raise DataError(
+                    f"data file {path} holds pickled Python objects, which pyro-vae never loads (they could run code); "
+                    "save tensors or arrays only"
+                ) from None
             reason = "not a file written by numpy.save/savez or torch.save, or damaged"
         first = reason.splitlines()[0] if reason else type(e).__name__
-        raise DataError(f"cannot read data file {path}: {first}; it must be a numeric array saved by numpy.save/savez or torch.save") from None
+        raise DataError(
+            f"cannot read data file {path}: {first}; it must be a numeric array saved by numpy.save/savez or torch.save"
+        ) from None
     if not isinstance(obj, dict):
         obj = {"x": obj}
     arrays = {}
     for key, value in obj.items():
         if not isinstance(value, (np.ndarray, Tensor)):
-            raise DataError(f"data file {path}: entry {key!r} is a {type(value).__name__}, not an array; store a numpy array or a torch tensor")
+            raise DataError(
+                f"data file {path}: entry {key!r} is a {type(value).__name__}, not an array; "
+                "store a numpy array or a torch tensor"
+            )
         if value.ndim == 0:
             raise DataError(f"data file {path}: entry {key!r} is a single number; store an array of shape (N, ...)")
         kind = value.dtype.kind if isinstance(value, np.ndarray) else "c" if value.dtype.is_complex else "f"
         if kind not in "biuf":  # bool, int, unsigned, float
-            raise DataError(f"data file {path}: entry {key!r} has dtype {value.dtype}; store real numbers (float, int or bool)")
+            raise DataError(
+                f"data file {path}: entry {key!r} has dtype {value.dtype}; store real numbers (float, int or bool)"
+            )
         array = torch.as_tensor(value)
         arrays[key] = array
     return arrays
@@ -178,16 +201,24 @@ def _from_file(path: Path) -> _Arrays:
     arrays = _read_file(path)
     if "train" in arrays:
         if "test" not in arrays:
-            raise DataError(f"data file {path} has 'train' but no 'test' array; add one, or store a single array under 'x' to split it automatically")
+            raise DataError(
+                f"data file {path} has 'train' but no 'test' array; "
+                "add one, or store a single array under 'x' to split it automatically"
+            )
         return arrays["train"], arrays["test"], arrays.get("train_labels"), arrays.get("test_labels")
     if "x" not in arrays:
         if len(arrays) != 1:
-            raise DataError(f"data file {path} holds arrays {sorted(arrays)}; name the data 'x' (labels 'y'), or 'train'/'test'")
+            raise DataError(
+                f"data file {path} holds arrays {sorted(arrays)}; name the data 'x' (labels 'y'), or 'train'/'test'"
+            )
         (x,) = arrays.values()
         return _split(x, None)
     x, y = arrays["x"], arrays.get("y")
     if y is not None and y.shape != (len(x),):  # checked here: the split indexes the labels
-        raise DataError(f"data file {path}: labels 'y' have shape {tuple(y.shape)}; expected ({len(x)},), one label per point of 'x'")
+        raise DataError(
+            f"data file {path}: labels 'y' have shape {tuple(y.shape)}; "
+            f"expected ({len(x)},), one label per point of 'x'"
+        )
     return _split(x, y)
 
 
@@ -199,6 +230,56 @@ def _check(x: Tensor, where: str, support: constraints.Constraint, support_text:
     if outside.any():
         bad = outside.nonzero()[0].tolist()
         raise DataError(f"{where} has value {x[tuple(bad)].item():g} at index {bad}, outside {support_text}; {fix}")
+
+
+def _load_arrays(dataset: str, data_root: str | Path, download: bool) -> _Arrays:
+    """The arrays of a built-in data set or of a user's file, as stored."""
+    if dataset in DATASETS:
+        return DATASETS[dataset](Path(data_root), download)
+    if Path(dataset).suffix in FILE_SUFFIXES:
+        return _from_file(Path(dataset))
+    raise DataError(
+        f"data.dataset: unknown data set {dataset!r}; "
+        f"use {', '.join(DATASETS)} or the path of a {'/'.join(FILE_SUFFIXES)} file"
+    )
+
+
+def _check_shapes(
+    name: str, train: Tensor, test: Tensor, train_labels: Tensor | None, test_labels: Tensor | None
+) -> None:
+    """Both splits are non-empty with one shared, non-empty point shape, and hold one label per point."""
+    if len(train) == 0 or len(test) == 0:
+        raise DataError(
+            f"data set {name} has {len(train)} training and {len(test)} test points; it needs at least one of each"
+        )
+    if train.ndim < 2 or train.shape[1:] != test.shape[1:] or math.prod(train.shape[1:]) == 0:
+        raise DataError(
+            f"data set {name}: train {tuple(train.shape)} and test {tuple(test.shape)} "
+            "must have the shape (N, ...) with the same non-empty shape per point"
+        )
+    for labels, x, split in ((train_labels, train, "train"), (test_labels, test, "test")):
+        if labels is not None and labels.shape != (len(x),):
+            raise DataError(f"data set {name}: {split} labels have shape {tuple(labels.shape)}; expected ({len(x)},)")
+
+
+def _binarize(
+    name: str, train: Tensor, test: Tensor, binarize: str, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """The test set (and, for ``"static"``, the training set) drawn once from Bernoulli(value)."""
+    if binarize == "none":
+        return train, test
+    for x, split in ((train, "train"), (test, "test")):
+        _check(
+            x,
+            f"{name} ({split})",
+            constraints.unit_interval,
+            "[0, 1]",
+            "binarization reads values as probabilities; rescale the data into [0, 1]",
+        )
+    test = torch.bernoulli(test, generator=generator)
+    if binarize == "static":
+        train = torch.bernoulli(train, generator=generator)
+    return train, test
 
 
 def load_dataset(
@@ -229,32 +310,21 @@ def load_dataset(
     """
     if binarize not in BINARIZATIONS:
         raise DataError(f"data.binarize: unknown binarization {binarize!r}; known: {', '.join(BINARIZATIONS)}")
-    if dataset in DATASETS:
-        train, test, train_labels, test_labels = DATASETS[dataset](Path(data_root), download)
-    elif Path(dataset).suffix in FILE_SUFFIXES:
-        train, test, train_labels, test_labels = _from_file(Path(dataset))
-    else:
-        raise DataError(f"data.dataset: unknown data set {dataset!r}; use {', '.join(DATASETS)} or the path of a {'/'.join(FILE_SUFFIXES)} file")
-
+    train, test, train_labels, test_labels = _load_arrays(dataset, data_root, download)
     name = dataset if dataset in DATASETS else Path(dataset).name
-    if len(train) == 0 or len(test) == 0:
-        raise DataError(f"data set {name} has {len(train)} training and {len(test)} test points; it needs at least one of each")
-    if train.ndim < 2 or train.shape[1:] != test.shape[1:] or math.prod(train.shape[1:]) == 0:
-        raise DataError(f"data set {name}: train {tuple(train.shape)} and test {tuple(test.shape)} must have the shape (N, ...) with the same non-empty shape per point")
-    for labels, x, split in ((train_labels, train, "train"), (test_labels, test, "test")):
-        if labels is not None and labels.shape != (len(x),):
-            raise DataError(f"data set {name}: {split} labels have shape {tuple(labels.shape)}; expected ({len(x)},)")
+    _check_shapes(name, train, test, train_labels, test_labels)
     train, test = train.float(), test.float()
 
     generator = torch.Generator().manual_seed(seed)
-    if binarize != "none":
-        for x, split in ((train, "train"), (test, "test")):
-            _check(x, f"{name} ({split})", constraints.unit_interval, "[0, 1]", "binarization reads values as probabilities; rescale the data into [0, 1]")
-        test = torch.bernoulli(test, generator=generator)
-        if binarize == "static":
-            train = torch.bernoulli(train, generator=generator)
+    train, test = _binarize(name, train, test, binarize, generator)
     for x, split in ((train, "train"), (test, "test")):
-        _check(x, f"{name} ({split})", support, support_text, f"rescale the data into {support_text} or choose a likelihood whose support fits it")
+        _check(
+            x,
+            f"{name} ({split})",
+            support,
+            support_text,
+            f"rescale the data into {support_text} or choose a likelihood whose support fits it",
+        )
     device = torch.device(device)
     return Dataset(
         name,

@@ -86,15 +86,23 @@ def from_env(device: torch.device) -> Distributed | None:
         return None
     missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
     if missing:
-        raise ConfigError(f"WORLD_SIZE is {world_size} but {', '.join(missing)} not set; start data-parallel training with torchrun --nproc_per_node=N -m pyro_vae train ...")
+        raise ConfigError(
+            f"WORLD_SIZE is {world_size} but {', '.join(missing)} not set; "
+            "start data-parallel training with torchrun --nproc_per_node=N -m pyro_vae train ..."
+        )
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise ConfigError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) here; use --nproc_per_node={torch.cuda.device_count()} or fewer")
+            raise ConfigError(
+                f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) here; "
+                f"use --nproc_per_node={torch.cuda.device_count()} or fewer"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT, rank=rank, world_size=world_size)
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT, rank=rank, world_size=world_size
+        )
     return Distributed(rank, world_size, local_rank, device)
 
 

@@ -10,11 +10,11 @@ and each layer above fills them in its own words (:meth:`PyroVAEError.renamed`):
 says ``train.num_particles``, the command line adds the flag ``--num-particles``.
 
 Example:
-    >>> e = ConfigError("{batch_size} (500) is larger than the data (100 points); use {batch_size=}100 or less", "batch_size")
+    >>> e = ConfigError("{batch_size} (500) exceeds the data (100 points); use {batch_size=}100 or less", "batch_size")
     >>> str(e)
-    'batch_size (500) is larger than the data (100 points); use batch_size=100 or less'
+    'batch_size (500) exceeds the data (100 points); use batch_size=100 or less'
     >>> str(e.renamed({"batch_size": ("train.batch_size", "--batch-size ")}))
-    'train.batch_size (500) is larger than the data (100 points); use --batch-size 100 or less'
+    'train.batch_size (500) exceeds the data (100 points); use --batch-size 100 or less'
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class RunError(PyroVAEError):
 
 @contextlib.contextmanager
 def renamed_errors(names: Mapping[str, tuple[str, str]]) -> Iterator[None]:
-    """Re-raise a :class:`PyroVAEError` raised inside with its parameters called as ``names`` says (the original is its cause)."""
+    """Re-raise a :class:`PyroVAEError` from inside with its parameters called as ``names`` says (cause: original)."""
     try:
         yield
     except PyroVAEError as e:

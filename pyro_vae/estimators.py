@@ -46,7 +46,16 @@ from pyro_vae.kl import closed_form_kl  # importing kl also registers the Gaussi
 from pyro_vae.registry import Registry
 from pyro_vae.vae import VAE
 
-__all__ = ["ESTIMATORS", "REPORTED", "Estimator", "MonteCarloELBO", "AnalyticKLELBO", "make_estimator", "check_estimator", "reported_with"]
+__all__ = [
+    "ESTIMATORS",
+    "REPORTED",
+    "Estimator",
+    "MonteCarloELBO",
+    "AnalyticKLELBO",
+    "make_estimator",
+    "check_estimator",
+    "reported_with",
+]
 
 #: Estimators by name; each entry is an :class:`Estimator` subclass.
 ESTIMATORS: Registry = Registry("estimator", context=("num_particles",))
@@ -145,7 +154,7 @@ class Estimator:
         return elbo * (-(num_data if num_data is not None else batch) / batch / L)
 
     def per_example(self, terms: dict[str, Tensor | None]) -> Tensor:
-        """The estimate for each data point from the terms of :func:`pyro_vae.objectives.elbo_terms` (shape ``(batch,)``)."""
+        """The estimate for each data point, shape ``(batch,)``, from :func:`pyro_vae.objectives.elbo_terms`."""
         kl = terms["kl"] if self.closed_form_kl else None
         if kl is not None:
             return terms["log_likelihood"].mean(0) - kl

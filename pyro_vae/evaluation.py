@@ -43,7 +43,8 @@ def open_run(run_dir: str | Path, device: str = "auto") -> tuple[VAE, Config, Da
     data = load_data(config, target)
     if tuple(data.event_shape) != tuple(vae.event_shape):
         raise RunError(
-            f"data set {data.name} has points of shape {data.event_shape} but the run was trained on {vae.event_shape}; "
+            f"data set {data.name} has points of shape {data.event_shape} "
+            f"but the run was trained on {vae.event_shape}; "
             "restore data.dataset in its config.toml to the data it was trained on, or retrain on this one"
         )
     torch.manual_seed(config.train.seed)
@@ -123,5 +124,7 @@ def plot_run(run_dir: str | Path, device: str = "auto") -> list[str]:
     run_dir = Path(run_dir)
     vae, config, data = open_run(run_dir, device)
     metrics = run_dir / "metrics.jsonl"
-    history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
+    history = (
+        [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
+    )
     return [str(run_dir / name) for name in draw_pictures(vae, data, history, run_dir, caption(config))]

@@ -48,7 +48,9 @@ def _log_weights(vae: VAE, q: Distribution, prior: Distribution, x: Tensor, num_
 
 
 def log_weights(vae: VAE, x: Tensor, num_samples: int) -> Tensor:
-    r"""Log importance weights :math:`\log p(x\mid z_k) + \log p(z_k) - \log q(z_k\mid x)`, shape ``(num_samples, batch)``.
+    r"""Log importance weights of shape ``(num_samples, batch)``.
+
+    .. math:: \log w_k = \log p(x\mid z_k) + \log p(z_k) - \log q(z_k\mid x)
 
     The terms are those of the model and guide (:meth:`~pyro_vae.vae.VAE.encode`, ``prior``,
     :meth:`~pyro_vae.vae.VAE.decode`), evaluated without recording Pyro traces; a subclass that

@@ -117,7 +117,8 @@ def _image_layout(event_shape: tuple[int, ...]) -> tuple[int, int, int]:
     if len(event_shape) == 3:
         return event_shape  # type: ignore[return-value]
     raise ConfigError(
-        f"model.network: the conv network needs images of shape (H, W) or (C, H, W), but the data points have shape {event_shape}; use the mlp network"
+        f"model.network: the conv network needs images of shape (H, W) or (C, H, W), "
+        f"but the data points have shape {event_shape}; use the mlp network"
     )
 
 
@@ -159,7 +160,10 @@ class ConvDecoder(nn.Module):
             (h_in, w_in), (h_out, w_out) = sizes[-1 - i], sizes[-2 - i]
             # output_padding picks the exact size: 2n or 2n - 1 (an odd size was rounded up on the way down).
             padding = (h_out - 2 * h_in + 1, w_out - 2 * w_in + 1)
-            layers += [ACTIVATIONS[activation](), nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=padding)]
+            layers += [
+                ACTIVATIONS[activation](),
+                nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=padding),
+            ]
         self.deconv = nn.Sequential(*layers)
 
     def forward(self, z: Tensor) -> Tensor:

@@ -275,7 +275,18 @@ def evaluate_elbo(
 
 def _reduced_summary(values: dict[str, Tensor], reduce: Callable[[Tensor], Tensor]) -> dict[str, float]:
     """Mean and standard error of per-example values held in shards, from their summed moments."""
-    stats = torch.stack([torch.stack([v.double().sum(), v.double().square().sum(), torch.tensor(float(len(v)), dtype=torch.float64, device=v.device)]) for v in values.values()])
+    stats = torch.stack(
+        [
+            torch.stack(
+                [
+                    v.double().sum(),
+                    v.double().square().sum(),
+                    torch.tensor(float(len(v)), dtype=torch.float64, device=v.device),
+                ]
+            )
+            for v in values.values()
+        ]
+    )
     stats = reduce(stats).cpu()
     out: dict[str, float] = {}
     for e, (total, squares, n) in zip(values, stats.tolist()):

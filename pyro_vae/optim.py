@@ -107,14 +107,18 @@ def _one(epoch: int) -> float:  # a module-level function: LambdaLR's state_dict
 
 
 @LR_SCHEDULES.register("step")
-def step(optimizer: Optimizer, epochs: int, step_size: Annotated[int, AtLeast(1)] = 10, gamma: Positive = 0.1) -> LRScheduler:
+def step(
+    optimizer: Optimizer, epochs: int, step_size: Annotated[int, AtLeast(1)] = 10, gamma: Positive = 0.1
+) -> LRScheduler:
     """Multiply the rate by ``gamma`` every ``step_size`` epochs (:class:`~torch.optim.lr_scheduler.StepLR`)."""
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
 
 
 @LR_SCHEDULES.register("multistep")
-def multistep(optimizer: Optimizer, epochs: int, milestones: list[Annotated[int, AtLeast(1)]] = (), gamma: Positive = 0.1) -> LRScheduler:
-    """Multiply the rate by ``gamma`` after each epoch listed in ``milestones`` (:class:`~torch.optim.lr_scheduler.MultiStepLR`)."""
+def multistep(
+    optimizer: Optimizer, epochs: int, milestones: list[Annotated[int, AtLeast(1)]] = (), gamma: Positive = 0.1
+) -> LRScheduler:
+    """Multiply the rate by ``gamma`` after each epoch in ``milestones`` (torch's ``MultiStepLR``)."""
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(milestones), gamma=gamma)
 
 
@@ -126,7 +130,7 @@ def exponential(optimizer: Optimizer, epochs: int, gamma: Positive = 0.99) -> LR
 
 @LR_SCHEDULES.register("cosine")
 def cosine(optimizer: Optimizer, epochs: int, eta_min: Annotated[float, AtLeast(0)] = 0.0) -> LRScheduler:
-    r"""Cosine annealing from ``train.lr`` to ``eta_min`` over the run's epochs (:class:`~torch.optim.lr_scheduler.CosineAnnealingLR`).
+    r"""Cosine annealing from ``train.lr`` to ``eta_min`` over the run's epochs (``CosineAnnealingLR``).
 
     .. math:: \eta_t = \eta_{\min} + \tfrac12(\eta_0 - \eta_{\min})(1 + \cos(\pi t / T))
 

@@ -148,7 +148,9 @@ class StudentT(_LocScale):
         learnable: learn ``loc`` and ``scale`` (``df`` stays fixed).
     """
 
-    def __init__(self, latent_dim: int, df: Positive = 3.0, loc: float = 0.0, scale: Positive = 1.0, learnable: bool = False) -> None:
+    def __init__(
+        self, latent_dim: int, df: Positive = 3.0, loc: float = 0.0, scale: Positive = 1.0, learnable: bool = False
+    ) -> None:
         super().__init__(latent_dim, loc, scale, learnable)
         self.register_buffer("df", torch.full((latent_dim,), float(df)))
 
@@ -168,7 +170,13 @@ class Mixture(Prior):
         init_scale: initial scale of every component.
     """
 
-    def __init__(self, latent_dim: int, components: Annotated[int, AtLeast(1)] = 10, init_spread: Positive = 1.0, init_scale: Positive = 1.0) -> None:
+    def __init__(
+        self,
+        latent_dim: int,
+        components: Annotated[int, AtLeast(1)] = 10,
+        init_spread: Positive = 1.0,
+        init_scale: Positive = 1.0,
+    ) -> None:
         super().__init__(latent_dim)
         self.logits = nn.Parameter(torch.zeros(components))
         self.loc = nn.Parameter(init_spread * torch.randn(components, latent_dim))
@@ -247,13 +255,18 @@ class Flow(Prior):
     def __init__(
         self,
         latent_dim: int,
-        transform: Literal["spline_autoregressive", "affine_autoregressive", "spline_coupling", "affine_coupling"] = "spline_autoregressive",
+        transform: Literal[
+            "spline_autoregressive", "affine_autoregressive", "spline_coupling", "affine_coupling"
+        ] = "spline_autoregressive",
         num_transforms: Annotated[int, AtLeast(1)] = 2,
         hidden: tuple[Annotated[int, AtLeast(1)], ...] = (32, 32),
     ) -> None:
         super().__init__(latent_dim)
         if latent_dim < 2:
-            raise ConfigError(f"model.prior: a flow prior needs model.latent_dim >= 2 (got {latent_dim}); use another prior for a 1-D code")
+            raise ConfigError(
+                f"model.prior: a flow prior needs model.latent_dim >= 2 (got {latent_dim}); "
+                "use another prior for a 1-D code"
+            )
         self.transforms = nn.ModuleList(_FLOWS[transform](latent_dim, list(hidden)) for _ in range(num_transforms))
         # Reverse the coordinates between layers so each one conditions on different inputs.
         self.register_buffer("reverse", torch.arange(latent_dim - 1, -1, -1))

@@ -99,9 +99,7 @@ class Registry(Generic[T]):
     def get(self, name: str, path: str = "type") -> T:
         """The constructor registered under ``name``; a :class:`ConfigError` naming the known ones otherwise."""
         if not isinstance(name, str) or name not in self._entries:
-            raise ConfigError(
-                f"{path}: unknown {self.kind} type {name!r}; known: {', '.join(self._entries)}"
-            )
+            raise ConfigError(f"{path}: unknown {self.kind} type {name!r}; known: {', '.join(self._entries)}")
         return self._entries[name]
 
     def parameters(self, name: str) -> list[Parameter]:
@@ -123,18 +121,14 @@ class Registry(Generic[T]):
         if not isinstance(spec, dict):
             raise ConfigError(f"{path} must be a table with a 'type' key (got {spec!r})")
         if "type" not in spec:
-            raise ConfigError(
-                f"{path}.type is missing; known {self.kind} types: {', '.join(self._entries)}"
-            )
+            raise ConfigError(f"{path}.type is missing; known {self.kind} types: {', '.join(self._entries)}")
         name = spec["type"]
         self.get(name, f"{path}.type")
         params = {p.name: p for p in self.parameters(name)}
         unknown = sorted(set(spec) - set(params) - {"type"})
         if unknown:
             allowed = ", ".join(params) or "none"
-            raise ConfigError(
-                f"{path}.{unknown[0]}: unknown parameter for {self.kind} {name!r}; allowed: {allowed}"
-            )
+            raise ConfigError(f"{path}.{unknown[0]}: unknown parameter for {self.kind} {name!r}; allowed: {allowed}")
         resolved: dict[str, Any] = {"type": name}
         for p in params.values():
             if p.name in spec:
@@ -203,10 +197,16 @@ def check_value(value: Any, annotation: Any, path: str) -> Any:
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path} must be a list (got {value!r})")
-        if origin is tuple and args and Ellipsis not in args and len(value) != len(args):  # tuple[float, float]: a fixed length
+        # tuple[float, float]: a fixed length
+        if origin is tuple and args and Ellipsis not in args and len(value) != len(args):
             raise ConfigError(f"{path} must be a list of {len(args)} items (got {list(value)!r})")
         item = args[0] if args else Any
         return [check_value(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    return _check_scalar(value, annotation, path)
+
+
+def _check_scalar(value: Any, annotation: Any, path: str) -> Any:
+    """:func:`check_value` for a plain ``bool``, ``int``, ``float`` or ``str`` annotation."""
     if annotation is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{path} must be true or false (got {value!r})")
@@ -232,7 +232,11 @@ def type_name(annotation: Any) -> str:
     """A short, user-facing name of an annotation, for listings: ``int >= 1``, ``list[int]``, ``'a' | 'b'``."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Annotated:
-        rules = [f"{'>' if r.strict else '>='} {r.bound:g}" if isinstance(r, AtLeast) else f"<= {r.bound}" for r in annotation.__metadata__ if isinstance(r, (AtLeast, AtMost))]
+        rules = [
+            f"{'>' if r.strict else '>='} {r.bound:g}" if isinstance(r, AtLeast) else f"<= {r.bound}"
+            for r in annotation.__metadata__
+            if isinstance(r, (AtLeast, AtMost))
+        ]
         return " ".join([type_name(args[0]), *rules])
     if origin is typing.Literal:
         return " | ".join(repr(a) for a in args)

@@ -29,7 +29,7 @@ from typing import Any
 import pyro
 import torch
 
-from pyro_vae.config import Config, build_vae, config_names, load_data, resolve_device
+from pyro_vae.config import Config, TrainConfig, build_vae, config_names, load_data, resolve_device
 from pyro_vae.data import Dataset
 from pyro_vae.distributed import Distributed, from_env
 from pyro_vae.errors import RunError, renamed_errors
@@ -69,7 +69,9 @@ def _prepare_folder(out: Path, overwrite: bool) -> None:
             )
         if not (out / "config.toml").is_file():
             raise RunError(
-                f"{{out}} {out} is not empty and is not a pyro-vae run folder; refusing to delete it: choose another folder", "out"
+                f"{{out}} {out} is not empty and is not a pyro-vae run folder; "
+                "refusing to delete it: choose another folder",
+                "out",
             )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -98,7 +100,11 @@ def _state(vae: VAE, config: Config, state: TrainState) -> dict[str, Any]:
 
 
 def train_run(
-    config: Config, out: str | Path, overwrite: bool = False, progress: bool = True, stop: Callable[[], int | None] | None = None
+    config: Config,
+    out: str | Path,
+    overwrite: bool = False,
+    progress: bool = True,
+    stop: Callable[[], int | None] | None = None,
 ) -> dict[str, Any]:
     """Train the VAE of ``config`` into the run folder ``out`` and return the summary.
 
@@ -119,7 +125,8 @@ def train_run(
         world_size = distributed.world_size if distributed else 1
         check_batch_size(t.batch_size, len(data.train) // world_size)
         check_data_parallel(distributed, t.jit)
-        signum = stop() if stop is not None and distributed is None else None  # (in a job, the processes agree on a stop at the first step)
+        # (in a job, the processes agree on a stop at the first step)
+        signum = stop() if stop is not None and distributed is None else None
         if signum is not None:  # asked to stop before anything was written: write nothing
             raise TrainingInterrupted(None, signum)
         if main:
@@ -128,8 +135,9 @@ def train_run(
         if progress and main:
             processes = f" in {world_size} processes of {t.batch_size} points a batch each" if distributed else ""
             print(
-                f"training on {data.name} ({len(data.train)} train / {len(data.test)} test points) for {t.epochs} epochs "
-                f"on {device}{processes}: {t.elbo} ELBO, {t.num_particles} particle(s), beta {t.beta:g}, into {out}",
+                f"training on {data.name} ({len(data.train)} train / {len(data.test)} test points) "
+                f"for {t.epochs} epochs on {device}{processes}: "
+                f"{t.elbo} ELBO, {t.num_particles} particle(s), beta {t.beta:g}, into {out}",
                 file=sys.stderr,
             )
         return _train_into(out, config, data, vae, None, progress, stop, distributed)
@@ -147,7 +155,9 @@ def _job(device_name: str) -> Iterator[tuple[torch.device, Distributed | None]]:
             distributed.close()
 
 
-def resume_run(run_dir: str | Path, progress: bool = True, stop: Callable[[], int | None] | None = None) -> dict[str, Any]:
+def resume_run(
+    run_dir: str | Path, progress: bool = True, stop: Callable[[], int | None] | None = None
+) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its checkpoint, to the end of its schedule; returns the summary.
 
     The checkpoint holds every random number generator's state and the position in the data
@@ -158,7 +168,10 @@ def resume_run(run_dir: str | Path, progress: bool = True, stop: Callable[[], in
     """
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file():
-        raise RunError(f"{{run_dir}} {run_dir}: not a pyro-vae run folder (no config.toml); give the folder of an earlier run", "run_dir")
+        raise RunError(
+            f"{{run_dir}} {run_dir}: not a pyro-vae run folder (no config.toml); give the folder of an earlier run",
+            "run_dir",
+        )
     if not (run_dir / "checkpoint.pt").is_file():
         raise RunError(
             f"{{run_dir}} {run_dir}: the run stopped before its first checkpoint, so there is nothing to continue; "
@@ -188,7 +201,11 @@ def resume_run(run_dir: str | Path, progress: bool = True, stop: Callable[[], in
             remove_partial_writes(run_dir)
             atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in resume.history))
             if progress:
-                print(f"resuming {run_dir} at epoch {resume.epoch + 1}, step {resume.step} of {config.train.epochs} epochs on {device}", file=sys.stderr)
+                print(
+                    f"resuming {run_dir} at epoch {resume.epoch + 1}, step {resume.step} "
+                    f"of {config.train.epochs} epochs on {device}",
+                    file=sys.stderr,
+                )
         return _train_into(run_dir, config, data, vae, resume, progress, stop, distributed)
 
 
@@ -202,9 +219,10 @@ def _train_into(
     stop: Callable[[], int | None] | None,
     distributed: Distributed | None = None,
 ) -> dict[str, Any]:
-    """Train (or continue) into ``out``: metrics every epoch, checkpoints as configured and on a stop; then pictures and summary.
+    """Train (or continue) into ``out``; then pictures and summary.
 
-    In a data-parallel job only process 0 writes; the others return an empty summary.
+    Metrics are written every epoch, checkpoints as configured and on a stop. In a data-parallel
+    job only process 0 writes; the others return an empty summary.
     """
     t = config.train
     main = distributed is None or distributed.is_main
@@ -222,10 +240,15 @@ def _train_into(
     start = time.perf_counter()
     try:
         history = fit(
-            vae, data, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, elbo=t.elbo, num_particles=t.num_particles,
-            jit=t.jit, beta=t.beta, fused=t.fused, optimizer=t.optimizer, lr_schedule=t.lr_schedule,
-            clip_grad_norm=t.clip_grad_norm, seed=t.seed, progress=progress, on_epoch=on_epoch if main else None,
-            on_checkpoint=on_checkpoint if main else None, resume=resume, stop=stop, distributed=distributed,
+            vae,
+            data,
+            **_fit_options(t),
+            progress=progress,
+            on_epoch=on_epoch if main else None,
+            on_checkpoint=on_checkpoint if main else None,
+            resume=resume,
+            stop=stop,
+            distributed=distributed,
         )
     except TrainingInterrupted as e:
         if e.state is not None:
@@ -234,11 +257,47 @@ def _train_into(
             e.checkpoint = checkpoint
         raise
     except TrainingDiverged as e:
-        kept = f"the last good checkpoint, {checkpoint}, is kept" if checkpoint.is_file() else "no checkpoint had been written yet"
+        kept = (
+            f"the last good checkpoint, {checkpoint}, is kept"
+            if checkpoint.is_file()
+            else "no checkpoint had been written yet"
+        )
         raise TrainingDiverged(f"{e.template}; {kept}", *e.names) from None
     seconds = time.perf_counter() - start
     if not main:
         return {}
+    return _summarize(out, config, data, vae, history, seconds, distributed)
+
+
+def _fit_options(t: TrainConfig) -> dict[str, Any]:
+    """The settings of ``[train]`` that :func:`~pyro_vae.train.fit` takes as keyword arguments."""
+    return {
+        "epochs": t.epochs,
+        "batch_size": t.batch_size,
+        "lr": t.lr,
+        "elbo": t.elbo,
+        "num_particles": t.num_particles,
+        "jit": t.jit,
+        "beta": t.beta,
+        "fused": t.fused,
+        "optimizer": t.optimizer,
+        "lr_schedule": t.lr_schedule,
+        "clip_grad_norm": t.clip_grad_norm,
+        "seed": t.seed,
+    }
+
+
+def _summarize(
+    out: Path,
+    config: Config,
+    data: Dataset,
+    vae: VAE,
+    history: list[dict],
+    seconds: float,
+    distributed: Distributed | None,
+) -> dict[str, Any]:
+    """Draw the pictures of a trained run, evaluate it on the test set, write and return its summary."""
+    t = config.train
     vae.eval()
     pictures = draw_pictures(vae, data, history, out, caption(config))
     torch.manual_seed(t.seed)  # as evaluate_run does: `pyro-vae evaluate` reproduces these numbers in any one process
@@ -268,7 +327,10 @@ def _check_run(run_dir: Path) -> None:
         raise RunError(f"run folder {run_dir} does not exist; give the --out folder of a finished pyro-vae train")
     missing = [f for f in RUN_FILES if not (run_dir / f).is_file()]
     if missing:
-        raise RunError(f"{run_dir} is not a finished pyro-vae run (no {', '.join(missing)}); give the --out folder of pyro-vae train")
+        raise RunError(
+            f"{run_dir} is not a finished pyro-vae run (no {', '.join(missing)}); "
+            "give the --out folder of pyro-vae train"
+        )
 
 
 def load(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[VAE, Config]:
@@ -291,13 +353,17 @@ def _load_model(config: Config, state: dict[str, Any], run_dir: Path) -> VAE:
     """The VAE of ``config`` with the parameters of the checkpoint ``state``."""
     missing = [key for key in ("event_shape", "model") if key not in state]
     if missing:
-        raise RunError(f"checkpoint {run_dir / 'checkpoint.pt'} has no {' or '.join(repr(k) for k in missing)}; it was not written by pyro-vae train: retrain")
+        raise RunError(
+            f"checkpoint {run_dir / 'checkpoint.pt'} has no {' or '.join(repr(k) for k in missing)}; "
+            "it was not written by pyro-vae train: retrain"
+        )
     vae = build_vae(config, tuple(state["event_shape"]))
     try:
         vae.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as e:
         first = str(e).strip().splitlines()[0][:200]
-        raise RunError(f"checkpoint {run_dir / 'checkpoint.pt'} does not fit the model of {run_dir / 'config.toml'} ({first}); was config.toml edited? restore it or retrain") from None
+        raise RunError(
+            f"checkpoint {run_dir / 'checkpoint.pt'} does not fit the model of {run_dir / 'config.toml'} ({first}); "
+            "was config.toml edited? restore it or retrain"
+        ) from None
     return vae
-
-

@@ -29,7 +29,7 @@ GRACE = 2.0
 
 
 def exit_status(signum: int) -> int:
-    """The shell's convention for a process ended by signal ``signum``: 128 + its number (130 for SIGINT, 143 for SIGTERM)."""
+    """The shell's convention for a process ended by signal ``signum``: 128 + its number (SIGINT 130, SIGTERM 143)."""
     return 128 + int(signum)
 
 

@@ -19,7 +19,14 @@ import torch
 
 from pyro_vae.errors import RunError
 
-__all__ = ["atomic_write", "remove_partial_writes", "save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT", "READABLE_FORMATS"]
+__all__ = [
+    "atomic_write",
+    "remove_partial_writes",
+    "save_checkpoint",
+    "load_checkpoint",
+    "CHECKPOINT_FORMAT",
+    "READABLE_FORMATS",
+]
 
 #: Version of the checkpoint layout written now; bumped when it changes. Format 2 adds the
 #: training state (random number generators, data order, position) that ``--resume`` needs.
@@ -99,12 +106,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                 "use a checkpoint written by pyro-vae train, or retrain"
             ) from None
         # torch's own first line here advises loading with weights_only=False, which is never safe to repeat
-        raise RunError(f"cannot read checkpoint {path} (not written by torch.save); it is damaged or not a pyro-vae checkpoint: retrain, or restore it from a copy") from None
+        raise RunError(
+            f"cannot read checkpoint {path} (not written by torch.save); "
+            "it is damaged or not a pyro-vae checkpoint: retrain, or restore it from a copy"
+        ) from None
     except Exception as e:  # truncated or not a torch file
-        raise RunError(f"cannot read checkpoint {path} ({_first_line(e)}); it is damaged or not a pyro-vae checkpoint: retrain, or restore it from a copy") from None
+        raise RunError(
+            f"cannot read checkpoint {path} ({_first_line(e)}); "
+            "it is damaged or not a pyro-vae checkpoint: retrain, or restore it from a copy"
+        ) from None
     if not isinstance(state, dict) or "format" not in state:
-        raise RunError(f"{path} is not a pyro-vae checkpoint (no format tag); point to a run folder written by pyro-vae train")
+        raise RunError(
+            f"{path} is not a pyro-vae checkpoint (no format tag); point to a run folder written by pyro-vae train"
+        )
     if state["format"] not in READABLE_FORMATS:
         known = ", ".join(map(str, READABLE_FORMATS))
-        raise RunError(f"checkpoint {path} has format {state['format']!r}, this pyro-vae reads formats {known}; use the pyro-vae version that wrote it, or retrain")
+        raise RunError(
+            f"checkpoint {path} has format {state['format']!r}, this pyro-vae reads formats {known}; "
+            "use the pyro-vae version that wrote it, or retrain"
+        )
     return state

@@ -12,6 +12,11 @@ the CPU it ends with bit-identical parameters and metrics. ``stop`` lets a calle
 line, on SIGINT or SIGTERM) end training at the next step boundary with
 :class:`TrainingInterrupted`, which carries that state.
 
+In a data-parallel job (``distributed``, see :mod:`pyro_vae.distributed`) each process trains on
+its shard of every batch of ``batch_size`` points, the gradient is averaged over processes, the
+test set is evaluated in shards summed over processes, and each process's draws are seeded with
+``seed + rank``. Only process 0 shows progress; every process calls the callbacks.
+
 Example:
     >>> from pyro_vae import load_dataset, make_vae
     >>> data = load_dataset("digits")
@@ -62,9 +67,22 @@ __all__ = [
     "TrainState",
     "TrainingDiverged",
     "TrainingInterrupted",
+    "METRICS",
     "get_rng_state",
     "set_rng_state",
 ]
+
+#: What each epoch's metrics hold (ELBOs in nats per data point).
+METRICS: dict[str, str] = {
+    "epoch": "the epoch, from 1",
+    "train_elbo": "mean per-point training objective over the epoch's steps (the beta-weighted ELBO when beta != 1)",
+    "test_elbo": "ELBO (beta = 1) of the test set by the training estimator",
+    "test_elbo_<name>": "the same by each reported estimator (mc, analytic and the training one), from the same draws",
+    "seconds": "training time of the epoch",
+    "lr": "learning rate of the epoch",
+    "path": "how the objective was computed: fused, jit or pyro",
+    "kl": "how each latent site's KL term was estimated: closed_form or sampled",
+}
 
 #: How the path an objective takes is described at the start of a run.
 _PATH_TEXT = {
@@ -82,20 +100,26 @@ def check_batch_size(batch_size: int, num_data: int) -> None:
     """Batches have exactly ``batch_size`` points, so there must be at least that many."""
     if batch_size > num_data:
         raise ConfigError(
-            f"{{batch_size}} ({batch_size}) is larger than the training set ({num_data} points); use {{batch_size=}}{num_data} or less",
+            f"{{batch_size}} ({batch_size}) is larger than the training set ({num_data} points); "
+            f"use {{batch_size=}}{num_data} or less",
             "batch_size",
         )
 
 
 def get_rng_state(device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Every random number generator a run on ``device`` draws from (torch, that GPU's, Python, NumPy), as tensors and plain values."""
+    """Every random number generator a run on ``device`` draws from (torch, that GPU's, Python, NumPy), as data."""
     device = torch.device(device)
     numpy = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
         "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else [],
         "python": random.getstate(),
-        "numpy": {"key": torch.from_numpy(numpy[1].astype(np.int64)), "pos": int(numpy[2]), "has_gauss": int(numpy[3]), "cached_gaussian": float(numpy[4])},
+        "numpy": {
+            "key": torch.from_numpy(numpy[1].astype(np.int64)),
+            "pos": int(numpy[2]),
+            "has_gauss": int(numpy[3]),
+            "cached_gaussian": float(numpy[4]),
+        },
     }
 
 
@@ -161,15 +185,25 @@ class TrainingInterrupted(PyroVAEError):
 def check_data_parallel(distributed: Distributed | None, jit: bool) -> None:
     """Pyro's JIT does not run under DistributedDataParallel: a :class:`ConfigError` for the pair."""
     if distributed and jit:
-        raise ConfigError("{jit} cannot be used under torchrun (DistributedDataParallel); the default fused path is faster and exact", "jit")
+        raise ConfigError(
+            "{jit} cannot be used under torchrun (DistributedDataParallel); the default fused path is faster and exact",
+            "jit",
+        )
 
 
 def check_world_size(resume: TrainState, world_size: int, run_dir: Path | None = None) -> None:
-    """A :class:`ConfigError` unless ``resume`` was saved by a run of ``world_size`` processes (its data shards and positions depend on it)."""
+    """A :class:`ConfigError` unless ``resume`` was saved by ``world_size`` processes (its data shards depend on it)."""
     if resume.world_size != world_size:
         where = f" {run_dir}" if run_dir else " RUN_DIR"
-        how = f"torchrun --nproc_per_node={resume.world_size} -m pyro_vae train --resume{where}" if resume.world_size > 1 else f"pyro-vae train --resume{where} without torchrun"
-        raise ConfigError(f"the checkpoint was written by {resume.world_size} process(es), this job has {world_size}; resume with {how}")
+        how = (
+            f"torchrun --nproc_per_node={resume.world_size} -m pyro_vae train --resume{where}"
+            if resume.world_size > 1
+            else f"pyro-vae train --resume{where} without torchrun"
+        )
+        raise ConfigError(
+            f"the checkpoint was written by {resume.world_size} process(es), this job has {world_size}; "
+            f"resume with {how}"
+        )
 
 
 def _check_finite(loss: float, gradient: Tensor, epoch: int, step: int) -> None:
@@ -183,7 +217,8 @@ def _check_finite(loss: float, gradient: Tensor, epoch: int, step: int) -> None:
     if not torch.isfinite(gradient):
         raise TrainingDiverged(
             f"a gradient became {gradient.item()} at epoch {epoch}, step {step} (the loss was {loss:.6g}); "
-            "lower the learning rate ({lr}) or clip the gradient ({clip_grad_norm=}10), and check the data for extreme values",
+            "lower the learning rate ({lr}) or clip the gradient ({clip_grad_norm=}10), "
+            "and check the data for extreme values",
             "lr",
             "clip_grad_norm",
         )
@@ -214,7 +249,7 @@ def svi_step(
     parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     if clip_grad_norm > 0:
         check = torch.nn.utils.clip_grad_norm_(parameters, clip_grad_norm)  # the norm before clipping
-    else:  # a sum is finite exactly when every term is (or it overflows, as no sane gradient does), and costs a third of a norm
+    else:  # a sum is finite exactly when every term is (or it overflows, as no sane gradient does): a third of a norm
         check = torch.stack([p.grad.sum() for p in parameters]).sum() if parameters else torch.zeros(())
     value = loss.item()
     _check_finite(value, check, *where)
@@ -252,8 +287,12 @@ class _Progress:
         self.show, self.epochs = show, epochs
         # disable=None: a bar on terminals only; logs get the epoch lines instead.
         self.bar = tqdm(
-            total=epochs * steps, initial=state.epoch * steps + state.step, disable=None if show else True,
-            unit="step", dynamic_ncols=True, leave=False,
+            total=epochs * steps,
+            initial=state.epoch * steps + state.step,
+            disable=None if show else True,
+            unit="step",
+            dynamic_ncols=True,
+            leave=False,
         )
 
     def start(self, estimator: str, kl: dict[str, str], path: str) -> None:
@@ -313,24 +352,36 @@ class _Loop:
 
     def snapshot(self, epoch: int, step: int, total: float, seconds: float, epoch_order: Tensor) -> TrainState:
         """The run's state after ``step`` steps of epoch ``epoch + 1``."""
-        if self.distributed and step:  # every process stops at this step (agreed): carry the average of their partial sums
+        if (
+            self.distributed and step
+        ):  # every process stops at this step (agreed): carry the average of their partial sums
             total = self.distributed.mean(total)
         return TrainState(
-            epoch, step, total, seconds, epoch_order, get_rng_state(self.device), self.optimizer.state_dict(),
-            self.schedule.state_dict(), list(self.history), self.world_size,
+            epoch,
+            step,
+            total,
+            seconds,
+            epoch_order,
+            get_rng_state(self.device),
+            self.optimizer.state_dict(),
+            self.schedule.state_dict(),
+            list(self.history),
+            self.world_size,
         )
 
     def train_epoch(self, epoch: int, state: TrainState, progress: _Progress, stops: _Stops) -> tuple[float, float]:
-        """The steps of ``epoch`` (from where ``state`` stopped, if it stopped inside it); returns the summed loss and seconds."""
+        """The steps of ``epoch`` (from where ``state`` stopped, if inside it); returns the summed loss and seconds."""
         first = state.step if epoch == state.epoch + 1 else 0
         total, elapsed = (state.total, state.seconds) if first else (0.0, 0.0)
         epoch_order = self.order.get_state()
         self.vae.train()
         start = time.perf_counter()
-        for step, x in enumerate(self.data.batches(self.batch_size, self.order, first, self.rank, self.world_size), first + 1):
+        batches = self.data.batches(self.batch_size, self.order, first, self.rank, self.world_size)
+        for step, x in enumerate(batches, first + 1):
             total += svi_step(self.loss, self.optimizer, x, self.num_data, self.clip_grad_norm, (epoch, step))
             progress.bar.update()
-            stops.check(lambda: self.snapshot(epoch - 1, step, total, elapsed + time.perf_counter() - start, epoch_order))  # noqa: B023
+            seconds = elapsed + time.perf_counter() - start
+            stops.check(lambda: self.snapshot(epoch - 1, step, total, seconds, epoch_order))  # noqa: B023 (called at once)
         seconds = elapsed + time.perf_counter() - start
         if self.distributed:  # each process's losses estimate the same full-data objective: average them
             total = self.distributed.mean(total)
@@ -344,7 +395,9 @@ class _Loop:
             self.schedule.step()
         test = self.data.test[self.rank :: self.world_size] if self.distributed else self.data.test
         reported = reported_with(self.objective.name)
-        scores = evaluate_elbo(self.vae, test, estimators=reported, reduce=self.distributed.all_reduce if self.distributed else None)
+        scores = evaluate_elbo(
+            self.vae, test, estimators=reported, reduce=self.distributed.all_reduce if self.distributed else None
+        )
         metrics = {
             "epoch": epoch,
             "train_elbo": -total / (self.steps * self.num_data),
@@ -365,7 +418,9 @@ def _start(vae: VAE, data: Dataset, distributed: Distributed | None, settings: d
     s = settings
     check_batch_size(s["batch_size"], len(data.train) // world_size)
     if s["clip_grad_norm"] < 0:
-        raise ConfigError(f"{{clip_grad_norm}} must be >= 0 (got {s['clip_grad_norm']}); 0 turns clipping off", "clip_grad_norm")
+        raise ConfigError(
+            f"{{clip_grad_norm}} must be >= 0 (got {s['clip_grad_norm']}); 0 turns clipping off", "clip_grad_norm"
+        )
     check_data_parallel(distributed, s["jit"])
     pyro.set_rng_seed((s["seed"] + rank) % 2**32)  # NumPy, which Pyro seeds too, takes 32-bit seeds
     order = torch.Generator().manual_seed(s["seed"])  # the same permutation in every process; each takes its shard
@@ -374,11 +429,13 @@ def _start(vae: VAE, data: Dataset, distributed: Distributed | None, settings: d
     optimizer = make_optimizer(vae.parameters(), s["lr"], s["optimizer"])
     schedule = make_lr_schedule(optimizer, s["lr_schedule"], s["epochs"])
     kl = kl_methods(vae, data.test[:2], s["elbo"])
-    return _Loop(vae, data, objective, loss, optimizer, schedule, order, s["batch_size"], s["clip_grad_norm"], distributed, kl)
+    return _Loop(
+        vae, data, objective, loss, optimizer, schedule, order, s["batch_size"], s["clip_grad_norm"], distributed, kl
+    )
 
 
 def _restore(loop: _Loop, resume: TrainState | None, seed: int) -> TrainState:
-    """Put the optimiser, schedule, data order and random generators back as ``resume`` saved them (or describe a fresh start)."""
+    """Put the optimiser, schedule, data order and generators back as ``resume`` saved them (or describe a start)."""
     if resume is None:
         return TrainState(order=loop.order.get_state(), rng=get_rng_state(loop.device), world_size=loop.world_size)
     check_world_size(resume, loop.world_size)
@@ -417,51 +474,29 @@ def fit(
     stop: Callable[[], int | None] | None = None,
     distributed: Distributed | None = None,
 ) -> list[dict]:
-    """Train ``vae`` on ``data.train`` by SVI and report the ELBO per epoch.
+    """Train ``vae`` on ``data.train`` by SVI; returns one dict of metrics per epoch (:data:`METRICS`).
 
     Args:
-        vae: the model/guide pair, on the same device as ``data``.
-        data: the data set; its test split is evaluated after every epoch.
-        epochs, batch_size, lr: the schedule; each epoch is one random permutation of the
-            training set in batches of exactly ``batch_size``.
-        elbo, num_particles, jit, beta, fused: the objective (see :class:`~pyro_vae.objectives.Objective`);
-            ``fused="auto"`` trains on the fastest exact path: the fused estimator, unless ``jit``
-            is asked for or ``vae`` redefines its model or guide.
-        optimizer: ``{"type": name, **params}`` from :data:`~pyro_vae.optim.OPTIMIZERS` (default Adam).
-        lr_schedule: ``{"type": name, **params}`` from :data:`~pyro_vae.optim.LR_SCHEDULES`,
-            stepped after every epoch (default constant).
-        clip_grad_norm: if positive, the largest total gradient norm of a step.
-        seed: seeds Pyro, torch, numpy and the data order; the same seed gives the same run.
-        progress: show a progress bar.
-        on_epoch: called after each epoch with that epoch's metrics and the optimiser
-            (the run folder uses it to write metrics).
-        on_checkpoint: called after each epoch (after ``on_epoch``) with the :class:`TrainState`
-            (the run folder uses it to write checkpoints).
-        resume: continue from this state instead of starting; ``vae`` must hold the parameters
-            saved with it.
-        stop: polled after every step; when it returns a value other than ``None`` (a signal
-            number, say), training ends with :class:`TrainingInterrupted` carrying the state.
-        distributed: this process's place in a data-parallel job (:mod:`pyro_vae.distributed`):
-            it trains on its shard of every batch with ``batch_size`` points, the gradient is
-            averaged over processes, evaluation is summed over them, and its draws are seeded
-            with ``seed + rank``. Only process 0 shows progress; all call the callbacks.
-
-    Returns:
-        One dict per epoch (those of ``resume`` first): ``epoch``; ``train_elbo``, the mean
-        per-point training objective (the ELBO when ``beta = 1``, the beta-weighted ELBO
-        otherwise) over the epoch's steps; ``test_elbo``, the ELBO (beta = 1) of the test set by
-        the same estimator, and ``test_elbo_<name>`` by each reported estimator (``mc`` and
-        ``analytic``, from the same draws); ``seconds`` of training in the epoch; ``lr``, the
-        learning rate of the epoch; ``path``, how the objective was computed (``fused``, ``jit``
-        or ``pyro``); ``kl``, how each latent site's KL term was estimated (``closed_form`` or
-        ``sampled``, see :func:`~pyro_vae.objectives.kl_methods`). ELBOs are in nats per data point.
+        epochs, batch_size, lr, optimizer, lr_schedule: each epoch is a random permutation of the training
+            set in batches of exactly ``batch_size``; ``optimizer`` and ``lr_schedule`` are ``{"type": name,
+            ...}`` of :mod:`pyro_vae.optim` (default Adam, constant), the schedule stepped after each epoch.
+        elbo, num_particles, jit, beta, fused: the objective (:class:`~pyro_vae.objectives.Objective`);
+            ``fused="auto"`` takes the fastest exact path (:func:`~pyro_vae.objectives.choose_path`).
+        clip_grad_norm, seed, progress: the largest gradient norm of a step (0: no clipping); the seed of
+            Pyro, torch, numpy and the data order; a progress bar.
+        on_epoch, on_checkpoint: called after each epoch with its metrics and the optimiser, then with the
+            :class:`TrainState` (the run folder writes metrics and checkpoints).
+        resume, stop, distributed: continue from a :class:`TrainState` (``vae`` holding its parameters);
+            a function polled after every step whose answer other than ``None`` ends training with
+            :class:`TrainingInterrupted`; this process's place in a data-parallel job (see the module).
 
     Raises:
-        TrainingDiverged: the loss or the gradient of a step is not finite (the parameters are
-            those before that step).
+        TrainingDiverged: a loss or gradient is not finite (the parameters are those before that step).
         TrainingInterrupted: ``stop`` asked for it.
     """
-    settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, elbo=elbo, num_particles=num_particles, jit=jit, beta=beta)
+    settings = dict(
+        epochs=epochs, batch_size=batch_size, lr=lr, elbo=elbo, num_particles=num_particles, jit=jit, beta=beta
+    )
     settings.update(fused=fused, optimizer=optimizer, lr_schedule=lr_schedule, clip_grad_norm=clip_grad_norm, seed=seed)
     loop = _start(vae, data, distributed, settings)
     progress_ = _Progress(progress and loop.rank == 0, epochs, loop.steps, resume or TrainState())

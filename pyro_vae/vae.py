@@ -166,10 +166,18 @@ def make_vae(
         likelihood: from :data:`~pyro_vae.likelihoods.LIKELIHOODS` (default ``bernoulli``).
     """
     event_shape = tuple(event_shape)
-    encoder, decoder = NETWORKS.build(network or {"type": "mlp"}, "model.network", event_shape=event_shape, latent_dim=latent_dim)
+    encoder, decoder = NETWORKS.build(
+        network or {"type": "mlp"}, "model.network", event_shape=event_shape, latent_dim=latent_dim
+    )
     return VAE(
         encoder,
         decoder,
-        PRIORS.build(prior or {"type": "standard_normal"}, "model.prior", latent_dim=latent_dim, encoder=encoder, event_shape=event_shape),
+        PRIORS.build(
+            prior or {"type": "standard_normal"},
+            "model.prior",
+            latent_dim=latent_dim,
+            encoder=encoder,
+            event_shape=event_shape,
+        ),
         LIKELIHOODS.build(likelihood or {"type": "bernoulli"}, "model.likelihood", event_shape=event_shape),
     )

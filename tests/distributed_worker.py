@@ -35,8 +35,12 @@ def toy_data():
 
 def train(case, batch_size, distributed=None):
     torch.manual_seed(0)
-    vae = make_vae((4, 4), latent_dim=2, network={"type": "mlp", "hidden": [8]}, prior={"type": "normal", "learnable": True}).double()
-    history = fit(vae, toy_data(), epochs=2, batch_size=batch_size, progress=False, seed=3, distributed=distributed, **case)
+    vae = make_vae(
+        (4, 4), latent_dim=2, network={"type": "mlp", "hidden": [8]}, prior={"type": "normal", "learnable": True}
+    ).double()
+    history = fit(
+        vae, toy_data(), epochs=2, batch_size=batch_size, progress=False, seed=3, distributed=distributed, **case
+    )
     return {"parameters": vae.state_dict(), "history": history}
 
 

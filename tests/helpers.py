@@ -8,7 +8,9 @@ EVENT_SHAPE = (4, 4)
 
 
 def tiny_vae(latent_dim: int = 2, hidden=(8,), double: bool = True, prior=None, likelihood=None):
-    vae = make_vae(EVENT_SHAPE, latent_dim, network={"type": "mlp", "hidden": list(hidden)}, prior=prior, likelihood=likelihood)
+    vae = make_vae(
+        EVENT_SHAPE, latent_dim, network={"type": "mlp", "hidden": list(hidden)}, prior=prior, likelihood=likelihood
+    )
     return vae.double() if double else vae
 
 

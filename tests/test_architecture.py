@@ -44,5 +44,7 @@ def _compared_names(tree):
 @pytest.mark.parametrize("path", [p for p in modules() if p.name != "estimators.py"], ids=lambda p: p.name)
 def test_no_estimator_name_is_compared_outside_the_estimators_module(path):
     names = set(ESTIMATORS)
-    found = [f"{value!r} at line {line}" for value, line in _compared_names(ast.parse(path.read_text())) if value in names]
+    found = [
+        f"{value!r} at line {line}" for value, line in _compared_names(ast.parse(path.read_text())) if value in names
+    ]
     assert not found, f"{path.name} compares estimator names: {', '.join(found)}"

@@ -21,7 +21,11 @@ def test_speed_benchmark_runs_in_smoke_mode(tmp_path):
     # PYTHONWARNINGS reaches the memory part's process too: the benchmark is held to the suite's warnings-as-errors.
     result = subprocess.run(
         [sys.executable, str(SPEED), "--smoke"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300, env={**os.environ, "PYTHONWARNINGS": "error"},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
     )
     assert result.returncode == 0, result.stderr
     for title in TABLES:

@@ -14,7 +14,9 @@ SMALL = ["--epochs", "2", "--hidden", "32", "--latent-dim", "2", "--batch-size",
 
 
 def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "pyro_vae", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pyro_vae", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,9 @@ def trained(tmp_path_factory):
 def test_train_then_evaluate_json(trained):
     out, result = trained
     assert f"run folder: {out}" in result.stdout and "test ELBO" in result.stdout
-    assert {"config.toml", "metrics.jsonl", "checkpoint.pt", "reconstructions.png", "samples.png"} <= {p.name for p in out.iterdir()}
+    assert {"config.toml", "metrics.jsonl", "checkpoint.pt", "reconstructions.png", "samples.png"} <= {
+        p.name for p in out.iterdir()
+    }
     evaluated = run("evaluate", out, "--json", "--num-particles", "4")
     assert evaluated.returncode == 0, evaluated.stderr
     report = json.loads(evaluated.stdout)
@@ -53,9 +57,12 @@ def test_console_script_is_installed():
 
 def test_config_file_and_set(tmp_path):
     config = tmp_path / "c.toml"
-    config.write_text('[train]\nepochs = 1\nbatch_size = 500\n\n[model]\nlatent_dim = 3\n')
+    config.write_text("[train]\nepochs = 1\nbatch_size = 500\n\n[model]\nlatent_dim = 3\n")
     out = tmp_path / "run"
-    assert main(["train", "--config", str(config), "--set", "model.network.hidden=[16]", "--quiet", "--out", str(out)]) == 0
+    assert (
+        main(["train", "--config", str(config), "--set", "model.network.hidden=[16]", "--quiet", "--out", str(out)])
+        == 0
+    )
     saved = (out / "config.toml").read_text()
     assert "latent_dim = 3" in saved and "hidden = [16]" in saved and "batch_size = 500" in saved
 
@@ -104,7 +111,11 @@ def test_argparse_rejects_malformed_numbers(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parents[1] / "examples" / "configs").glob("*.toml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "config",
+    sorted((Path(__file__).resolve().parents[1] / "examples" / "configs").glob("*.toml")),
+    ids=lambda p: p.stem,
+)
 def test_every_example_config_trains_for_two_epochs(config, tmp_path, capsys):
     out = tmp_path / config.stem
     assert main(["train", "--config", str(config), "--epochs", "2", "--out", str(out)]) == 0
@@ -142,5 +153,11 @@ def test_plot_redraws_every_picture(trained, capsys):
         (out / name).unlink()
     assert main(["plot", str(out)]) == 0
     printed = capsys.readouterr().out.split()
-    assert {Path(p).name for p in printed} == {"reconstructions.png", "samples.png", "latent.png", "manifold.png", "curves.png"}
+    assert {Path(p).name for p in printed} == {
+        "reconstructions.png",
+        "samples.png",
+        "latent.png",
+        "manifold.png",
+        "curves.png",
+    }
     assert all(Path(p).stat().st_size > 0 for p in printed)

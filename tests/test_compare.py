@@ -39,7 +39,9 @@ def test_means_agree_within_four_standard_errors(result):
 def test_gradient_variance_falls_as_one_over_particles(result):
     for estimator in ("mc", "analytic"):
         for group in ("encoder", "decoder"):
-            ratio = row(result, estimator, 1)["grad_variance"][group] / row(result, estimator, 16)["grad_variance"][group]
+            ratio = (
+                row(result, estimator, 1)["grad_variance"][group] / row(result, estimator, 16)["grad_variance"][group]
+            )
             assert abs(ratio / 16 - 1) < 4 * RATIO_RSE, (estimator, group, ratio)
 
 

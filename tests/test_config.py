@@ -19,7 +19,11 @@ def test_defaults_are_complete_and_round_trip():
 
 
 def test_file_round_trip(tmp_path):
-    text = '[train]\nepochs = 3\nbeta = 0.5\nelbo = "analytic"\n\n[model]\nlatent_dim = 2\n\n[model.network]\ntype = "mlp"\nhidden = [64, 32]\n'
+    text = (
+        '[train]\nepochs = 3\nbeta = 0.5\nelbo = "analytic"\n\n'
+        "[model]\nlatent_dim = 2\n\n"
+        '[model.network]\ntype = "mlp"\nhidden = [64, 32]\n'
+    )
     (tmp_path / "a.toml").write_text(text)
     config = Config.from_toml(tmp_path / "a.toml")
     assert (config.train.epochs, config.train.beta, config.model.network["hidden"]) == (3, 0.5, [64, 32])
@@ -29,9 +33,16 @@ def test_file_round_trip(tmp_path):
 
 
 def test_overrides():
-    values = apply_overrides(Config().to_dict(), ["train.epochs=5", "model.network.hidden=[32, 16]", "data.dataset=mnist", "train.lr=1e-4"])
+    values = apply_overrides(
+        Config().to_dict(), ["train.epochs=5", "model.network.hidden=[32, 16]", "data.dataset=mnist", "train.lr=1e-4"]
+    )
     config = Config.from_dict(values)
-    assert (config.train.epochs, config.model.network["hidden"], config.data.dataset, config.train.lr) == (5, [32, 16], "mnist", 1e-4)
+    assert (config.train.epochs, config.model.network["hidden"], config.data.dataset, config.train.lr) == (
+        5,
+        [32, 16],
+        "mnist",
+        1e-4,
+    )
 
 
 @pytest.mark.parametrize(
@@ -51,25 +62,53 @@ def test_overrides():
         ({"data": {"binarize": "yes"}}, "data.binarize must be one of 'none', 'static', 'dynamic' (got 'yes')"),
         ({"model": {"latent_dim": 0}}, "model.latent_dim must be >= 1 (got 0)"),
         ({"model": {"prior": {}}}, "model.prior.type is missing; known prior types: standard_normal"),
-        ({"model": {"likelihood": {"type": "poisson"}}}, "model.likelihood.type: unknown likelihood type 'poisson'; known: bernoulli"),
-        ({"model": {"network": {"type": "mlp", "hiden": [3]}}}, "model.network.hiden: unknown parameter for network 'mlp'; allowed: hidden, activation"),
+        (
+            {"model": {"likelihood": {"type": "poisson"}}},
+            "model.likelihood.type: unknown likelihood type 'poisson'; known: bernoulli",
+        ),
+        (
+            {"model": {"network": {"type": "mlp", "hiden": [3]}}},
+            "model.network.hiden: unknown parameter for network 'mlp'; allowed: hidden, activation",
+        ),
         ({"model": {"network": {"type": "mlp", "hidden": "400"}}}, "model.network.hidden must be a list (got '400')"),
-        ({"model": {"network": {"type": "mlp", "hidden": [400, "a"]}}}, "model.network.hidden[1] must be an integer (got 'a')"),
+        (
+            {"model": {"network": {"type": "mlp", "hidden": [400, "a"]}}},
+            "model.network.hidden[1] must be an integer (got 'a')",
+        ),
         ({"model": {"network": 3}}, "model.network must be a table with a 'type' key (got 3)"),
         ({"train": 3}, "train must be a table (got 3)"),
         ({"model": {"prior": {"type": "mixture", "components": 0}}}, "model.prior.components must be >= 1 (got 0)"),
         ({"model": {"prior": {"type": "vamp", "components": -5}}}, "model.prior.components must be >= 1 (got -5)"),
         ({"model": {"prior": {"type": "student_t", "df": 0}}}, "model.prior.df must be > 0 (got 0.0)"),
         ({"model": {"prior": {"type": "normal", "scale": -1.0}}}, "model.prior.scale must be > 0 (got -1.0)"),
-        ({"model": {"prior": {"type": "normal", "learnable": 1}}}, "model.prior.learnable must be true or false (got 1)"),
-        ({"model": {"prior": {"type": "flow", "transform": "planar"}}}, "model.prior.transform must be one of 'spline_autoregressive', 'affine_autoregressive', 'spline_coupling', 'affine_coupling' (got 'planar')"),
+        (
+            {"model": {"prior": {"type": "normal", "learnable": 1}}},
+            "model.prior.learnable must be true or false (got 1)",
+        ),
+        (
+            {"model": {"prior": {"type": "flow", "transform": "planar"}}},
+            "model.prior.transform must be one of 'spline_autoregressive', 'affine_autoregressive', "
+            "'spline_coupling', 'affine_coupling' (got 'planar')",
+        ),
         ({"model": {"prior": {"type": "flow", "hidden": [32, 0]}}}, "model.prior.hidden[1] must be >= 1 (got 0)"),
-        ({"model": {"prior": {"type": "standard_normal", "scale": 2.0}}}, "model.prior.scale: unknown parameter for prior 'standard_normal'; allowed: none"),
-        ({"model": {"likelihood": {"type": "gaussian", "learn_scale": "pixel"}}}, "model.likelihood.learn_scale must be one of 'none', 'global', 'per_pixel' (got 'pixel')"),
+        (
+            {"model": {"prior": {"type": "standard_normal", "scale": 2.0}}},
+            "model.prior.scale: unknown parameter for prior 'standard_normal'; allowed: none",
+        ),
+        (
+            {"model": {"likelihood": {"type": "gaussian", "learn_scale": "pixel"}}},
+            "model.likelihood.learn_scale must be one of 'none', 'global', 'per_pixel' (got 'pixel')",
+        ),
         ({"model": {"likelihood": {"type": "gaussian", "scale": 0}}}, "model.likelihood.scale must be > 0 (got 0.0)"),
         ({"model": {"network": {"type": "conv", "channels": []}}}, None),
-        ({"model": {"network": {"type": "mlp", "activation": "sigmoid"}}}, "model.network.activation must be one of 'relu'"),
-        ({"model": {"network": {"type": "resnet"}}}, "model.network.type: unknown network type 'resnet'; known: mlp, conv"),
+        (
+            {"model": {"network": {"type": "mlp", "activation": "sigmoid"}}},
+            "model.network.activation must be one of 'relu'",
+        ),
+        (
+            {"model": {"network": {"type": "resnet"}}},
+            "model.network.type: unknown network type 'resnet'; known: mlp, conv",
+        ),
     ],
 )
 def test_bad_values_name_the_field_the_value_and_the_fix(values, message):
@@ -85,7 +124,10 @@ def test_bad_values_name_the_field_the_value_and_the_fix(values, message):
 def test_unknown_prior_lists_every_registered_prior():
     with pytest.raises(ConfigError) as info:
         Config.from_dict({"model": {"prior": {"type": "vampp"}}})
-    assert str(info.value) == "model.prior.type: unknown prior type 'vampp'; known: standard_normal, normal, laplace, student_t, mixture, vamp, flow"
+    assert (
+        str(info.value) == "model.prior.type: unknown prior type 'vampp'; "
+        "known: standard_normal, normal, laplace, student_t, mixture, vamp, flow"
+    )
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.stem)

@@ -84,7 +84,12 @@ def test_users_file(tmp_path, suffix):
 
 def test_users_file_with_own_split_and_labels(tmp_path):
     rng = np.random.default_rng(0)
-    arrays = {"train": rng.random((20, 6)), "test": rng.random((5, 6)), "train_labels": np.arange(20), "test_labels": np.arange(5)}
+    arrays = {
+        "train": rng.random((20, 6)),
+        "test": rng.random((5, 6)),
+        "train_labels": np.arange(20),
+        "test_labels": np.arange(5),
+    }
     data = load_dataset(str(_save(tmp_path / "d.npz", arrays)), **UNIT)
     assert len(data.train) == 20 and len(data.test) == 5 and data.test_labels.tolist() == list(range(5))
 
@@ -97,13 +102,24 @@ def _write_bytes(path: Path, payload: bytes) -> Path:
 @pytest.mark.parametrize(
     "make,message",
     [
-        (lambda p: _save(p / "nan.npy", np.array([[0.5, np.nan]] * 10)), r"contains nan at index \[\d+, 1\]; remove or replace NaN"),
+        (
+            lambda p: _save(p / "nan.npy", np.array([[0.5, np.nan]] * 10)),
+            r"contains nan at index \[\d+, 1\]; remove or replace NaN",
+        ),
         (lambda p: _save(p / "inf.npy", np.array([[0.5, np.inf]] * 10)), r"contains inf"),
-        (lambda p: _save(p / "big.npy", np.full((10, 4), 1.3)), r"value 1.3 at index \[0, 0\], outside \[0, 1\]; rescale the data into \[0, 1\]"),
+        (
+            lambda p: _save(p / "big.npy", np.full((10, 4), 1.3)),
+            r"value 1.3 at index \[0, 0\], outside \[0, 1\]; rescale the data into \[0, 1\]",
+        ),
         (lambda p: _save(p / "flat.npy", np.zeros(10)), r"must have the shape \(N, \.\.\.\)"),
         (lambda p: _save(p / "empty.npy", np.zeros((0, 4))), r"needs at least one of each"),
         (lambda p: _save(p / "text.npy", np.array([["a", "b"]] * 5)), r"has dtype <U1; store real numbers"),
-        (lambda p: _write_bytes(p / "trunc.npy", b"\x93NUMPY\x01\x00v\x00{'descr': '<f8', 'fortran_order': False, 'shape': (100, 4)}"), r"cannot read data file .*trunc.npy"),
+        (
+            lambda p: _write_bytes(
+                p / "trunc.npy", b"\x93NUMPY\x01\x00v\x00{'descr': '<f8', 'fortran_order': False, 'shape': (100, 4)}"
+            ),
+            r"cannot read data file .*trunc.npy",
+        ),
         (lambda p: _write_bytes(p / "junk.pt", b"not a torch file"), r"cannot read data file .*junk.pt"),
         (lambda p: p / "missing.npy", r"does not exist"),
         (lambda p: _save(p / "two.npz", {"a": np.zeros((5, 2)), "b": np.zeros((5, 2))}), r"name the data 'x'"),
@@ -121,7 +137,10 @@ def test_pickled_object_file_is_refused(tmp_path):
         load_dataset(str(path), **UNIT)
 
 
-@pytest.mark.parametrize("name,message", [("cifar", r"unknown data set 'cifar'; use digits, mnist or the path"), ("x.csv", r"unknown data set 'x.csv'")])
+@pytest.mark.parametrize(
+    "name,message",
+    [("cifar", r"unknown data set 'cifar'; use digits, mnist or the path"), ("x.csv", r"unknown data set 'x.csv'")],
+)
 def test_unknown_dataset(name, message):
     with pytest.raises(DataError, match=message):
         load_dataset(name)

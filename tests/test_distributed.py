@@ -24,7 +24,11 @@ pytestmark = pytest.mark.slow
 
 def torchrun(*args, nproc=2, **kwargs):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]), "PYTHONWARNINGS": "ignore"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONWARNINGS": "ignore",
+    }
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
@@ -42,7 +46,9 @@ def test_two_processes_of_batch_b_step_like_one_process_of_batch_2b(tmp_path, mo
     finish(torchrun(str(HERE / "distributed_worker.py"), str(tmp_path / "ddp.pt"), "4"))
     distributed = torch.load(tmp_path / "ddp.pt", weights_only=True)
 
-    monkeypatch.setattr(torch.distributions.Normal, "rsample", torch.distributions.Normal.rsample)  # undone after the test
+    monkeypatch.setattr(
+        torch.distributions.Normal, "rsample", torch.distributions.Normal.rsample
+    )  # undone after the test
     dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     distributed_worker.deterministic_draws()
@@ -52,7 +58,13 @@ def test_two_processes_of_batch_b_step_like_one_process_of_batch_2b(tmp_path, mo
         torch.set_default_dtype(dtype)
     for case, d, s in zip(distributed_worker.CASES, distributed, single):
         for name in s["parameters"]:
-            torch.testing.assert_close(d["parameters"][name], s["parameters"][name], rtol=1e-9, atol=1e-12, msg=lambda m, name=name, case=case: f"{case} {name}: {m}")
+            torch.testing.assert_close(
+                d["parameters"][name],
+                s["parameters"][name],
+                rtol=1e-9,
+                atol=1e-12,
+                msg=lambda m, name=name, case=case: f"{case} {name}: {m}",
+            )
         for hd, hs in zip(d["history"], s["history"]):  # losses averaged over processes, evaluation summed over shards
             for key in ("train_elbo", "test_elbo_mc", "test_elbo_analytic"):
                 assert hd[key] == pytest.approx(hs[key], rel=1e-10), (case, key)
@@ -92,7 +104,20 @@ def _children(pid):
 
 def test_killing_one_process_ends_the_job_with_an_error_not_a_hang(tmp_path):
     run = tmp_path / "run"
-    process = torchrun("-m", "pyro_vae", "train", "--epochs", "500", "--hidden", "32", "--latent-dim", "2", "--quiet", "--out", str(run))
+    process = torchrun(
+        "-m",
+        "pyro_vae",
+        "train",
+        "--epochs",
+        "500",
+        "--hidden",
+        "32",
+        "--latent-dim",
+        "2",
+        "--quiet",
+        "--out",
+        str(run),
+    )
     deadline = time.monotonic() + 120
     while not (run / "metrics.jsonl").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)  # training has started in both processes
@@ -104,13 +129,27 @@ def test_killing_one_process_ends_the_job_with_an_error_not_a_hang(tmp_path):
     _, err = process.communicate(timeout=120)
     assert process.returncode != 0
     assert time.monotonic() - killed < 60
-    assert all(not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text() for pid in workers)
+    assert all(
+        not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text() for pid in workers
+    )
     assert (run / "config.toml").exists() and not list(run.glob(".*.tmp"))
 
 
 def test_a_stopped_two_process_run_resumes_under_torchrun_only(tmp_path):
     run = tmp_path / "run"
-    args = ["--epochs", "40", "--hidden", "32", "--latent-dim", "2", "--seed", "4294967000", "--checkpoint-every", "0", "--quiet"]
+    args = [
+        "--epochs",
+        "40",
+        "--hidden",
+        "32",
+        "--latent-dim",
+        "2",
+        "--seed",
+        "4294967000",
+        "--checkpoint-every",
+        "0",
+        "--quiet",
+    ]
     process = torchrun("-m", "pyro_vae", "train", *args, "--out", str(run))
     deadline = time.monotonic() + 120
     while not (run / "metrics.jsonl").exists() and process.poll() is None and time.monotonic() < deadline:
@@ -124,8 +163,13 @@ def test_a_stopped_two_process_run_resumes_under_torchrun_only(tmp_path):
     state = load_checkpoint(run / "checkpoint.pt")
     assert state["train"]["world_size"] == 2 and state["epoch"] < 40
 
-    single = subprocess.run([sys.executable, "-m", "pyro_vae", "train", "--resume", str(run)], capture_output=True, text=True, timeout=120)
-    assert single.returncode == 2 and "written by 2 process(es), this job has 1; resume with torchrun --nproc_per_node=2" in single.stderr
+    single = subprocess.run(
+        [sys.executable, "-m", "pyro_vae", "train", "--resume", str(run)], capture_output=True, text=True, timeout=120
+    )
+    assert (
+        single.returncode == 2
+        and "written by 2 process(es), this job has 1; resume with torchrun --nproc_per_node=2" in single.stderr
+    )
     finish(torchrun("-m", "pyro_vae", "train", "--resume", str(run), "--quiet"))
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == list(range(1, 41))

@@ -25,7 +25,10 @@ def test_every_example_is_listed():
 def test_example_runs_in_smoke_mode(name, tmp_path):
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / name), "--smoke", *SMOKE_RUNS[name]],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()

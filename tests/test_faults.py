@@ -61,7 +61,12 @@ def assert_same_parameters(a, b):
 @pytest.mark.parametrize("polls", [0, 1, 5, 9, 13, 18])
 @pytest.mark.parametrize(
     "options",
-    [dict(elbo="mc"), dict(elbo="analytic", fused=True), dict(elbo="analytic", jit=True), dict(elbo="mc", num_particles=3, binarize="dynamic")],
+    [
+        dict(elbo="mc"),
+        dict(elbo="analytic", fused=True),
+        dict(elbo="analytic", jit=True),
+        dict(elbo="mc", num_particles=3, binarize="dynamic"),
+    ],
     ids=["mc", "analytic-fused", "analytic-jit", "mc-3-particles-dynamic-binarization"],
 )
 def test_stop_and_resume_is_bit_identical(polls, options):
@@ -86,10 +91,17 @@ def test_stop_and_resume_is_bit_identical(polls, options):
 
 
 def test_a_stopped_run_resumes_through_its_checkpoint(tmp_path):
-    config = Config.from_dict({"model": {"latent_dim": 2, "network": {"type": "mlp", "hidden": [8]}}, "train": {"epochs": 3, "batch_size": 256, "checkpoint_every": 0}})
+    config = Config.from_dict(
+        {
+            "model": {"latent_dim": 2, "network": {"type": "mlp", "hidden": [8]}},
+            "train": {"epochs": 3, "batch_size": 256, "checkpoint_every": 0},
+        }
+    )
     train_run(config, tmp_path / "whole", progress=False)
     with pytest.raises(TrainingInterrupted) as info:
-        train_run(config, tmp_path / "stopped", progress=False, stop=stop_after(9))  # polls: before writing, at the start, 5 steps, end of epoch 1, 2 steps
+        train_run(
+            config, tmp_path / "stopped", progress=False, stop=stop_after(9)
+        )  # polls: before writing, at the start, 5 steps, end of epoch 1, 2 steps
     assert info.value.checkpoint == tmp_path / "stopped" / "checkpoint.pt"
     state = load_checkpoint(info.value.checkpoint)
     assert (state["epoch"], state["step"]) == (1, 2)
@@ -97,9 +109,15 @@ def test_a_stopped_run_resumes_through_its_checkpoint(tmp_path):
     resume_run(tmp_path / "stopped", progress=False)
     whole, stopped = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("whole", "stopped"))
     assert_same_parameters(stopped["model"], whole["model"])
-    lines = lambda name: strip(json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines())  # noqa: E731
+
+    def lines(name):
+        return strip(json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines())
+
     assert lines("stopped") == lines("whole")
-    assert json.loads((tmp_path / "stopped" / "summary.json").read_text())["test_elbo_mc"] == json.loads((tmp_path / "whole" / "summary.json").read_text())["test_elbo_mc"]
+    assert (
+        json.loads((tmp_path / "stopped" / "summary.json").read_text())["test_elbo_mc"]
+        == json.loads((tmp_path / "whole" / "summary.json").read_text())["test_elbo_mc"]
+    )
 
 
 def test_stop_before_anything_is_written_writes_nothing(tmp_path):
@@ -110,13 +128,24 @@ def test_stop_before_anything_is_written_writes_nothing(tmp_path):
 
 
 def test_resume_refuses_what_it_cannot_continue(tmp_path, capsys):
-    config = Config.from_dict({"model": {"latent_dim": 2, "network": {"type": "mlp", "hidden": [8]}}, "train": {"epochs": 1, "batch_size": 512}})
+    config = Config.from_dict(
+        {
+            "model": {"latent_dim": 2, "network": {"type": "mlp", "hidden": [8]}},
+            "train": {"epochs": 1, "batch_size": 512},
+        }
+    )
     run = tmp_path / "run"
     train_run(config, run, progress=False)
     cases = {
         "a folder that is not a run": (tmp_path / "nothing", "not a pyro-vae run folder \\(no config.toml\\)"),
-        "a run with no checkpoint yet": (tmp_path / "early", "stopped before its first checkpoint, so there is nothing to continue; start it again"),
-        "an edited config": (tmp_path / "edited", "config.toml differs from the configuration the checkpoint was trained with; restore config.toml"),
+        "a run with no checkpoint yet": (
+            tmp_path / "early",
+            "stopped before its first checkpoint, so there is nothing to continue; start it again",
+        ),
+        "an edited config": (
+            tmp_path / "edited",
+            "config.toml differs from the configuration the checkpoint was trained with; restore config.toml",
+        ),
         "a format-1 checkpoint": (tmp_path / "old", "has no training state; it can be evaluated, not resumed"),
     }
     (tmp_path / "nothing").mkdir()
@@ -124,17 +153,28 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path, capsys):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.toml").write_text((run / "config.toml").read_text())
     (tmp_path / "edited" / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes())
-    (tmp_path / "edited" / "config.toml").write_text((run / "config.toml").read_text().replace("lr = 0.001", "lr = 0.01"))
+    (tmp_path / "edited" / "config.toml").write_text(
+        (run / "config.toml").read_text().replace("lr = 0.001", "lr = 0.01")
+    )
     old = load_checkpoint(run / "checkpoint.pt")
-    save_checkpoint(tmp_path / "old" / "checkpoint.pt", {k: v for k, v in old.items() if k not in ("train", "step", "format")} | {"optimizer": old["train"]["optimizer"]})
-    torch.save({**torch.load(tmp_path / "old" / "checkpoint.pt", weights_only=True), "format": 1}, tmp_path / "old" / "checkpoint.pt")
+    save_checkpoint(
+        tmp_path / "old" / "checkpoint.pt",
+        {k: v for k, v in old.items() if k not in ("train", "step", "format")}
+        | {"optimizer": old["train"]["optimizer"]},
+    )
+    torch.save(
+        {**torch.load(tmp_path / "old" / "checkpoint.pt", weights_only=True), "format": 1},
+        tmp_path / "old" / "checkpoint.pt",
+    )
     for what, (folder, message) in cases.items():
         before = sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir())
         with pytest.raises(RunError, match=message):
             resume_run(folder, progress=False)
         assert sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir()) == before, what
     assert main(["train", "--resume", str(run), "--epochs", "5"]) == 2
-    assert "--resume continues" in capsys.readouterr().err and "drop --epochs" in capsys.readouterr().err + "drop --epochs"
+    assert (
+        "--resume continues" in capsys.readouterr().err and "drop --epochs" in capsys.readouterr().err + "drop --epochs"
+    )
 
 
 def test_a_nan_gradient_stops_before_the_parameters_move():
@@ -143,13 +183,24 @@ def test_a_nan_gradient_stops_before_the_parameters_move():
     before = {k: v.clone() for k, v in vae.state_dict().items()}
     weight = vae.decoder.net[0].weight
     weight.register_hook(lambda g: torch.full_like(g, float("nan")))  # a finite loss whose gradient is not
-    with pytest.raises(TrainingDiverged, match=r"a gradient became nan at epoch 1, step 1 \(the loss was .*\); lower the learning rate \(lr\) or clip the gradient"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=(
+            r"a gradient became nan at epoch 1, step 1 \(the loss was .*\); "
+            r"lower the learning rate \(lr\) or clip the gradient"
+        ),
+    ):
         fit(vae, data, epochs=1, batch_size=10, progress=False)
     assert_same_parameters(vae.state_dict(), before)
 
 
 def test_divergence_names_the_checkpoint_it_keeps(tmp_path, monkeypatch):
-    config = Config.from_dict({"model": {"latent_dim": 2, "network": {"type": "mlp", "hidden": [8]}}, "train": {"epochs": 3, "batch_size": 512, "checkpoint_every": 1}})
+    config = Config.from_dict(
+        {
+            "model": {"latent_dim": 2, "network": {"type": "mlp", "hidden": [8]}},
+            "train": {"epochs": 3, "batch_size": 512, "checkpoint_every": 1},
+        }
+    )
     real_call = Objective.__call__
     calls = iter(range(10**9))
 
@@ -158,7 +209,10 @@ def test_divergence_names_the_checkpoint_it_keeps(tmp_path, monkeypatch):
         return loss * float("nan") if next(calls) >= 2 else loss
 
     monkeypatch.setattr(Objective, "__call__", failing_call)
-    with pytest.raises(TrainingDiverged, match=r"the loss became nan at epoch 2, step 1; .*the last good checkpoint, .*checkpoint.pt, is kept"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"the loss became nan at epoch 2, step 1; .*the last good checkpoint, .*checkpoint.pt, is kept",
+    ):
         train_run(config, tmp_path / "run", progress=False)
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
 
@@ -179,7 +233,19 @@ def test_clip_grad_norm_is_validated():
 
 # --- fault injection: real processes, real signals ------------------------------------------------------------
 
-TRAIN = ["--epochs", "20", "--hidden", "64", "--latent-dim", "4", "--batch-size", "64", "--checkpoint-every", "3", "--quiet"]
+TRAIN = [
+    "--epochs",
+    "20",
+    "--hidden",
+    "64",
+    "--latent-dim",
+    "4",
+    "--batch-size",
+    "64",
+    "--checkpoint-every",
+    "3",
+    "--quiet",
+]
 
 
 def _cli(*args):
@@ -207,7 +273,13 @@ def test_killed_at_random_moments_then_resumed_ends_like_the_uninterrupted_run(t
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
         for attempt in range(2):
             run = tmp_path / f"{signum.name}-{attempt}"
-            process = subprocess.Popen(_cli("train", *TRAIN, "--out", str(run)), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            process = subprocess.Popen(
+                _cli("train", *TRAIN, "--out", str(run)),
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             deadline = time.monotonic() + 120
             while not (run / "config.toml").exists() and process.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.02)
@@ -224,7 +296,11 @@ def test_killed_at_random_moments_then_resumed_ends_like_the_uninterrupted_run(t
                 assert "continue with: pyro-vae train --resume" in err and (run / "checkpoint.pt").exists()
             if not (run / "checkpoint.pt").exists():  # killed before the first checkpoint: nothing to lose but set-up
                 continue
-            subprocess.run(_cli("train", "--resume", str(run), "--quiet"), check=True, env=env, timeout=300, capture_output=True)
+            subprocess.run(
+                _cli("train", "--resume", str(run), "--quiet"), check=True, env=env, timeout=300, capture_output=True
+            )
             assert not list(run.glob(".*.tmp"))
             assert_same_parameters(load_checkpoint(run / "checkpoint.pt")["model"], expected["model"])
-            assert strip(json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()) == expected_metrics
+            assert (
+                strip(json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()) == expected_metrics
+            )

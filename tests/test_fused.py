@@ -46,7 +46,9 @@ def test_equals_pyro_for_every_prior(prior, estimator, beta, num_particles, floa
 @pytest.mark.parametrize("estimator", ["mc", "analytic"])
 @pytest.mark.parametrize("likelihood", list(LIKELIHOODS) + ["gaussian-learned"])
 def test_equals_pyro_for_every_likelihood(likelihood, estimator, float64):
-    spec = {"type": "gaussian", "learn_scale": "per_pixel"} if likelihood == "gaussian-learned" else {"type": likelihood}
+    spec = (
+        {"type": "gaussian", "learn_scale": "per_pixel"} if likelihood == "gaussian-learned" else {"type": likelihood}
+    )
     vae = tiny_vae(likelihood=spec, double=False)
     assert_same_loss_and_gradients(vae, tiny_batch(), estimator, num_particles=2)
 
@@ -67,7 +69,10 @@ def test_full_batch_needs_no_num_data(float64):
 
 
 def test_training_follows_the_same_path_as_pyro():
-    """Same seed, same draws: ten epochs of fused and of Pyro's SVI end at the same parameters (float32 rounding apart)."""
+    """Same seed, same draws: ten epochs of fused and of Pyro's SVI end at the same parameters.
+
+    Equal up to float32 rounding.
+    """
     from pyro_vae.data import Dataset
 
     x = torch.rand(64, 4, 4, generator=torch.Generator().manual_seed(2))

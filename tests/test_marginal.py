@@ -26,7 +26,9 @@ def _float64(float64):
 
 def ppca(perturb: float = 0.0):
     """A PPCA VAE (latent 2, data 3) with its exact posterior as guide, optionally perturbed; and its marginal."""
-    vae = make_vae((3,), latent_dim=2, network={"type": "mlp", "hidden": []}, likelihood={"type": "gaussian", "scale": SIGMA})
+    vae = make_vae(
+        (3,), latent_dim=2, network={"type": "mlp", "hidden": []}, likelihood={"type": "gaussian", "scale": SIGMA}
+    )
     q, _ = torch.linalg.qr(torch.tensor([[1.0, 0.2], [0.3, -1.0], [0.5, 0.4]]))
     w = q * torch.tensor([1.5, 0.8])  # orthogonal columns
     b = torch.tensor([0.3, -0.2, 1.0])
@@ -114,7 +116,10 @@ def test_two_dimensional_latent_against_numerical_integration():
 
 
 def test_a_redefined_guide_is_evaluated_through_its_own_program():
-    """A subclass's densities come from Pyro traces of its program; with the exact posterior, every weight is still p(x)."""
+    """A subclass's densities come from Pyro traces of its program.
+
+    With the exact posterior, every weight is still p(x).
+    """
     from pyro_vae import VAE
 
     class Traced(VAE):
@@ -132,4 +137,6 @@ def test_chunks_do_not_change_the_estimate(monkeypatch):
     vae, marginal = ppca()
     x = data(marginal)
     monkeypatch.setattr("pyro_vae.marginal.MAX_ELEMENTS", 2 * 3 * 7)  # chunks of 7 samples for batches of 2
-    torch.testing.assert_close(log_likelihood(vae, x, num_samples=64, batch_size=2), marginal.log_prob(x), rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        log_likelihood(vae, x, num_samples=64, batch_size=2), marginal.log_prob(x), rtol=0, atol=1e-10
+    )

@@ -36,5 +36,7 @@ def test_gradients_reach_every_parameter(spec):
 
 
 def test_conv_needs_images():
-    with pytest.raises(ConfigError, match=r"the conv network needs images of shape \(H, W\) or \(C, H, W\).*use the mlp network"):
+    with pytest.raises(
+        ConfigError, match=r"the conv network needs images of shape \(H, W\) or \(C, H, W\).*use the mlp network"
+    ):
         NETWORKS.build({"type": "conv"}, event_shape=(64,), latent_dim=2)

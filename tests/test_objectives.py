@@ -104,7 +104,9 @@ def test_evaluate_reports_both_estimators_with_standard_errors():
     assert result["num_examples"] == 50
     for e in ("mc", "analytic"):
         assert result[f"elbo_{e}"] < 0 and result[f"elbo_{e}_se"] > 0
-    assert abs(result["elbo_mc"] - result["elbo_analytic"]) < 4 * math.hypot(result["elbo_mc_se"], result["elbo_analytic_se"])
+    assert abs(result["elbo_mc"] - result["elbo_analytic"]) < 4 * math.hypot(
+        result["elbo_mc_se"], result["elbo_analytic_se"]
+    )
 
 
 @pytest.mark.parametrize(

@@ -50,11 +50,20 @@ def test_multistep_schedule_follows_its_milestones():
     "train,message",
     [
         ({"optimizer": {"type": "adagrad"}}, "train.optimizer.type: unknown optimizer type 'adagrad'; known: adam"),
-        ({"optimizer": {"type": "adam", "betas": [0.9]}}, r"train.optimizer.betas must be a list of 2 items \(got \[0.9\]\)"),
+        (
+            {"optimizer": {"type": "adam", "betas": [0.9]}},
+            r"train.optimizer.betas must be a list of 2 items \(got \[0.9\]\)",
+        ),
         ({"optimizer": {"type": "adam", "eps": 0}}, r"train.optimizer.eps must be > 0 \(got 0\)"),
-        ({"optimizer": {"type": "sgd", "betas": [0.9, 0.99]}}, "train.optimizer.betas: unknown parameter for optimizer 'sgd'"),
+        (
+            {"optimizer": {"type": "sgd", "betas": [0.9, 0.99]}},
+            "train.optimizer.betas: unknown parameter for optimizer 'sgd'",
+        ),
         ({"lr_schedule": {"type": "step", "gamma": -1}}, r"train.lr_schedule.gamma must be > 0 \(got -1"),
-        ({"lr_schedule": {"type": "multistep", "milestones": [0]}}, r"train.lr_schedule.milestones must be >= 1 \(got 0\)"),
+        (
+            {"lr_schedule": {"type": "multistep", "milestones": [0]}},
+            r"train.lr_schedule.milestones must be >= 1 \(got 0\)",
+        ),
     ],
 )
 def test_bad_settings_name_the_key(train, message):
@@ -63,8 +72,16 @@ def test_bad_settings_name_the_key(train, message):
 
 
 def test_config_round_trips_the_optimizer_and_schedule():
-    config = Config.from_dict({"train": {"optimizer": {"type": "adam", "betas": [0.5, 0.9], "eps": 1e-4}, "lr_schedule": {"type": "cosine"}}})
-    assert config.train.optimizer == {"type": "adam", "betas": [0.5, 0.9], "eps": 1e-4, "weight_decay": 0.0, "amsgrad": False}
+    config = Config.from_dict(
+        {"train": {"optimizer": {"type": "adam", "betas": [0.5, 0.9], "eps": 1e-4}, "lr_schedule": {"type": "cosine"}}}
+    )
+    assert config.train.optimizer == {
+        "type": "adam",
+        "betas": [0.5, 0.9],
+        "eps": 1e-4,
+        "weight_decay": 0.0,
+        "amsgrad": False,
+    }
     assert Config.from_toml_string(config.to_toml()) == config
 
 
@@ -72,8 +89,13 @@ def test_a_scheduled_run_resumes_bit_for_bit():
     x = torch.rand(100, 4, 4, generator=torch.Generator().manual_seed(2))
     data = Dataset("toy", x[:80], x[80:])
     kwargs = dict(
-        epochs=4, batch_size=10, progress=False, seed=1, optimizer={"type": "sgd", "momentum": 0.9},
-        lr_schedule={"type": "multistep", "milestones": [1, 3], "gamma": 0.5}, lr=0.01,
+        epochs=4,
+        batch_size=10,
+        progress=False,
+        seed=1,
+        optimizer={"type": "sgd", "momentum": 0.9},
+        lr_schedule={"type": "multistep", "milestones": [1, 3], "gamma": 0.5},
+        lr=0.01,
     )
 
     def vae(seed=0):
@@ -85,7 +107,9 @@ def test_a_scheduled_run_resumes_bit_for_bit():
     assert [h["lr"] for h in reference] == pytest.approx([0.01, 0.005, 0.005, 0.0025])
     polls = iter(range(100))
     stopped = vae()
-    with pytest.raises(TrainingInterrupted) as info:  # 8 steps an epoch: poll 13 is step 3 of epoch 2, after the first milestone
+    with pytest.raises(
+        TrainingInterrupted
+    ) as info:  # 8 steps an epoch: poll 13 is step 3 of epoch 2, after the first milestone
         fit(stopped, data, stop=lambda: signal.SIGTERM if next(polls) >= 13 else None, **kwargs)
     resumed_vae = vae(seed=5)
     resumed_vae.load_state_dict(stopped.state_dict())

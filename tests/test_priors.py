@@ -114,11 +114,16 @@ def test_closed_form_kl_against_learnable_normal_is_the_general_formula():
     assert vae.prior.loc.grad.abs().sum() > 0 and vae.prior.scale.raw.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("loc_q,scale_q,loc_p,scale_p", [(0.0, 1.0, 0.0, 1.0), (0.5, 0.3, 0.0, 1.0), (-2.0, 3.0, 1.0, 0.5), (1.0, 1e-3, 0.0, 2.0)])
+@pytest.mark.parametrize(
+    "loc_q,scale_q,loc_p,scale_p",
+    [(0.0, 1.0, 0.0, 1.0), (0.5, 0.3, 0.0, 1.0), (-2.0, 3.0, 1.0, 0.5), (1.0, 1e-3, 0.0, 2.0)],
+)
 def test_normal_laplace_closed_form_matches_numerical_integral(loc_q, scale_q, loc_p, scale_p):
     """The analytic ELBO uses torch's KL(Normal ‖ Laplace); check it against ∫ q log(q/p)."""
     f64 = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
-    closed = kl_divergence(torch.distributions.Normal(f64(loc_q), f64(scale_q)), torch.distributions.Laplace(f64(loc_p), f64(scale_p))).item()
+    closed = kl_divergence(
+        torch.distributions.Normal(f64(loc_q), f64(scale_q)), torch.distributions.Laplace(f64(loc_p), f64(scale_p))
+    ).item()
     integral = numerical_kl_from_normal(loc_q, scale_q, torch.distributions.Laplace(f64(loc_p), f64(scale_p)))
     assert closed == pytest.approx(integral, rel=1e-6, abs=1e-9)
 

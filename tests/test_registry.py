@@ -32,7 +32,16 @@ def logistic():
 
 
 def test_user_prior_named_in_a_config_trains(logistic, tmp_path, capsys):
-    config = Config.from_dict({"model": {"latent_dim": 2, "prior": {"type": "logistic", "scale": 0.5}, "network": {"type": "mlp", "hidden": [16]}}, "train": {"epochs": 1, "batch_size": 256}})
+    config = Config.from_dict(
+        {
+            "model": {
+                "latent_dim": 2,
+                "prior": {"type": "logistic", "scale": 0.5},
+                "network": {"type": "mlp", "hidden": [16]},
+            },
+            "train": {"epochs": 1, "batch_size": 256},
+        }
+    )
     summary = train_run(config, tmp_path / "run", progress=False)
     assert summary["test_elbo_mc"] < 0
     assert main(["priors"]) == 0
@@ -61,7 +70,14 @@ def test_annotated_bounds():
         registry.build({"type": "bounded", "count": 1})
 
 
-@pytest.mark.parametrize("kind,names", [("priors", list(PRIORS)), ("likelihoods", ["bernoulli", "gaussian", "continuous_bernoulli"]), ("networks", ["mlp", "conv"])])
+@pytest.mark.parametrize(
+    "kind,names",
+    [
+        ("priors", list(PRIORS)),
+        ("likelihoods", ["bernoulli", "gaussian", "continuous_bernoulli"]),
+        ("networks", ["mlp", "conv"]),
+    ],
+)
 def test_listings(kind, names, capsys):
     assert main([kind]) == 0
     out = capsys.readouterr().out

@@ -12,7 +12,10 @@ from pyro_vae import Config, evaluate_run, load, train_run
 from pyro_vae.errors import PyroVAEError, RunError
 from pyro_vae.storage import CHECKPOINT_FORMAT, load_checkpoint
 
-TINY = {"model": {"latent_dim": 2, "network": {"type": "mlp", "hidden": [16]}}, "train": {"epochs": 2, "batch_size": 256, "checkpoint_every": 1}}
+TINY = {
+    "model": {"latent_dim": 2, "network": {"type": "mlp", "hidden": [16]}},
+    "train": {"epochs": 2, "batch_size": 256, "checkpoint_every": 1},
+}
 
 
 def tiny_config(**train):
@@ -30,7 +33,17 @@ def run_dir(tmp_path_factory):
 
 def test_run_folder_contents(run_dir):
     files = {p.name for p in run_dir.iterdir()}
-    assert files == {"config.toml", "metrics.jsonl", "checkpoint.pt", "summary.json", "reconstructions.png", "samples.png", "latent.png", "manifold.png", "curves.png"}
+    assert files == {
+        "config.toml",
+        "metrics.jsonl",
+        "checkpoint.pt",
+        "summary.json",
+        "reconstructions.png",
+        "samples.png",
+        "latent.png",
+        "manifold.png",
+        "curves.png",
+    }
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert all({"train_elbo", "test_elbo", "seconds"} <= set(m) for m in metrics)
@@ -42,7 +55,10 @@ def test_run_folder_contents(run_dir):
 
 def test_same_seed_same_metrics(run_dir, tmp_path):
     train_run(tiny_config(), tmp_path / "again", progress=False)
-    strip = lambda p: [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in p.read_text().splitlines()]  # noqa: E731
+
+    def strip(p):
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in p.read_text().splitlines()]
+
     assert strip(run_dir / "metrics.jsonl") == strip(tmp_path / "again" / "metrics.jsonl")
 
 
@@ -70,7 +86,11 @@ def test_existing_folder_needs_overwrite_and_nothing_is_written_on_bad_input(run
         train_run(tiny_config(), other, overwrite=True, progress=False)
     assert (other / "thesis.tex").read_text() == "precious"
     with pytest.raises(PyroVAEError):
-        train_run(Config.from_dict({**TINY, "data": {"dataset": str(tmp_path / "missing.npy")}}), tmp_path / "never", progress=False)
+        train_run(
+            Config.from_dict({**TINY, "data": {"dataset": str(tmp_path / "missing.npy")}}),
+            tmp_path / "never",
+            progress=False,
+        )
     assert not (tmp_path / "never").exists()
 
 

@@ -71,7 +71,20 @@ def test_learns_digits_beyond_independent_pixels():
 @pytest.mark.skipif(not (SHARED_DATA / "MNIST" / "raw").is_dir(), reason="needs ../shared/data/MNIST")
 def test_mnist_through_the_command_line(tmp_path, capsys):
     out = tmp_path / "mnist"
-    args = ["train", "--dataset", "mnist", "--data-root", str(SHARED_DATA), "--epochs", "1", "--batch-size", "256", "--quiet", "--out", str(out)]
+    args = [
+        "train",
+        "--dataset",
+        "mnist",
+        "--data-root",
+        str(SHARED_DATA),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "256",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     assert "60000 train / 10000 test" in capsys.readouterr().out
     assert main(["evaluate", str(out), "--json"]) == 0
