@@ -94,7 +94,19 @@ class Sizes:
 PROFILES = {
     "full": Sizes(),
     "quick": Sizes(steps=15, repeats=3, epochs=2, memory_epochs=3, likelihood_repeats=2),
-    "smoke": Sizes(batches=(32, 128), steps=2, warmup=1, repeats=1, epochs=1, memory_epochs=2, points=4, num_samples=50, likelihood_repeats=1, random_train=600, random_test=50),
+    "smoke": Sizes(
+        batches=(32, 128),
+        steps=2,
+        warmup=1,
+        repeats=1,
+        epochs=1,
+        memory_epochs=2,
+        points=4,
+        num_samples=50,
+        likelihood_repeats=1,
+        random_train=600,
+        random_test=50,
+    ),
 }
 
 
@@ -131,7 +143,9 @@ def _linears(module: nn.Module) -> list[nn.Linear]:
 def hand_written_copy(vae: VAE) -> HandWrittenVAE:
     """A hand-written VAE with the library VAE's weights, layer by layer, so both do the same arithmetic."""
     hand = HandWrittenVAE()
-    for source, target in zip(_linears(vae.encoder) + _linears(vae.decoder), _linears(hand.encoder) + _linears(hand.decoder), strict=True):
+    sources = _linears(vae.encoder) + _linears(vae.decoder)
+    targets = _linears(hand.encoder) + _linears(hand.decoder)
+    for source, target in zip(sources, targets, strict=True):
         target.load_state_dict(source.state_dict())
     return hand.to(next(vae.parameters()).device)
 
@@ -208,12 +222,18 @@ def interleaved(measurements: dict[str, Callable[[], float]], rounds: int) -> di
 
 
 def median_ratio(values: list[float], reference: list[float]) -> float:
-    """The median over rounds of ``value / reference`` within each round: neighbours in time share the machine's state."""
+    """The median over rounds of ``value / reference`` within each round.
+
+    Neighbours in time share the machine's state.
+    """
     return statistics.median(v / r for v, r in zip(values, reference, strict=True))
 
 
 def cpu_stall_us() -> int | None:
-    """Microseconds since boot in which some runnable task waited for a CPU (Linux pressure stall information), or None."""
+    """Microseconds since boot in which some runnable task waited for a CPU, or None.
+
+    Read from Linux pressure stall information (/proc/pressure/cpu).
+    """
     try:
         return int(Path("/proc/pressure/cpu").read_text().split("total=", 1)[1].split()[0])
     except (OSError, IndexError, ValueError):
@@ -233,12 +253,15 @@ class Contention:
             return f"measured in {elapsed:.0f} s; CPU contention unknown (no /proc/pressure/cpu)"
         share = (stall - self.stall) / 1e6 / elapsed
         warning = "; other work competed for the CPU, so these timings are skewed" if share > CONTENTION_WARNING else ""
-        return f"measured in {elapsed:.0f} s; CPU contention: {share:.0%} of the time some task waited for a CPU (Linux PSI){warning}"
+        return (
+            f"measured in {elapsed:.0f} s; CPU contention: {share:.0%} of the time some task waited for a CPU "
+            f"(Linux PSI){warning}"
+        )
 
 
 @contextlib.contextmanager
 def quiet_jit() -> Iterator[None]:
-    """Silence torch.jit.trace's deprecation notice and the tracer warnings that Pyro's JIT re-emits at every re-trace."""
+    """Silence torch.jit.trace's deprecation notice and the tracer warnings Pyro's JIT re-emits at every re-trace."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated")
@@ -255,7 +278,10 @@ def print_table(title: str, note: str, header: Sequence[str], rows: Iterable[Seq
     """A plain-text table: the first column left-aligned, the others right-aligned."""
     rows = [list(map(str, r)) for r in rows]
     widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
-    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()  # noqa: E731
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
     print(f"\n== {title} ==\n{note}")
     print(line(list(header)))
     print("-" * (sum(widths) + 2 * (len(widths) - 1)))
@@ -266,7 +292,9 @@ def print_table(title: str, note: str, header: Sequence[str], rows: Iterable[Seq
 # --- 1. steps --------------------------------------------------------------------------------
 
 
-def step_timer(loss_fn: LossFn, optimizer: torch.optim.Optimizer, x: Tensor, sizes: Sizes, device: str) -> Callable[[], float]:
+def step_timer(
+    loss_fn: LossFn, optimizer: torch.optim.Optimizer, x: Tensor, sizes: Sizes, device: str
+) -> Callable[[], float]:
     """A measurement: the median time of ``sizes.steps`` training steps after ``sizes.warmup`` untimed ones."""
 
     def measure() -> float:
@@ -290,11 +318,17 @@ def same_arithmetic(state: dict[str, Tensor], x: Tensor, device: str) -> str:
         expected = hand.loss(x, NUM_DATA).item()
         torch.manual_seed(1)
         library = Objective(vae, "analytic", fused=True)(x, NUM_DATA).item()
-    return f"same weights, same draw of z: hand-written loss {expected:.6g}, library (analytic, fused) {library:.6g}, relative difference {abs(library - expected) / abs(expected):.1e}"
+    return (
+        f"same weights, same draw of z: hand-written loss {expected:.6g}, library (analytic, fused) {library:.6g}, "
+        f"relative difference {abs(library - expected) / abs(expected):.1e}"
+    )
 
 
 def time_steps(batch: int, sizes: Sizes, device: str) -> dict[str, list[float]]:
-    """Seconds per step of every row at one batch size, one value per round; each row trains its own copy of the same initial weights."""
+    """Seconds per step of every row at one batch size, one value per round.
+
+    Each row trains its own copy of the same initial weights.
+    """
     pyro.set_rng_seed(0)
     state = new_vae().state_dict()
     x = torch.rand(batch, *IMAGE, device=device).bernoulli()
@@ -312,7 +346,9 @@ def steps_part(sizes: Sizes, device: str) -> None:
     contention = Contention()
     rounds = {batch: time_steps(batch, sizes, device) for batch in sizes.batches}
     contention_text = contention.report()
-    ratios = {batch: {name: median_ratio(v, times[HAND_ROW]) for name, v in times.items()} for batch, times in rounds.items()}
+    ratios = {
+        batch: {name: median_ratio(v, times[HAND_ROW]) for name, v in times.items()} for batch, times in rounds.items()
+    }
     fastest = {batch: min(LIBRARY_ROWS, key=r.__getitem__) for batch, r in ratios.items()}
     header = ["configuration"] + [h for b in sizes.batches for h in (f"batch {b}: ms", "x hand")]
     rows = []
@@ -323,35 +359,53 @@ def steps_part(sizes: Sizes, device: str) -> None:
             cells += [f"{1000 * statistics.median(times[name]):.2f}", f"{ratios[batch][name]:.2f}{mark}"]
         rows.append(cells)
     note = (
-        f"MLP 784-400-50, Bernoulli, Adam lr {LR:g}, loss scaled by {NUM_DATA} / batch; each row trains its own copy of the same initial weights.\n"
-        f"ms: median over {sizes.repeats} interleaved rounds of the median of {sizes.steps} steps (after {sizes.warmup} untimed); "
+        f"MLP 784-400-50, Bernoulli, Adam lr {LR:g}, loss scaled by {NUM_DATA} / batch; "
+        "each row trains its own copy of the same initial weights.\n"
+        f"ms: median over {sizes.repeats} interleaved rounds of the median of {sizes.steps} steps "
+        f"(after {sizes.warmup} untimed); "
         "x hand: median over the rounds of ms / hand-written ms in the same round."
     )
     print_table("ms per training step (forward, backward, Adam)", note, header, rows)
-    print("* the fastest exact estimator: the fastest library row at that batch (every library row computes Pyro's ELBO exactly)")
+    print(
+        "* the fastest exact estimator: the fastest library row at that batch "
+        "(every library row computes Pyro's ELBO exactly)"
+    )
     print(contention_text)
     for batch in sizes.batches:
         print(f"default path at batch {batch} vs hand-written: {verdict(ratios[batch][DEFAULT_ROW], DEFAULT_TARGET)}")
     for batch, target in STEP_TARGETS.items():
         if batch in ratios:
-            print(f"fastest exact estimator at batch {batch} ({fastest[batch]}) vs hand-written: {verdict(ratios[batch][fastest[batch]], target)}")
+            print(
+                f"fastest exact estimator at batch {batch} ({fastest[batch]}) vs hand-written: "
+                f"{verdict(ratios[batch][fastest[batch]], target)}"
+            )
         else:
             print(f"target at batch {batch}: not measured (add it to --batch)")
     pyro.set_rng_seed(0)
-    print(same_arithmetic(new_vae().state_dict(), torch.rand(sizes.batches[0], *IMAGE, device=device).bernoulli(), device))
+    state = new_vae().state_dict()  # the weights before x, so that the random draws keep their order
+    x = torch.rand(sizes.batches[0], *IMAGE, device=device).bernoulli()
+    print(same_arithmetic(state, x, device))
 
 
 # --- 5. torch.compile ------------------------------------------------------------------------
 
 
 def compile_part(sizes: Sizes, device: str) -> None:
-    """The step at one batch size, eager and under ``torch.compile``, for the hand-written VAE and the library's default loss."""
+    """The step at one batch size, eager and under ``torch.compile``.
+
+    For the hand-written VAE and the library's default loss.
+    """
     batch = 128 if 128 in sizes.batches else sizes.batches[0]
     pyro.set_rng_seed(0)
     state = new_vae().state_dict()
     x = torch.rand(batch, *IMAGE, device=device).bernoulli()
     measurements, compile_seconds = {}, {}
-    for name, compiled in [("hand-written, eager", False), ("hand-written, torch.compile", True), ("library default, eager", False), ("library default, torch.compile", True)]:
+    for name, compiled in [
+        ("hand-written, eager", False),
+        ("hand-written, torch.compile", True),
+        ("library default, eager", False),
+        ("library default, torch.compile", True),
+    ]:
         vae = new_vae(state, device)
         model: nn.Module = hand_written_copy(vae) if name.startswith("hand") else vae
         loss_fn: LossFn = model.loss if name.startswith("hand") else Objective(vae, "mc", fused="auto")
@@ -366,15 +420,32 @@ def compile_part(sizes: Sizes, device: str) -> None:
     contention_text = contention.report()
     eager, hand_compiled = rounds["hand-written, eager"], rounds["hand-written, torch.compile"]
     rows = [
-        [name, f"{1000 * statistics.median(v):.2f}", f"{median_ratio(v, eager):.2f}", f"{median_ratio(v, hand_compiled):.2f}", f"{compile_seconds[name]:.1f}"]
+        [
+            name,
+            f"{1000 * statistics.median(v):.2f}",
+            f"{median_ratio(v, eager):.2f}",
+            f"{median_ratio(v, hand_compiled):.2f}",
+            f"{compile_seconds[name]:.1f}",
+        ]
         for name, v in rounds.items()
     ]
-    note = f"MLP 784-400-50, batch {batch}, Adam; ms: median over {sizes.repeats} interleaved rounds of the median of {sizes.steps} steps; first call (compilation) timed apart."
-    print_table("ms per training step with torch.compile", note, ["configuration", "ms", "x hand eager", "x hand compiled", "first step s"], rows)
+    note = (
+        f"MLP 784-400-50, batch {batch}, Adam; ms: median over {sizes.repeats} interleaved rounds of the median of "
+        f"{sizes.steps} steps; first call (compilation) timed apart."
+    )
+    print_table(
+        "ms per training step with torch.compile",
+        note,
+        ["configuration", "ms", "x hand eager", "x hand compiled", "first step s"],
+        rows,
+    )
     print(contention_text)
     library = rounds["library default, torch.compile"]
     print(f"library compiled / hand-written eager: {verdict(median_ratio(library, eager), COMPILE_TARGETS['eager'])}")
-    print(f"library compiled / hand-written compiled: {verdict(median_ratio(library, hand_compiled), COMPILE_TARGETS['compiled'])}")
+    print(
+        "library compiled / hand-written compiled: "
+        f"{verdict(median_ratio(library, hand_compiled), COMPILE_TARGETS['compiled'])}"
+    )
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -391,14 +462,21 @@ def load_data(data_root: Path, sizes: Sizes, smoke: bool, device: str) -> tuple[
     else:
         reason = "--smoke"
     generator = torch.Generator().manual_seed(0)
-    train, test = (torch.rand(n, *IMAGE, generator=generator).to(device) for n in (sizes.random_train, sizes.random_test))
-    return Dataset("random", train, test), f"RANDOM STAND-IN DATA, not MNIST: uniform grey values {len(train)}x28x28 train / {len(test)} test ({reason})"
+    train, test = (
+        torch.rand(n, *IMAGE, generator=generator).to(device) for n in (sizes.random_train, sizes.random_test)
+    )
+    description = (
+        f"RANDOM STAND-IN DATA, not MNIST: uniform grey values {len(train)}x28x28 train / {len(test)} test ({reason})"
+    )
+    return Dataset("random", train, test), description
 
 
 # --- 2. epochs -------------------------------------------------------------------------------
 
 
-def timed_epoch(loss_fn: LossFn, optimizer: torch.optim.Optimizer, batches: Iterable[Tensor], num_data: int, device: str) -> float:
+def timed_epoch(
+    loss_fn: LossFn, optimizer: torch.optim.Optimizer, batches: Iterable[Tensor], num_data: int, device: str
+) -> float:
     """Seconds to run the training steps of one epoch (fetching the batches included), as ``fit`` counts them."""
     start = clock(device)
     for x in batches:
@@ -422,14 +500,26 @@ def data_loader(train: Tensor, batch_size: int) -> Iterator[Tensor]:
 def library_epoch(data: Dataset, batch_size: int, **options: object) -> Callable[[], float]:
     """A measurement: one epoch of ``pyro_vae.fit`` with ``options``, by the seconds of training it reports."""
     vae = new_vae(device=str(data.train.device))
-    return lambda: pyro_vae.fit(vae, data, epochs=1, batch_size=batch_size, lr=LR, progress=False, **options)[0]["seconds"]
+
+    def measure() -> float:
+        history = pyro_vae.fit(vae, data, epochs=1, batch_size=batch_size, lr=LR, progress=False, **options)
+        return history[0]["seconds"]
+
+    return measure
 
 
-def hand_written_epoch(data: Dataset, batch_size: int, batches: Callable[[Tensor, int], Iterable[Tensor]]) -> Callable[[], float]:
-    """A measurement: one epoch of the hand-written loop over the minibatches that ``batches`` makes of ``data.train``."""
-    hand = hand_written_copy(new_vae(device=str(data.train.device)))
+def hand_written_epoch(
+    data: Dataset, batch_size: int, batches: Callable[[Tensor, int], Iterable[Tensor]]
+) -> Callable[[], float]:
+    """A measurement: one epoch of the hand-written loop over the minibatches ``batches`` makes of ``data.train``."""
+    device = str(data.train.device)
+    hand = hand_written_copy(new_vae(device=device))
     optimizer = torch.optim.Adam(hand.parameters(), lr=LR)
-    return lambda: timed_epoch(hand.loss, optimizer, batches(data.train, batch_size), len(data.train), str(data.train.device))
+
+    def measure() -> float:
+        return timed_epoch(hand.loss, optimizer, batches(data.train, batch_size), len(data.train), device)
+
+    return measure
 
 
 def epochs_part(data: Dataset, description: str, sizes: Sizes) -> None:
@@ -448,8 +538,9 @@ def epochs_part(data: Dataset, description: str, sizes: Sizes) -> None:
     contention_text = contention.report()
     ratios = {name: median_ratio(v, seconds[HAND_EPOCH]) for name, v in seconds.items()}
     note = (
-        f"{description}\nMLP 784-400-50, Bernoulli, batch {batch} ({len(data.train) // batch} steps), Adam lr {LR:g}; training steps only "
-        f"(fit's per-epoch 'seconds'); median of {sizes.epochs} interleaved epochs; x hand (a): median of the per-round ratios"
+        f"{description}\nMLP 784-400-50, Bernoulli, batch {batch} ({len(data.train) // batch} steps), "
+        f"Adam lr {LR:g}; training steps only (fit's per-epoch 'seconds'); "
+        f"median of {sizes.epochs} interleaved epochs; x hand (a): median of the per-round ratios"
     )
     table = [[name, f"{statistics.median(v):.2f}", f"{ratios[name]:.2f}"] for name, v in seconds.items()]
     print_table("seconds per MNIST training epoch", note, ["configuration", "s/epoch", "x hand (a)"], table)
@@ -475,12 +566,17 @@ def peak_rss_mb() -> float:
     """The process's peak resident set size (VmHWM), in MB; getrusage's maximum where /proc is missing."""
     kb = _status_kb("VmHWM")
     if kb is None:
-        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // (1024 if sys.platform == "darwin" else 1)  # bytes on macOS
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+        if sys.platform == "darwin":
+            kb //= 1024
     return kb / 1024
 
 
 def reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux's clear_refs), so the peak counts training, not loading; False when refused."""
+    """Reset VmHWM to the current RSS (Linux's clear_refs), so the peak counts training, not loading.
+
+    False when refused.
+    """
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return True
@@ -503,10 +599,17 @@ def memory_part(data: Dataset, description: str, sizes: Sizes, device: str) -> N
         cells = [str(metrics["epoch"]), f"{peaks[-1]:.1f}", f"{(_status_kb('VmRSS') or 0) / 1024:.1f}"]
         rows.append(cells + ([f"{torch.cuda.max_memory_allocated() / 2**20:.1f}"] if cuda else []))
 
-    pyro_vae.fit(vae, data, epochs=sizes.memory_epochs, batch_size=sizes.epoch_batch, lr=LR, progress=False, on_epoch=record)
+    pyro_vae.fit(
+        vae, data, epochs=sizes.memory_epochs, batch_size=sizes.epoch_batch, lr=LR, progress=False, on_epoch=record
+    )
     note = (
-        f"{description}\npyro_vae.fit, default path (mc, fused), batch {sizes.epoch_batch}, in a fresh process; read after each epoch (fit's test evaluation included). "
-        + ("Peak reset after loading the data, so it counts training." if reset else "The peak could not be reset: it includes loading the data.")
+        f"{description}\npyro_vae.fit, default path (mc, fused), batch {sizes.epoch_batch}, in a fresh process; "
+        "read after each epoch (fit's test evaluation included). "
+        + (
+            "Peak reset after loading the data, so it counts training."
+            if reset
+            else "The peak could not be reset: it includes loading the data."
+        )
     )
     header = ["epoch", "peak RSS MB", "RSS MB"] + (["CUDA max allocated MB"] if cuda else [])
     print_table("peak memory of library training", note, header, rows)
@@ -516,7 +619,17 @@ def memory_part(data: Dataset, description: str, sizes: Sizes, device: str) -> N
 
 def memory_in_subprocess(args: argparse.Namespace) -> None:
     """Run the memory part in a fresh interpreter, so that the other parts' allocations do not count in its peak."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--only", "memory", "--no-header", "--data-root", str(args.data_root), "--device", args.device]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--only",
+        "memory",
+        "--no-header",
+        "--data-root",
+        str(args.data_root),
+        "--device",
+        args.device,
+    ]
     command += ["--memory-epochs", str(args.memory_epochs)] if args.memory_epochs else []
     command += ["--smoke"] if args.smoke else ["--quick"] if args.quick else []
     command += ["--default-malloc"] if args.default_malloc else []
@@ -530,7 +643,10 @@ def memory_in_subprocess(args: argparse.Namespace) -> None:
 
 
 def decoder_rows(num_points: int, num_samples: int, batch_size: int = 100) -> list[int]:
-    """Rows of each decoder call that ``log_likelihood`` makes: points in batches, samples in chunks of at most MAX_ELEMENTS outputs."""
+    """Rows of each decoder call that ``log_likelihood`` makes.
+
+    Points in batches, samples in chunks of at most MAX_ELEMENTS outputs.
+    """
     rows = []
     for start in range(0, num_points, batch_size):
         points = min(batch_size, num_points - start)
@@ -540,9 +656,12 @@ def decoder_rows(num_points: int, num_samples: int, batch_size: int = 100) -> li
 
 
 def matmul_timer(rows: list[int], device: str) -> Callable[[], float]:
-    """A measurement: the decoder's two bare matrix multiplies (50 -> 400 -> 784, with bias) over the same row counts."""
+    """A measurement: the decoder's two bare matrix multiplies (50->400->784, with bias) over the same row counts."""
     shapes = [(LATENT, HIDDEN), (HIDDEN, math.prod(IMAGE))]
-    weights = [(torch.randn(n_out, n_in, device=device) / math.sqrt(n_in), torch.zeros(n_out, device=device)) for n_in, n_out in shapes]
+    weights = [
+        (torch.randn(n_out, n_in, device=device) / math.sqrt(n_in), torch.zeros(n_out, device=device))
+        for n_in, n_out in shapes
+    ]
     z = torch.randn(max(rows), LATENT, device=device)
 
     def measure() -> float:
@@ -568,21 +687,32 @@ def likelihood_part(data: Dataset, description: str, sizes: Sizes, device: str) 
         return clock(device) - start
 
     contention = Contention()
-    rounds = interleaved({"pyro_vae.log_likelihood": log_likelihood, MATMUL_ROW: matmul_timer(rows, device)}, sizes.likelihood_repeats)
+    measurements = {"pyro_vae.log_likelihood": log_likelihood, MATMUL_ROW: matmul_timer(rows, device)}
+    rounds = interleaved(measurements, sizes.likelihood_repeats)
     contention_text = contention.report()
     work = len(x) * sizes.num_samples
     flops = 2 * (LATENT * HIDDEN + HIDDEN * math.prod(IMAGE)) * sum(rows)
     seconds = {name: statistics.median(v) for name, v in rounds.items()}
     table = [[name, f"{s:.3f}", f"{work / s:,.0f}", f"{flops / s / 1e9:.1f}"] for name, s in seconds.items()]
     note = (
-        f"{description}\n{len(x)} test points binarized, K = {sizes.num_samples}, untrained MLP 784-400-50 VAE; {len(rows)} decoder calls of up to {max(rows)} rows "
+        f"{description}\n{len(x)} test points binarized, K = {sizes.num_samples}, untrained MLP 784-400-50 VAE; "
+        f"{len(rows)} decoder calls of up to {max(rows)} rows "
         f"(points x samples per chunk); median of {sizes.likelihood_repeats} interleaved rounds.\n"
-        "GFLOP/s counts the decoder's two matrix multiplies only (for log_likelihood: the rate it achieves on that work)."
+        "GFLOP/s counts the decoder's two matrix multiplies only "
+        "(for log_likelihood: the rate it achieves on that work)."
     )
-    print_table("throughput of pyro_vae.log_likelihood", note, ["measurement", "seconds", "points x samples / s", "GFLOP/s"], table)
+    print_table(
+        "throughput of pyro_vae.log_likelihood",
+        note,
+        ["measurement", "seconds", "points x samples / s", "GFLOP/s"],
+        table,
+    )
     print(contention_text)
     fraction = median_ratio(rounds[MATMUL_ROW], rounds["pyro_vae.log_likelihood"])
-    print(f"log_likelihood's throughput as a fraction of the bare matmul rate (median of the per-round ratios): {verdict(fraction, LIKELIHOOD_TARGET, at_most=False)}")
+    print(
+        "log_likelihood's throughput as a fraction of the bare matmul rate (median of the per-round ratios): "
+        f"{verdict(fraction, LIKELIHOOD_TARGET, at_most=False)}"
+    )
 
 
 # --- the command -----------------------------------------------------------------------------
@@ -601,8 +731,14 @@ def load_average() -> str:
 
 
 def print_header() -> None:
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; load average {load_average()} at the start")
-    print(f"python {platform.python_version()}, torch {torch.__version__}, pyro-ppl {pyro.__version__}, pyro-vae {pyro_vae.__version__}")
+    print(
+        f"machine: {cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; "
+        f"load average {load_average()} at the start"
+    )
+    print(
+        f"python {platform.python_version()}, torch {torch.__version__}, pyro-ppl {pyro.__version__}, "
+        f"pyro-vae {pyro_vae.__version__}"
+    )
     print(f"command: {shlex.join(['python', *sys.argv])}")
     malloc = ", ".join(f"{k}={os.environ[k]}" for k in MALLOC_ENV if k in os.environ)
     print(f"allocator: {malloc or 'glibc defaults'} (the same for every configuration)")
@@ -616,19 +752,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="the parts to run (default: all)")
     parser.add_argument("--batch", type=int, nargs="+", help="batch sizes of the step table (default 32 128 512)")
     parser.add_argument("--steps", type=int, help="timed steps per round (default 30)")
-    parser.add_argument("--repeats", type=int, help="interleaved rounds of the step and log-likelihood timings (default 5 and 3)")
+    parser.add_argument(
+        "--repeats", type=int, help="interleaved rounds of the step and log-likelihood timings (default 5 and 3)"
+    )
     parser.add_argument("--epochs", type=int, help="interleaved one-epoch rounds of the epoch table (default 3)")
     parser.add_argument("--memory-epochs", type=int, help="epochs of the memory part (default 10)")
-    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data", help="folder holding MNIST/raw (default ../shared/data of the repository)")
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        default=REPO.parent / "shared" / "data",
+        help="folder holding MNIST/raw (default ../shared/data of the repository)",
+    )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--default-malloc", action="store_true", help="keep glibc's adaptive malloc thresholds (see MALLOC_ENV; measurements become bimodal)")
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="keep glibc's adaptive malloc thresholds (see MALLOC_ENV; measurements become bimodal)",
+    )
     parser.add_argument("--no-header", action="store_true", help=argparse.SUPPRESS)  # the memory part's own process
     return parser.parse_args(argv)
 
 
 def resolve_sizes(args: argparse.Namespace) -> Sizes:
     sizes = PROFILES["smoke" if args.smoke else "quick" if args.quick else "full"]
-    overrides = {"batches": tuple(args.batch) if args.batch else None, "steps": args.steps, "epochs": args.epochs, "memory_epochs": args.memory_epochs}
+    overrides = {
+        "batches": tuple(args.batch) if args.batch else None,
+        "steps": args.steps,
+        "epochs": args.epochs,
+        "memory_epochs": args.memory_epochs,
+    }
     if args.repeats:
         overrides |= {"repeats": args.repeats, "likelihood_repeats": args.repeats}
     return Sizes(**{**sizes.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
@@ -644,7 +796,11 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_
 def _with_fixed_malloc(argv: list[str] | None) -> None:
     """Run this command again with :data:`MALLOC_ENV` set (glibc reads it only at start), unless it is set."""
     if platform.system() == "Linux" and not all(k in os.environ for k in MALLOC_ENV):
-        os.execve(sys.executable, [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv)], {**os.environ, **MALLOC_ENV})
+        os.execve(
+            sys.executable,
+            [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv)],
+            {**os.environ, **MALLOC_ENV},
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -387,6 +387,30 @@ class _Loop:
             total = self.distributed.mean(total)
         return total, seconds
 
+    def run(
+        self,
+        state: TrainState,
+        epochs: int,
+        progress: _Progress,
+        stops: _Stops,
+        on_epoch: Callable[[dict, torch.optim.Optimizer], None] | None,
+        on_checkpoint: Callable[[TrainState], None] | None,
+    ) -> list[dict]:
+        """The epochs from ``state`` to ``epochs``: steps, metrics, callbacks, and stop checks between steps."""
+        stops.check(lambda: self.snapshot(state.epoch, state.step, state.total, state.seconds, state.order))
+        for epoch in range(state.epoch + 1, epochs + 1):
+            total, seconds = self.train_epoch(epoch, state, progress, stops)
+            metrics = self.end_epoch(epoch, total, seconds)
+            progress.epoch(metrics)
+            if on_epoch is not None:
+                on_epoch(metrics, self.optimizer)
+            end = self.snapshot(epoch, 0, 0.0, 0.0, self.order.get_state())
+            if on_checkpoint is not None:
+                on_checkpoint(end)
+            if epoch < epochs:
+                stops.check(lambda end=end: end)
+        return self.history
+
     def end_epoch(self, epoch: int, total: float, seconds: float) -> dict[str, Any]:
         """Step the learning-rate schedule, evaluate the test set, and record the epoch's metrics."""
         lr = self.optimizer.param_groups[0]["lr"]
@@ -494,30 +518,15 @@ def fit(
         TrainingDiverged: a loss or gradient is not finite (the parameters are those before that step).
         TrainingInterrupted: ``stop`` asked for it.
     """
-    settings = dict(
-        epochs=epochs, batch_size=batch_size, lr=lr, elbo=elbo, num_particles=num_particles, jit=jit, beta=beta
-    )
-    settings.update(fused=fused, optimizer=optimizer, lr_schedule=lr_schedule, clip_grad_norm=clip_grad_norm, seed=seed)
-    loop = _start(vae, data, distributed, settings)
+    settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, elbo=elbo, num_particles=num_particles, jit=jit)
+    settings.update(beta=beta, fused=fused, optimizer=optimizer, lr_schedule=lr_schedule, clip_grad_norm=clip_grad_norm)
+    loop = _start(vae, data, distributed, {**settings, "seed": seed})
     progress_ = _Progress(progress and loop.rank == 0, epochs, loop.steps, resume or TrainState())
     progress_.start(elbo, loop.kl, loop.objective.path)
     if loop.objective.jit:
         _compile(loop.objective, data.train[:batch_size], loop.num_data)
     state = _restore(loop, resume, seed)
-    stops = _Stops(stop, distributed)
-    stops.check(lambda: loop.snapshot(state.epoch, state.step, state.total, state.seconds, state.order))
     try:
-        for epoch in range(state.epoch + 1, epochs + 1):
-            total, seconds = loop.train_epoch(epoch, state, progress_, stops)
-            metrics = loop.end_epoch(epoch, total, seconds)
-            progress_.epoch(metrics)
-            if on_epoch is not None:
-                on_epoch(metrics, loop.optimizer)
-            end = loop.snapshot(epoch, 0, 0.0, 0.0, loop.order.get_state())
-            if on_checkpoint is not None:
-                on_checkpoint(end)
-            if epoch < epochs:
-                stops.check(lambda end=end: end)
+        return loop.run(state, epochs, progress_, _Stops(stop, distributed), on_epoch, on_checkpoint)
     finally:
         progress_.close()
-    return loop.history
