@@ -34,12 +34,14 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from pyro.infer import ELBO, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
 from torch import Tensor
-from torch.distributions import Distribution
+from torch.distributions import Distribution, Independent
+from torch.distributions.utils import _standard_normal
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.kl import closed_form_kl  # importing kl also registers the Gaussian closed form
@@ -123,32 +125,30 @@ class Estimator:
             options["ignore_jit_warnings"] = True
         return (self.jit_reference if jit else self.reference)(**options)
 
-    def kl(self, q: Distribution, prior: Distribution) -> Tensor | None:
-        """The KL term this estimator uses in closed form, per data point, or ``None`` when it samples it."""
-        return closed_form_kl(q, prior) if self.closed_form_kl else None
-
     def fused_loss(self, vae: VAE, x: Tensor, num_data: int | None = None, beta: float = 1.0) -> Tensor:
         r"""The negative (beta-weighted) ELBO that :meth:`pyro_elbo` computes, as plain tensor code.
 
         .. math:: \text{loss} = -\frac{N}{B}\sum_{n=1}^{B}\frac1L\sum_{l=1}^{L}\Big(\log p(x_n\mid z_n^{(l)})
             + \beta\,[\log p(z_n^{(l)}) - \log q(z_n^{(l)}\mid x_n)]\Big), \qquad z_n^{(l)} \sim q(z\mid x_n),
 
-        with :math:`\beta\,\mathrm{KL}(q\,\|\,p)` in place of the bracket where :meth:`kl` gives one.
-        The draws are those Pyro makes (one standard-normal tensor of shape ``(L, B, latent_dim)``).
+        with :math:`\beta\,\mathrm{KL}(q\,\|\,p)` in place of the bracket where the estimator uses
+        the closed form and one is registered.
+        The draws are those Pyro makes: one standard-normal tensor :math:`\epsilon` of shape
+        ``(L, B, latent_dim)`` (without ``L`` when it is 1, which spares the networks a reshape each
+        way) and :math:`z = \mu + \sigma\epsilon`.
         """
         L = self.num_particles
-        q = vae.encode(x)
-        # Pyro's vectorized particles: z of shape (L, B, latent_dim), drawn in one call; for L = 1 the
-        # same numbers without the particle dimension, which spares the networks a reshape each way.
-        z = q.rsample((L,)) if L > 1 else q.rsample()
-        elbo = vae.decode(z).log_prob(x).sum()
+        loc, scale = vae.encoder(x)  # the guide's Normal (VAE.encode), its distribution built only if needed
+        eps = _standard_normal(((L,) if L > 1 else ()) + loc.shape, loc.dtype, loc.device)  # as q.rsample draws
+        z = loc + eps * scale
+        elbo = vae.likelihood.total_log_prob(vae.decoder(z), x)
         if beta:  # beta = 0 drops the latent terms (Pyro's mask), rather than multiplying them by 0
             prior = vae.prior()
-            kl = self.kl(q, prior)
+            kl = _total_kl(vae.posterior(loc, scale), prior) if self.closed_form_kl else None
             if kl is not None:  # the same for every particle
-                elbo = elbo - (kl.sum() if beta * L == 1 else beta * L * kl.sum())
+                elbo = elbo - (kl if beta * L == 1 else beta * L * kl)
             else:
-                latent = (prior.log_prob(z) - q.log_prob(z)).sum()
+                latent = _total_log_prob(prior, z) + _total_neg_log_q(eps, scale)
                 elbo = elbo + (latent if beta == 1 else beta * latent)
         batch = x.shape[0]
         return elbo * (-(num_data if num_data is not None else batch) / batch / L)
@@ -176,6 +176,37 @@ class AnalyticKLELBO(Estimator):
     reference = TraceMeanField_ELBO
     jit_reference = _JitTraceMeanField_ELBO
     closed_form_kl = True
+
+
+def _total_neg_log_q(eps: Tensor, scale: Tensor) -> Tensor:
+    r""":math:`-\sum \log q(z)` over every particle and data point, for :math:`z = \mu + \sigma\epsilon`.
+
+    .. math:: -\log q(z) = \sum_j \tfrac12\epsilon_j^2 + \log\sigma_j + \tfrac12\log 2\pi,
+
+    the value of ``-q.log_prob(z)`` and, since :math:`z` moves with :math:`\mu` and :math:`\sigma`,
+    the same total derivative, in a third of the operations (:math:`\epsilon` needs no gradient).
+    """
+    particles = eps.numel() // scale.numel()
+    constant = (eps.square().sum() + eps.numel() * math.log(2 * math.pi)) / 2
+    log_scale = scale.log().sum()
+    return constant + (log_scale if particles == 1 else particles * log_scale)
+
+
+def _total_log_prob(d: Distribution, value: Tensor) -> Tensor:
+    """``d.log_prob(value).sum()``, looking through ``Independent`` (which only sums, as this does)."""
+    while isinstance(d, Independent):
+        d = d.base_dist
+    return d.log_prob(value).sum()
+
+
+def _total_kl(q: Distribution, p: Distribution) -> Tensor | None:
+    """The closed-form ``KL(q || p)`` summed over the batch, or ``None`` where none is registered."""
+    while isinstance(q, Independent) and isinstance(p, Independent):  # each only sums its base's KL
+        if q.reinterpreted_batch_ndims != p.reinterpreted_batch_ndims:
+            break
+        q, p = q.base_dist, p.base_dist
+    kl = closed_form_kl(q, p)
+    return None if kl is None else kl.sum()
 
 
 #: Estimators whose values every evaluation reports, from the same draws: the ELBO sampled and

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from typing import Annotated, Any
 
@@ -31,7 +32,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from pyro_vae.registry import AtLeast, AtMost, Registry
 
-__all__ = ["OPTIMIZERS", "LR_SCHEDULES", "make_optimizer", "make_lr_schedule"]
+__all__ = ["OPTIMIZERS", "LR_SCHEDULES", "make_optimizer", "make_lr_schedule", "schedule_state", "load_schedule_state"]
 
 #: Optimisers by name; the library supplies ``params`` and ``lr`` (``train.lr``).
 OPTIMIZERS: Registry = Registry("optimizer", context=("params", "lr"))
@@ -150,3 +151,18 @@ def make_optimizer(params: Iterable[torch.Tensor], lr: float, spec: dict[str, An
 def make_lr_schedule(optimizer: Optimizer, spec: dict[str, Any] | None = None, epochs: int = 1) -> LRScheduler:
     """The learning-rate schedule ``spec`` names (default constant), stepped once per epoch of ``epochs``."""
     return LR_SCHEDULES.build(spec or {"type": "constant"}, "lr_schedule", optimizer=optimizer, epochs=epochs)
+
+
+def schedule_state(schedule: LRScheduler) -> dict[str, Any]:
+    """The schedule's ``state_dict()`` as plain data, for a checkpoint read with ``weights_only=True``.
+
+    ``MultiStepLR`` keeps its milestones in a :class:`collections.Counter`, which a safe load refuses
+    (and :func:`dataclasses.asdict` garbles): it is saved as a plain dict.
+    """
+    return {key: dict(value) if isinstance(value, Counter) else value for key, value in schedule.state_dict().items()}
+
+
+def load_schedule_state(schedule: LRScheduler, state: dict[str, Any]) -> None:
+    """Restore what :func:`schedule_state` saved, with each attribute's own type."""
+    current = vars(schedule)
+    schedule.load_state_dict({k: Counter(v) if isinstance(current.get(k), Counter) else v for k, v in state.items()})

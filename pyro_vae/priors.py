@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.kl import closed_form_kl
+from pyro_vae.kl import UnitNormal, closed_form_kl
 from pyro_vae.registry import AtLeast, Registry
 from pyro_vae.scale import Scale
 
@@ -98,7 +98,7 @@ class StandardNormal(Prior):
         self.register_buffer("scale", torch.ones(latent_dim))
 
     def forward(self) -> dist.TorchDistribution:
-        return dist.Normal(self.loc, self.scale, validate_args=False).to_event(1)  # constant, valid parameters
+        return UnitNormal(self.loc, self.scale, validate_args=False).to_event(1)  # constant, valid parameters
 
 
 @PRIORS.register("normal")

@@ -55,7 +55,7 @@ from pyro_vae.distributed import Distributed, data_parallel
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.estimators import reported_with
 from pyro_vae.objectives import Objective, evaluate_elbo, kl_methods
-from pyro_vae.optim import make_lr_schedule, make_optimizer
+from pyro_vae.optim import load_schedule_state, make_lr_schedule, make_optimizer, schedule_state
 from pyro_vae.vae import VAE
 
 __all__ = [
@@ -364,7 +364,7 @@ class _Loop:
             epoch_order,
             get_rng_state(self.device),
             self.optimizer.state_dict(),
-            self.schedule.state_dict(),
+            schedule_state(self.schedule),
             list(self.history),
             self.world_size,
         )
@@ -465,7 +465,7 @@ def _restore(loop: _Loop, resume: TrainState | None, seed: int) -> TrainState:
     check_world_size(resume, loop.world_size)
     loop.optimizer.load_state_dict(resume.optimizer)
     if resume.scheduler:
-        loop.schedule.load_state_dict(resume.scheduler)
+        load_schedule_state(loop.schedule, resume.scheduler)
     loop.order.set_state(resume.order)
     if loop.rank == 0:
         set_rng_state(resume.rng, loop.device)

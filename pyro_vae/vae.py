@@ -88,7 +88,11 @@ class VAE(nn.Module):
 
     def encode(self, x: Tensor) -> dist.TorchDistribution:
         r"""The guide's distribution :math:`q(z \mid x)`, a diagonal Normal with event shape ``(latent_dim,)``."""
-        loc, scale = self.encoder(x)
+        return self.posterior(*self.encoder(x))
+
+    @staticmethod
+    def posterior(loc: Tensor, scale: Tensor) -> dist.TorchDistribution:
+        """The guide's diagonal Normal with the encoder's ``loc`` and ``scale``."""
         # validate_args=False: networks return a positive scale by construction, and a NaN from a
         # diverging encoder is caught (with its epoch and step) by the training loop's finite checks;
         # checking every call costs two device synchronisations per step.
@@ -141,12 +145,14 @@ class VAE(nn.Module):
 
 
 def is_standard_program(vae: VAE) -> bool:
-    """Whether ``vae`` runs :class:`VAE`'s own model and guide (a subclass may redefine either: another program).
+    """Whether ``vae`` runs :class:`VAE`'s own program (a subclass may redefine it: another program).
 
     Code that evaluates the program's densities directly, rather than through Pyro traces of
-    ``vae.model`` and ``vae.guide``, is valid only then.
+    ``vae.model`` and ``vae.guide``, is valid only then: the model, the guide, and the ``encode``
+    (a diagonal Normal) and ``decode`` they call are :class:`VAE`'s own.
     """
-    return type(vae).model is VAE.model and type(vae).guide is VAE.guide
+    cls = type(vae)
+    return all(getattr(cls, name) is getattr(VAE, name) for name in ("model", "guide", "encode", "decode"))
 
 
 def make_vae(
