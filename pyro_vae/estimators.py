@@ -38,10 +38,10 @@ import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import torch
 from pyro.infer import ELBO, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
 from torch import Tensor
 from torch.distributions import Distribution, Independent
-from torch.distributions.utils import _standard_normal
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.kl import closed_form_kl  # importing kl also registers the Gaussian closed form
@@ -133,22 +133,22 @@ class Estimator:
 
         with :math:`\beta\,\mathrm{KL}(q\,\|\,p)` in place of the bracket where the estimator uses
         the closed form and one is registered.
-        The draws are those Pyro makes: one standard-normal tensor :math:`\epsilon` of shape
-        ``(L, B, latent_dim)`` (without ``L`` when it is 1, which spares the networks a reshape each
-        way) and :math:`z = \mu + \sigma\epsilon`.
+        The draws are those Pyro makes, ``q.rsample``: one standard-normal tensor :math:`\epsilon` of
+        shape ``(L, B, latent_dim)`` (without ``L`` when it is 1, which spares the networks a reshape
+        each way) and :math:`z = \mu + \sigma\epsilon`.
         """
         L = self.num_particles
-        loc, scale = vae.encoder(x)  # the guide's Normal (VAE.encode), its distribution built only if needed
-        eps = _standard_normal(((L,) if L > 1 else ()) + loc.shape, loc.dtype, loc.device)  # as q.rsample draws
-        z = loc + eps * scale
+        loc, scale = vae.encoder(x)
+        q = vae.posterior(loc, scale)  # the guide's q(z|x), as VAE.encode makes it
+        z = q.rsample((L,) if L > 1 else ())
         elbo = vae.likelihood.total_log_prob(vae.decoder(z), x)
         if beta:  # beta = 0 drops the latent terms (Pyro's mask), rather than multiplying them by 0
             prior = vae.prior()
-            kl = _total_kl(vae.posterior(loc, scale), prior) if self.closed_form_kl else None
+            kl = _total_kl(q, prior) if self.closed_form_kl else None
             if kl is not None:  # the same for every particle
                 elbo = elbo - (kl if beta * L == 1 else beta * L * kl)
             else:
-                latent = _total_log_prob(prior, z) + _total_neg_log_q(eps, scale)
+                latent = _total_log_prob(prior, z) + _total_neg_log_q(z, loc, scale)
                 elbo = elbo + (latent if beta == 1 else beta * latent)
         batch = x.shape[0]
         return elbo * (-(num_data if num_data is not None else batch) / batch / L)
@@ -178,16 +178,18 @@ class AnalyticKLELBO(Estimator):
     closed_form_kl = True
 
 
-def _total_neg_log_q(eps: Tensor, scale: Tensor) -> Tensor:
-    r""":math:`-\sum \log q(z)` over every particle and data point, for :math:`z = \mu + \sigma\epsilon`.
+def _total_neg_log_q(z: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+    r""":math:`-\sum \log q(z)` over every particle and data point of draws :math:`z = \mu + \sigma\epsilon`.
 
     .. math:: -\log q(z) = \sum_j \tfrac12\epsilon_j^2 + \log\sigma_j + \tfrac12\log 2\pi,
 
     the value of ``-q.log_prob(z)`` and, since :math:`z` moves with :math:`\mu` and :math:`\sigma`,
     the same total derivative, in a third of the operations (:math:`\epsilon` needs no gradient).
     """
-    particles = eps.numel() // scale.numel()
-    constant = (eps.square().sum() + eps.numel() * math.log(2 * math.pi)) / 2
+    with torch.no_grad():
+        eps = (z - loc) / scale
+        constant = (eps.square().sum() + eps.numel() * math.log(2 * math.pi)) / 2
+    particles = z.numel() // scale.numel()
     log_scale = scale.log().sum()
     return constant + (log_scale if particles == 1 else particles * log_scale)
 
