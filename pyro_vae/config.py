@@ -92,6 +92,7 @@ class TrainConfig:
     jit: bool = False
     # The estimator as plain tensor code (exact, fastest); "auto": wherever it is exact and jit is not asked for.
     fused: bool | Literal["auto"] = "auto"
+    compile: bool = False  # compile the fused estimator with torch.compile (seconds to start, a few % a step)
     optimizer: dict = field(default_factory=lambda: {"type": "adam"})  # an entry of pyro_vae.optim.OPTIMIZERS
     lr_schedule: dict = field(default_factory=lambda: {"type": "constant"})  # an entry of pyro_vae.optim.LR_SCHEDULES
     beta: Annotated[float, AtLeast(0)] = 1.0
@@ -145,6 +146,11 @@ class Config:
         config = cls(**{name: _section(sc, values.get(name, {}), name) for name, sc in sections.items()})
         with renamed_errors(config_names()):
             check_estimator(config.train.elbo)
+        t = config.train
+        if t.compile and t.jit:
+            raise ConfigError(
+                "train.compile and train.jit cannot both be true: compile compiles the fused path; drop --jit"
+            )
         if config.train.fused is True and config.train.jit:
             raise ConfigError(
                 "train.fused and train.jit cannot both be true: fused is the faster of the two; "

@@ -124,7 +124,7 @@ def train_run(
         vae = build_vae(config, data.event_shape).to(device)
         world_size = distributed.world_size if distributed else 1
         check_batch_size(t.batch_size, len(data.train) // world_size)
-        check_data_parallel(distributed, t.jit)
+        check_data_parallel(distributed, t.jit, t.compile)
         # (in a job, the processes agree on a stop at the first step)
         signum = stop() if stop is not None and distributed is None else None
         if signum is not None:  # asked to stop before anything was written: write nothing
@@ -280,6 +280,7 @@ def _fit_options(t: TrainConfig) -> dict[str, Any]:
         "jit": t.jit,
         "beta": t.beta,
         "fused": t.fused,
+        "compile": t.compile,
         "optimizer": t.optimizer,
         "lr_schedule": t.lr_schedule,
         "clip_grad_norm": t.clip_grad_norm,

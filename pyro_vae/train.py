@@ -80,12 +80,13 @@ METRICS: dict[str, str] = {
     "test_elbo_<name>": "the same by each reported estimator (mc, analytic and the training one), from the same draws",
     "seconds": "training time of the epoch",
     "lr": "learning rate of the epoch",
-    "path": "how the objective was computed: fused, jit or pyro",
+    "path": "how the objective was computed: compiled, fused, jit or pyro",
     "kl": "how each latent site's KL term was estimated: closed_form or sampled",
 }
 
 #: How the path an objective takes is described at the start of a run.
 _PATH_TEXT = {
+    "compiled": "compiled (the fused estimator compiled with torch.compile, exact; the first step compiles it)",
     "fused": "fused (the estimator as plain tensor code, exact)",
     "jit": "jit (Pyro's ELBO compiled with torch.jit)",
     "pyro": "pyro (Pyro's traced ELBO)",
@@ -182,12 +183,14 @@ class TrainingInterrupted(PyroVAEError):
         self.checkpoint: Path | None = None  # set by whoever saved the state
 
 
-def check_data_parallel(distributed: Distributed | None, jit: bool) -> None:
-    """Pyro's JIT does not run under DistributedDataParallel: a :class:`ConfigError` for the pair."""
-    if distributed and jit:
+def check_data_parallel(distributed: Distributed | None, jit: bool, compile: bool = False) -> None:
+    """A :class:`ConfigError` for Pyro's JIT or a compiled loss under DistributedDataParallel (untested there)."""
+    if distributed and (jit or compile):
+        name = "jit" if jit else "compile"
         raise ConfigError(
-            "{jit} cannot be used under torchrun (DistributedDataParallel); the default fused path is faster and exact",
-            "jit",
+            f"{{{name}}} cannot be used under torchrun (DistributedDataParallel); "
+            "the default fused path is exact and fast",
+            name,
         )
 
 
@@ -445,10 +448,10 @@ def _start(vae: VAE, data: Dataset, distributed: Distributed | None, settings: d
         raise ConfigError(
             f"{{clip_grad_norm}} must be >= 0 (got {s['clip_grad_norm']}); 0 turns clipping off", "clip_grad_norm"
         )
-    check_data_parallel(distributed, s["jit"])
+    check_data_parallel(distributed, s["jit"], s["compile"])
     pyro.set_rng_seed((s["seed"] + rank) % 2**32)  # NumPy, which Pyro seeds too, takes 32-bit seeds
     order = torch.Generator().manual_seed(s["seed"])  # the same permutation in every process; each takes its shard
-    objective = Objective(vae, s["elbo"], s["num_particles"], s["jit"], s["beta"], s["fused"])
+    objective = Objective(vae, s["elbo"], s["num_particles"], s["jit"], s["beta"], s["fused"], s["compile"])
     loss = data_parallel(vae, objective, distributed, s["beta"]) if distributed else objective
     optimizer = make_optimizer(vae.parameters(), s["lr"], s["optimizer"])
     schedule = make_lr_schedule(optimizer, s["lr_schedule"], s["epochs"])
@@ -487,6 +490,7 @@ def fit(
     jit: bool = False,
     beta: float = 1.0,
     fused: bool | Literal["auto"] = "auto",
+    compile: bool = False,
     optimizer: dict[str, Any] | None = None,
     lr_schedule: dict[str, Any] | None = None,
     clip_grad_norm: float = 0.0,
@@ -504,8 +508,8 @@ def fit(
         epochs, batch_size, lr, optimizer, lr_schedule: each epoch is a random permutation of the training
             set in batches of exactly ``batch_size``; ``optimizer`` and ``lr_schedule`` are ``{"type": name,
             ...}`` of :mod:`pyro_vae.optim` (default Adam, constant), the schedule stepped after each epoch.
-        elbo, num_particles, jit, beta, fused: the objective (:class:`~pyro_vae.objectives.Objective`);
-            ``fused="auto"`` takes the fastest exact path (:func:`~pyro_vae.objectives.choose_path`).
+        elbo, num_particles, jit, beta, fused, compile: the objective (:class:`~pyro_vae.objectives.Objective`);
+            ``fused="auto"`` takes the fastest exact eager path (:func:`~pyro_vae.objectives.choose_path`).
         clip_grad_norm, seed, progress: the largest gradient norm of a step (0: no clipping); the seed of
             Pyro, torch, numpy and the data order; a progress bar.
         on_epoch, on_checkpoint: called after each epoch with its metrics and the optimiser, then with the
@@ -519,7 +523,8 @@ def fit(
         TrainingInterrupted: ``stop`` asked for it.
     """
     settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, elbo=elbo, num_particles=num_particles, jit=jit)
-    settings.update(beta=beta, fused=fused, optimizer=optimizer, lr_schedule=lr_schedule, clip_grad_norm=clip_grad_norm)
+    settings.update(beta=beta, fused=fused, compile=compile, optimizer=optimizer, lr_schedule=lr_schedule)
+    settings.update(clip_grad_norm=clip_grad_norm)
     loop = _start(vae, data, distributed, {**settings, "seed": seed})
     progress_ = _Progress(progress and loop.rank == 0, epochs, loop.steps, resume or TrainState())
     progress_.start(elbo, loop.kl, loop.objective.path)

@@ -148,11 +148,11 @@ def is_standard_program(vae: VAE) -> bool:
     """Whether ``vae`` runs :class:`VAE`'s own program (a subclass may redefine it: another program).
 
     Code that evaluates the program's densities directly, rather than through Pyro traces of
-    ``vae.model`` and ``vae.guide``, is valid only then: the model, the guide, and the ``encode``
-    (a diagonal Normal) and ``decode`` they call are :class:`VAE`'s own.
+    ``vae.model`` and ``vae.guide``, is valid only then: the model, the guide, and the ``encode``,
+    ``posterior`` (a diagonal Normal) and ``decode`` they call are :class:`VAE`'s own.
     """
     cls = type(vae)
-    return all(getattr(cls, name) is getattr(VAE, name) for name in ("model", "guide", "encode", "decode"))
+    return all(getattr(cls, name) is getattr(VAE, name) for name in ("model", "guide", "encode", "posterior", "decode"))
 
 
 def make_vae(

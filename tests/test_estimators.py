@@ -11,6 +11,7 @@ from pyro.infer import ELBO
 
 from pyro_vae import ESTIMATORS, Estimator, Objective, make_elbo
 from pyro_vae.cli import main
+from pyro_vae.errors import ConfigError
 from pyro_vae.objectives import choose_path, elbo_per_example, evaluate_elbo, kl_methods
 
 from helpers import tiny_batch, tiny_vae
@@ -83,6 +84,11 @@ def test_the_fastest_exact_path_is_chosen_unless_asked_otherwise():
     assert choose_path(vae) == "fused" and choose_path(other) == "pyro"
     assert choose_path(vae, jit=True) == "jit" and choose_path(vae, fused=False) == "pyro"
     assert Objective(vae).path == "pyro"  # the Objective's own default is the reference
+    assert choose_path(vae, compile=True) == "compiled"
+    with pytest.raises(ConfigError, match="compile and jit cannot both be true"):
+        choose_path(vae, jit=True, compile=True)
+    with pytest.raises(ConfigError, match="fused: Redefined redefines its program"):
+        choose_path(other, compile=True)
 
 
 def test_listing_shows_every_estimator(capsys):
@@ -91,3 +97,38 @@ def test_listing_shows_every_estimator(capsys):
     assert text.startswith("estimators (train.elbo = ...)")
     for name in ESTIMATORS:
         assert f"\n  {name}  [" in text
+
+
+@pytest.mark.slow  # each case compiles the loss and its gradient (seconds)
+# torch.compile's tracer reads .grad of intermediate tensors where it resumes after a graph break (a
+# sampled KL's distribution code), which warns; the warning is about the tracer, not about this code.
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf Tensor is being accessed")
+@pytest.mark.parametrize("prior", [{"type": "standard_normal"}, {"type": "student_t"}])
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+def test_compiled_loss_equals_the_pyro_reference(name, prior, float64):
+    vae, x = tiny_vae(prior=prior, double=False), tiny_batch()
+    params = [p for p in vae.parameters() if p.requires_grad]
+    reference, compiled = Objective(vae, name, 2), Objective(vae, name, 2, compile=True)
+    assert compiled.path == "compiled"
+    for seed in (3, 4):  # the second call runs the compiled code without compiling
+        results = []
+        for objective in (reference, compiled):
+            pyro.set_rng_seed(seed)
+            loss = objective(x, NUM_DATA)
+            results.append((loss, torch.autograd.grad(loss, params)))
+        (expected, expected_grads), (loss, grads) = results
+        torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-9)
+        for g, e in zip(grads, expected_grads):
+            torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf Tensor is being accessed")
+def test_a_compiled_run_trains_and_says_so(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--epochs", "1", "--hidden", "16", "--latent-dim", "2", "--batch-size", "256", "--compile"]
+    assert main([*args, "--quiet", "--out", str(out)]) == 0
+    import json
+
+    assert json.loads((out / "summary.json").read_text())["path"] == "compiled"
+    assert "compile = true" in (out / "config.toml").read_text()
