@@ -65,8 +65,8 @@ def choose_path(vae: VAE, jit: bool = False, fused: bool | Literal["auto"] = "au
         raise ConfigError("compile and jit cannot both be true: compile compiles the fused path; pass jit=False")
     if (fused is True or compile) and not is_standard_program(vae):
         raise ConfigError(
-            f"{{fused}}: {type(vae).__name__} redefines its program, which the fused ELBO cannot know; "
-            "use {fused=}False",
+            f"{{fused}}: {type(vae).__name__} redefines the model or guide (or what they call), "
+            "which the fused ELBO cannot know; use {fused=}False",
             "fused",
         )
     if compile:

@@ -87,7 +87,7 @@ def test_the_fastest_exact_path_is_chosen_unless_asked_otherwise():
     assert choose_path(vae, compile=True) == "compiled"
     with pytest.raises(ConfigError, match="compile and jit cannot both be true"):
         choose_path(vae, jit=True, compile=True)
-    with pytest.raises(ConfigError, match="fused: Redefined redefines its program"):
+    with pytest.raises(ConfigError, match="fused: Redefined redefines the model or guide"):
         choose_path(other, compile=True)
 
 
