@@ -78,10 +78,13 @@ class Sizes:
     """How much work each part does; ``--smoke`` and ``--quick`` pick smaller ones, options override."""
 
     batches: tuple[int, ...] = (32, 128, 512)
-    steps: int = 30  # timed steps per round
+    steps: int = 10  # timed steps per round
     warmup: int = 3  # untimed steps at the start of each round (the JIT compiles on the first)
-    repeats: int = 5  # interleaved rounds of the step and likelihood timings
-    epochs: int = 3  # interleaved rounds of one training epoch each
+    # Interleaved rounds of the step timings. Many short rounds rather than a few long ones: a fresh
+    # copy of the weights each round lands elsewhere in memory, which moves a step's time by a few
+    # percent, and the median over many rounds averages that out.
+    repeats: int = 11
+    epochs: int = 5  # interleaved rounds of one training epoch each
     epoch_batch: int = 256
     memory_epochs: int = 10
     points: int = 100  # data points of the log-likelihood
@@ -93,7 +96,7 @@ class Sizes:
 
 PROFILES = {
     "full": Sizes(),
-    "quick": Sizes(steps=15, repeats=3, epochs=2, memory_epochs=3, likelihood_repeats=2),
+    "quick": Sizes(steps=10, repeats=5, epochs=2, memory_epochs=3, likelihood_repeats=2),
     "smoke": Sizes(
         batches=(32, 128),
         steps=2,
@@ -764,11 +767,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     profile.add_argument("--smoke", action="store_true", help="tiny sizes on random data, one round (seconds)")
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="the parts to run (default: all)")
     parser.add_argument("--batch", type=int, nargs="+", help="batch sizes of the step table (default 32 128 512)")
-    parser.add_argument("--steps", type=int, help="timed steps per round (default 30)")
+    parser.add_argument("--steps", type=int, help="timed steps per round (default 10)")
     parser.add_argument(
-        "--repeats", type=int, help="interleaved rounds of the step and log-likelihood timings (default 5 and 3)"
+        "--repeats", type=int, help="interleaved rounds of the step and log-likelihood timings (default 11 and 3)"
     )
-    parser.add_argument("--epochs", type=int, help="interleaved one-epoch rounds of the epoch table (default 3)")
+    parser.add_argument("--epochs", type=int, help="interleaved one-epoch rounds of the epoch table (default 5)")
     parser.add_argument("--memory-epochs", type=int, help="epochs of the memory part (default 10)")
     parser.add_argument(
         "--data-root",
