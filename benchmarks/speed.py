@@ -26,7 +26,7 @@ Five tables, all for the MLP 784-400-50 VAE with a Bernoulli likelihood and Adam
    1.05x of the hand-written VAE compiled the same way. Compiling takes a minute or two; ``--smoke``
    leaves this table out.
 
-Every timing is a median over rounds in which the configurations take turns, so a slow spell of
+Every timing is a median over rounds in which the configurations take turns (in a shuffled order), so a slow spell of
 the machine hits all of them alike, and every ratio is the median of the ratios within a round.
 Each table says how long it took and how much of that time another task waited for a CPU (Linux
 pressure stall information): more than a few percent means other work skewed it. The command
@@ -40,6 +40,7 @@ import contextlib
 import math
 import os
 import platform
+import random
 import resource
 import shlex
 import statistics
@@ -216,11 +217,17 @@ def train_step(loss_fn: LossFn, optimizer: torch.optim.Optimizer, x: Tensor, num
 
 
 def interleaved(measurements: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
-    """Each measurement's value in each of ``rounds`` rounds, in each of which every measurement runs once, in turn."""
+    """Each measurement's value in each of ``rounds`` rounds, in each of which every measurement runs once.
+
+    The order within a round is shuffled (seeded): what ran just before a measurement (its caches,
+    the allocator's state) must not favour one configuration in every round.
+    """
     values: dict[str, list[float]] = {name: [] for name in measurements}
-    for _ in range(rounds):
-        for name, measure in measurements.items():
-            values[name].append(measure())
+    for round_ in range(rounds):
+        order = list(measurements)
+        random.Random(round_).shuffle(order)
+        for name in order:
+            values[name].append(measurements[name]())
     return values
 
 

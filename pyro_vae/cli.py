@@ -337,7 +337,8 @@ def _compare(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         print(format_comparison(result))
-        print(f"written: {args.run_dir / 'compare.json'}, {args.run_dir / 'compare.png'}")
+        written = ", ".join(str(args.run_dir / name) for name in ("compare.json", "compare.png", "snr.png"))
+        print(f"written: {written}")
     return 0
 
 

@@ -29,7 +29,7 @@ import torch
 
 from pyro_vae.data import Dataset, load_dataset
 from pyro_vae.errors import ConfigError, renamed_errors
-from pyro_vae.estimators import check_estimator
+from pyro_vae.estimators import ESTIMATORS, check_estimator
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.networks import NETWORKS
 from pyro_vae.optim import LR_SCHEDULES, OPTIMIZERS
@@ -146,6 +146,7 @@ class Config:
         config = cls(**{name: _section(sc, values.get(name, {}), name) for name, sc in sections.items()})
         with renamed_errors(config_names()):
             check_estimator(config.train.elbo)
+            ESTIMATORS.get(config.train.elbo).check_options(config.train.beta, config.train.jit)
         t = config.train
         if t.compile and t.jit:
             raise ConfigError(

@@ -9,7 +9,7 @@ An estimator knows three things about the bound it estimates for :class:`~pyro_v
 - its **value per data point** for evaluation, from the terms of one run of guide and model
   (:meth:`Estimator.per_example`).
 
-Both entries here target the same evidence lower bound
+Three entries target the evidence lower bound
 
 .. math:: \mathcal L(x) = \mathbb E_{q(z\mid x)}[\log p(x\mid z)] - \mathrm{KL}(q(z\mid x)\,\|\,p(z))
     \le \log p(x).
@@ -18,6 +18,16 @@ Both entries here target the same evidence lower bound
   :math:`z^{(l)} \sim q`: :math:`\frac1L\sum_l \log p(x\mid z^{(l)}) + \log p(z^{(l)}) - \log q(z^{(l)}\mid x)`.
 - ``"analytic"`` (:class:`~pyro.infer.TraceMeanField_ELBO`) samples only the reconstruction term
   and uses the closed-form KL (:func:`pyro_vae.kl.gaussian_kl`) wherever one is registered.
+- ``"stl"``: ``mc``'s value with the sticking-the-landing gradient (no score term).
+
+Two target the importance-weighted bound :math:`\mathcal L_K(x) = \mathbb E[\log\frac1K\sum_k
+p(x, z_k)/q(z_k\mid x)]` of :math:`K` = ``num_particles`` draws:
+
+- ``"iwae"``, its value and reparameterised gradient;
+- ``"dreg"``, the same value with the doubly reparameterized gradient for the encoder.
+
+The references of the last three are in :mod:`pyro_vae.references` (Pyro ships no such estimators,
+and its ``RenyiELBO`` is not the per-data-point IWAE bound under minibatch scaling).
 
 Adding an estimator is one subclass, one ``@ESTIMATORS.register`` and one row in the parametrized
 tests; nothing outside this module asks for an estimator by name.
@@ -27,7 +37,7 @@ Reference:
 
 Example:
     >>> list(ESTIMATORS)
-    ['mc', 'analytic']
+    ['mc', 'analytic', 'stl', 'iwae', 'dreg']
     >>> make_estimator("analytic", num_particles=4).closed_form_kl
     True
 """
@@ -45,6 +55,7 @@ from torch.distributions import Distribution, Independent
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.kl import closed_form_kl  # importing kl also registers the Gaussian closed form
+from pyro_vae.references import TraceDReG_ELBO, TraceIWAE_ELBO, TraceSTL_ELBO, square_weights
 from pyro_vae.registry import Registry
 from pyro_vae.vae import VAE
 
@@ -54,9 +65,14 @@ __all__ = [
     "Estimator",
     "MonteCarloELBO",
     "AnalyticKLELBO",
+    "StickingTheLandingELBO",
+    "IWAE",
+    "DReG",
     "make_estimator",
     "check_estimator",
     "reported_with",
+    "value_name",
+    "evaluation_plan",
 ]
 
 #: Estimators by name; each entry is an :class:`Estimator` subclass.
@@ -105,11 +121,35 @@ class Estimator:
     """
 
     reference: ClassVar[type[ELBO]]
-    jit_reference: ClassVar[type[ELBO]]
+    #: Pyro's JIT-compiled variant of the reference, where there is one.
+    jit_reference: ClassVar[type[ELBO] | None] = None
     #: Whether the KL term is the registered closed form (else sampled), as in ``TraceMeanField_ELBO``.
     closed_form_kl: ClassVar[bool] = False
     #: The bound it estimates; estimators of the same bound agree in expectation (``compare`` checks it).
     bound: ClassVar[str] = "elbo"
+    #: The registered estimator whose value this one computes with another gradient, if any: evaluation
+    #: reports that one (``stl`` has ``mc``'s value, ``dreg`` ``iwae``'s).
+    value_of: ClassVar[str | None] = None
+    #: Whether the number of particles is part of the bound (the IWAE bound of K samples), so that the
+    #: bound is evaluated with the particles it was trained with.
+    particles_define_bound: ClassVar[bool] = False
+    #: Whether beta, the weight of the KL term, means anything for the bound.
+    weights_kl: ClassVar[bool] = True
+
+    @classmethod
+    def check_options(cls, beta: float = 1.0, jit: bool = False) -> None:
+        """A :class:`ConfigError` for settings this estimator has no meaning or no implementation for."""
+        if not cls.weights_kl and beta != 1:
+            raise ConfigError(
+                f"{{beta}} is {beta:g}, but beta weights the KL term of the ELBO and the importance-weighted bound "
+                "has none; use {beta=}1 with this estimator, or an ELBO estimator (mc, analytic, stl)",
+                "beta",
+            )
+        if jit and cls.jit_reference is None:
+            raise ConfigError(
+                f"{{jit}}: {cls.__name__} has no Pyro JIT variant; drop {{jit=}} (the default fused path is faster)",
+                "jit=True",
+            )
 
     def __init__(self, num_particles: int = 1) -> None:
         if num_particles < 1:
@@ -117,12 +157,13 @@ class Estimator:
         self.num_particles = num_particles
 
     def pyro_elbo(self, jit: bool = False) -> ELBO:
-        """Pyro's estimator for ``vae.model`` / ``vae.guide`` (JIT-compiled with ``jit``; fixed batch shapes then)."""
+        """Pyro's estimator for ``vae.model`` / ``vae.guide`` (JIT-compiled with ``jit``: fixed batch shapes then)."""
         options: dict[str, Any] = dict(num_particles=self.num_particles, vectorize_particles=True, max_plate_nesting=1)
         if jit:
             # Tracing a Pyro program warns about Python ints taken from tensor shapes; the shapes are
             # fixed by design here (equal-sized batches), so the warnings carry no information.
             options["ignore_jit_warnings"] = True
+        self.check_options(jit=jit)
         return (self.jit_reference if jit else self.reference)(**options)
 
     def fused_loss(self, vae: VAE, x: Tensor, num_data: int | None = None, beta: float = 1.0) -> Tensor:
@@ -178,6 +219,98 @@ class AnalyticKLELBO(Estimator):
     closed_form_kl = True
 
 
+@ESTIMATORS.register("stl")
+class StickingTheLandingELBO(MonteCarloELBO):
+    r"""The ELBO with the "sticking the landing" gradient: :math:`\log q` at the guide's parameters held fixed.
+
+    The value is ``mc``'s. The gradient drops the score term :math:`\nabla_\phi \log q_\phi(z)\vert_z`,
+    whose expectation is zero, and keeps the path derivative through :math:`z = \mu + \sigma\epsilon`:
+    when :math:`q` is the exact posterior, the encoder's gradient is zero for every draw.
+
+    Reference:
+        Sticking the Landing: Simple, Lower-Variance Gradient Estimators for Variational Inference
+        (Roeder, Wu & Duvenaud, 2017).
+    """
+
+    reference = TraceSTL_ELBO
+    jit_reference = None
+    value_of = "mc"
+
+    def fused_loss(self, vae: VAE, x: Tensor, num_data: int | None = None, beta: float = 1.0) -> Tensor:
+        L = self.num_particles
+        loc, scale = vae.encoder(x)
+        z = vae.posterior(loc, scale).rsample((L,) if L > 1 else ())
+        elbo = vae.likelihood.total_log_prob(vae.decoder(z), x)
+        if beta:
+            log_q = vae.posterior(loc.detach(), scale.detach()).log_prob(z).sum()
+            latent = _total_log_prob(vae.prior(), z) - log_q
+            elbo = elbo + (latent if beta == 1 else beta * latent)
+        batch = x.shape[0]
+        return elbo * (-(num_data if num_data is not None else batch) / batch / L)
+
+
+@ESTIMATORS.register("iwae")
+class IWAE(Estimator):
+    r"""The importance-weighted bound of :math:`K` = ``num_particles`` samples per data point.
+
+    .. math:: \mathcal L_K(x) = \mathbb E\Big[\log \frac1K \sum_{k=1}^K \frac{p(x, z_k)}{q(z_k \mid x)}\Big],
+        \qquad z_k \sim q(z \mid x),
+
+    a tighter bound on :math:`\log p(x)` than the ELBO (:math:`K = 1`), rising to it with :math:`K`.
+    Its gradient is that of the log-mean-exp through the reparameterised draws.
+
+    Reference:
+        Importance Weighted Autoencoders (Burda, Grosse & Salakhutdinov, 2016).
+    """
+
+    reference = TraceIWAE_ELBO
+    jit_reference = None
+    bound = "iwae"
+    particles_define_bound = True
+    weights_kl = False
+    stop_guide = False  # log q with the guide's parameters held fixed (DReG)
+
+    def fused_loss(self, vae: VAE, x: Tensor, num_data: int | None = None, beta: float = 1.0) -> Tensor:
+        self.check_options(beta)
+        L = self.num_particles
+        loc, scale = vae.encoder(x)
+        q = vae.posterior(loc, scale)
+        z = q.rsample((L,) if L > 1 else ())
+        guide = vae.posterior(loc.detach(), scale.detach()) if self.stop_guide else q
+        log_w = vae.decode(z).log_prob(x) + vae.prior().log_prob(z) - guide.log_prob(z)
+        if L == 1:  # Pyro adds no particle dimension for one particle
+            z, log_w = z.unsqueeze(0), log_w.unsqueeze(0)
+        if self.stop_guide:
+            square_weights([z], log_w)
+        bound = (torch.logsumexp(log_w, 0) - math.log(L)).sum()
+        batch = x.shape[0]
+        return bound * (-(num_data if num_data is not None else batch) / batch)
+
+    def per_example(self, terms: dict[str, Tensor | None]) -> Tensor:
+        log_w = terms["log_likelihood"] + terms["log_prior"] - terms["log_q"]
+        return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
+
+
+@ESTIMATORS.register("dreg")
+class DReG(IWAE):
+    r"""The importance-weighted bound with doubly reparameterized gradients for the encoder.
+
+    The value and the decoder's gradient are ``iwae``'s. The encoder's gradient replaces IWAE's
+    :math:`\sum_k \tilde w_k \nabla_\phi \log w_k` by its doubly reparameterized form
+    :math:`\sum_k \tilde w_k^2 \,\frac{\partial \log w_k}{\partial z_k}\frac{\partial z_k}{\partial\phi}`
+    (:math:`\tilde w` the normalised weights), which has the same expectation, no score term, and a
+    signal-to-noise ratio that grows with :math:`K` instead of shrinking.
+
+    Reference:
+        Doubly Reparameterized Gradient Estimators for Monte Carlo Objectives
+        (Tucker, Lawson, Gu & Maddison, 2019).
+    """
+
+    reference = TraceDReG_ELBO
+    value_of = "iwae"
+    stop_guide = True
+
+
 def _total_neg_log_q(z: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
     r""":math:`-\sum \log q(z)` over every particle and data point of draws :math:`z = \mu + \sigma\epsilon`.
 
@@ -228,6 +361,24 @@ def make_estimator(name: str = "mc", num_particles: int = 1) -> Estimator:
     return ESTIMATORS.get(name)(num_particles=num_particles)
 
 
+def value_name(name: str) -> str:
+    """The estimator whose value ``name`` reports: itself, or the one it shares its value with."""
+    return ESTIMATORS.get(name).value_of or name
+
+
 def reported_with(name: str) -> tuple[str, ...]:
-    """The estimators an evaluation of a run trained with ``name`` reports: :data:`REPORTED`, and ``name``."""
-    return REPORTED + (() if name in REPORTED else (name,))
+    """The estimators an evaluation of a run trained with ``name`` reports: :data:`REPORTED`, and ``name``'s value."""
+    value = value_name(name)
+    return REPORTED + (() if value in REPORTED else (value,))
+
+
+def evaluation_plan(name: str, num_particles: int = 1, train_particles: int = 1) -> list[tuple[tuple[str, ...], int]]:
+    """Which estimators an evaluation of a run trained with ``name`` computes, and with how many particles each.
+
+    The ELBO's estimators take ``num_particles`` draws; a bound defined by its particles (IWAE) takes
+    the ``train_particles`` it was trained with, from draws of its own.
+    """
+    names = reported_with(name)
+    fixed = tuple(n for n in names if ESTIMATORS.get(n).particles_define_bound)
+    free = tuple(n for n in names if n not in fixed)
+    return [(free, num_particles)] + ([(fixed, train_particles)] if fixed else [])

@@ -23,10 +23,10 @@ from pyro_vae.compare import compare_estimators
 from pyro_vae.config import Config, load_data, resolve_device
 from pyro_vae.data import Dataset
 from pyro_vae.errors import RunError
-from pyro_vae.estimators import ESTIMATORS, check_estimator, reported_with
+from pyro_vae.estimators import ESTIMATORS, check_estimator
 from pyro_vae.marginal import log_likelihood
-from pyro_vae.objectives import evaluate_elbo
-from pyro_vae.plots import draw_pictures, plot_gradient_variance
+from pyro_vae.objectives import evaluate_bounds
+from pyro_vae.plots import draw_pictures, plot_gradient_snr, plot_gradient_variance
 from pyro_vae.runs import caption, load
 from pyro_vae.storage import atomic_write
 from pyro_vae.vae import VAE
@@ -67,9 +67,10 @@ def evaluate_run(
     r"""ELBO of a split of a run's data set under each reported estimator, with standard errors (nats per point).
 
     The estimators are :data:`~pyro_vae.estimators.REPORTED` and the one the run trained with,
-    all from the same draws. With ``num_samples = K > 0`` it adds ``log_likelihood``, the
-    importance-sampled :math:`\log p(x)` with ``K`` samples per point (see
-    :func:`pyro_vae.marginal.log_likelihood`), and its standard error over the data points.
+    from the same draws; an importance-weighted bound is evaluated with the particles it was
+    trained with (:func:`~pyro_vae.objectives.evaluate_bounds`). With ``num_samples = K > 0`` it
+    adds ``log_likelihood``, the importance-sampled :math:`\log p(x)` with ``K`` samples per point
+    (see :func:`pyro_vae.marginal.log_likelihood`), and its standard error over the data points.
     """
     _check_split(split)
     if num_particles < 1:
@@ -78,7 +79,8 @@ def evaluate_run(
         raise RunError(f"{{num_samples}} must be >= 0 (got {num_samples})", "num_samples")
     vae, config, data = open_run(run_dir, device)
     x = data.train if split == "train" else data.test
-    scores = evaluate_elbo(vae, x, num_particles, batch_size, estimators=reported_with(config.train.elbo))
+    t = config.train
+    scores = evaluate_bounds(vae, x, t.elbo, num_particles, t.num_particles, batch_size)
     result = {"run": str(run_dir), "split": split, "num_particles": num_particles, **scores}
     if num_samples:
         ll = log_likelihood(vae, x, num_samples=num_samples, batch_size=min(batch_size, 100)).double()
@@ -98,8 +100,9 @@ def compare_run(
 ) -> dict[str, Any]:
     """Compare estimators on a fixed batch of a run's data (:func:`pyro_vae.compare.compare_estimators`).
 
-    ``estimators`` defaults to every registered one. Writes ``compare.json`` and ``compare.png``
-    (gradient variance against particles) into the run folder.
+    ``estimators`` defaults to every registered one. Writes ``compare.json``, ``compare.png``
+    (gradient variance against particles) and ``snr.png`` (the gradient's signal-to-noise ratio)
+    into the run folder.
     """
     _check_split(split)
     if repeats < 2:
@@ -116,6 +119,7 @@ def compare_run(
     atomic_write(Path(run_dir) / "compare.json", json.dumps(result, indent=2) + "\n")
     where = f"{caption(config)} | {len(x)} {split} points, {repeats} repeats"
     plot_gradient_variance(result, Path(run_dir) / "compare.png", where)
+    plot_gradient_snr(result, Path(run_dir) / "snr.png", where)
     return result
 
 

@@ -22,7 +22,7 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.estimators import ESTIMATORS, REPORTED, check_estimator, make_estimator
+from pyro_vae.estimators import ESTIMATORS, REPORTED, check_estimator, evaluation_plan, make_estimator
 from pyro_vae.kl import closed_form_kl
 from pyro_vae.vae import VAE, is_standard_program
 
@@ -39,6 +39,7 @@ __all__ = [
     "elbo_terms",
     "elbo_per_example",
     "evaluate_elbo",
+    "evaluate_bounds",
 ]
 
 #: How an :class:`Objective` computes its estimator, fastest first: the estimator's fused tensor
@@ -152,6 +153,7 @@ class Objective:
             raise ConfigError(f"{{beta}} must be >= 0 (got {beta})", "beta")
         self.path = choose_path(vae, jit, fused, compile)
         self.estimator = make_estimator(estimator, num_particles)
+        self.estimator.check_options(beta, jit)
         self.elbo = self.estimator.pyro_elbo(jit)
         self.name, self.num_particles, self.beta = estimator, num_particles, beta
         self.vae = vae
@@ -288,6 +290,27 @@ def evaluate_elbo(
         out[f"elbo_{e}"] = v.mean().item()
         out[f"elbo_{e}_se"] = (v.std().item() / math.sqrt(n)) if n > 1 else float("nan")
     out["num_examples"] = n
+    return out
+
+
+def evaluate_bounds(
+    vae: VAE,
+    x: Tensor,
+    estimator: str,
+    num_particles: int = 1,
+    train_particles: int = 1,
+    batch_size: int = 1000,
+    reduce: Callable[[Tensor], Tensor] | None = None,
+) -> dict[str, float]:
+    """What an evaluation of a run trained with ``estimator`` reports (:func:`~pyro_vae.estimators.evaluation_plan`).
+
+    The ELBO by each reported estimator with ``num_particles`` draws and, for a bound defined by its
+    particles (IWAE), that bound with the ``train_particles`` it was trained with. Same keys as
+    :func:`evaluate_elbo`.
+    """
+    out: dict[str, float] = {}
+    for names, particles in evaluation_plan(estimator, num_particles, train_particles):
+        out.update(evaluate_elbo(vae, x, particles, batch_size, names, reduce))
     return out
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "latent_grid",
     "plot_curves",
     "plot_gradient_variance",
+    "plot_gradient_snr",
     "principal_directions",
     "posterior_means",
 ]
@@ -134,21 +135,47 @@ def plot_gradient_variance(result: dict, path: str | Path, caption: str = "") ->
     ``num_particles`` and ``grad_variance`` (group name → total variance, or ``None``). Every estimator
     in the rows gets a line, in the order of its first row.
     """
+    title = "Gradient variance of the estimators against the number of particles"
+    _plot_against_particles(result, path, caption, "grad_variance", "total variance", title)
+
+
+def plot_gradient_snr(result: dict, path: str | Path, caption: str = "") -> None:
+    """Log–log plot of the gradient's signal-to-noise ratio against the number of particles, with fitted slopes.
+
+    As :func:`plot_gradient_variance`, from each row's ``grad_snr`` (the mean over a group's
+    coordinates of |mean| / std); each legend entry gives the least-squares slope of log SNR
+    against log K (Rainforth et al., 2018: about -1/2 for IWAE's encoder, +1/2 for its decoder).
+    """
+    from pyro_vae.compare import snr_slopes
+
+    title = "Gradient signal-to-noise ratio against the number of particles"
+    slopes = {g: snr_slopes(result, g) for g in result["rows"][0]["grad_snr"]}
+    _plot_against_particles(
+        result, path, caption, "grad_snr", "SNR: mean over coordinates of |mean| / std", title, slopes
+    )
+
+
+def _plot_against_particles(
+    result: dict, path: str | Path, caption: str, key: str, ylabel: str, title: str, slopes: dict | None = None
+) -> None:
     rows = result["rows"]
-    groups = [g for g in rows[0]["grad_variance"] if rows[0]["grad_variance"][g] is not None]
+    groups = [g for g in rows[0][key] if rows[0][key][g] is not None]
     estimators = list(dict.fromkeys(r["estimator"] for r in rows))
     fig = _figure(figsize=(4.6 * len(groups), 3.8))
     axes = fig.subplots(1, len(groups), squeeze=False)
     for ax, group in zip(axes[0], groups):
         for estimator, style in zip(estimators, itertools.cycle(_ESTIMATOR_STYLES)):
-            points = [(r["num_particles"], r["grad_variance"][group]) for r in rows if r["estimator"] == estimator]
-            ax.loglog(*zip(*points), style, label=estimator)
+            points = [
+                (r["num_particles"], r[key][group]) for r in rows if r["estimator"] == estimator and r[key][group]
+            ]
+            slope = (slopes or {}).get(group, {}).get(estimator)
+            ax.loglog(*zip(*points), style, label=estimator if slope is None else f"{estimator} (slope {slope:+.2f})")
         ax.set_title(f"{group} gradient")
-        ax.set_xlabel("particles L")
-        ax.set_ylabel("total variance")
+        ax.set_xlabel("particles K")
+        ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-    _save(fig, Path(path), "Gradient variance of the estimators against the number of particles", caption)
+    _save(fig, Path(path), title, caption)
 
 
 _CURVE_LABELS = {"train_elbo": "train (training objective)", "test_elbo": "test"}

@@ -33,8 +33,7 @@ from pyro_vae.config import Config, TrainConfig, build_vae, config_names, load_d
 from pyro_vae.data import Dataset
 from pyro_vae.distributed import Distributed, from_env
 from pyro_vae.errors import RunError, renamed_errors
-from pyro_vae.estimators import reported_with
-from pyro_vae.objectives import evaluate_elbo
+from pyro_vae.objectives import evaluate_bounds
 from pyro_vae.plots import draw_pictures
 from pyro_vae.storage import atomic_write, load_checkpoint, remove_partial_writes, save_checkpoint
 from pyro_vae.train import (
@@ -302,7 +301,7 @@ def _summarize(
     vae.eval()
     pictures = draw_pictures(vae, data, history, out, caption(config))
     torch.manual_seed(t.seed)  # as evaluate_run does: `pyro-vae evaluate` reproduces these numbers in any one process
-    final = evaluate_elbo(vae, data.test, estimators=reported_with(t.elbo))
+    final = evaluate_bounds(vae, data.test, t.elbo, train_particles=t.num_particles)
     summary = {
         "run": str(out),
         "dataset": data.name,

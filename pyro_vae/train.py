@@ -53,8 +53,8 @@ from tqdm.auto import tqdm
 from pyro_vae.data import Dataset
 from pyro_vae.distributed import Distributed, data_parallel
 from pyro_vae.errors import ConfigError, PyroVAEError
-from pyro_vae.estimators import reported_with
-from pyro_vae.objectives import Objective, evaluate_elbo, kl_methods
+from pyro_vae.estimators import reported_with, value_name
+from pyro_vae.objectives import Objective, evaluate_bounds, kl_methods
 from pyro_vae.optim import load_schedule_state, make_lr_schedule, make_optimizer, schedule_state
 from pyro_vae.vae import VAE
 
@@ -421,15 +421,13 @@ class _Loop:
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
             self.schedule.step()
         test = self.data.test[self.rank :: self.world_size] if self.distributed else self.data.test
-        reported = reported_with(self.objective.name)
-        scores = evaluate_elbo(
-            self.vae, test, estimators=reported, reduce=self.distributed.all_reduce if self.distributed else None
-        )
+        name, reduce = self.objective.name, self.distributed.all_reduce if self.distributed else None
+        scores = evaluate_bounds(self.vae, test, name, train_particles=self.objective.num_particles, reduce=reduce)
         metrics = {
             "epoch": epoch,
             "train_elbo": -total / (self.steps * self.num_data),
-            "test_elbo": scores[f"elbo_{self.objective.name}"],
-            **{f"test_elbo_{name}": scores[f"elbo_{name}"] for name in reported},
+            "test_elbo": scores[f"elbo_{value_name(name)}"],
+            **{f"test_elbo_{n}": scores[f"elbo_{n}"] for n in reported_with(name)},
             "seconds": seconds,
             "lr": lr,
             "path": self.objective.path,

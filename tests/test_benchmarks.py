@@ -32,3 +32,19 @@ def test_speed_benchmark_runs_in_smoke_mode(tmp_path):
         assert title in result.stdout, f"missing table {title!r} in:\n{result.stdout}"
     assert "RANDOM STAND-IN DATA" in result.stdout  # --smoke never reads MNIST, and says so
     assert "failed" not in result.stdout, result.stdout
+
+
+@pytest.mark.slow  # three one-epoch runs on the digits
+def test_estimator_benchmark_runs_in_smoke_mode(tmp_path):
+    script = SPEED.parent / "estimators.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--out", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    for name in ("analytic", "iwae", "dreg"):
+        assert f"\n{name} " in result.stdout, result.stdout
+    assert (tmp_path / "runs" / "results.json").is_file()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from pyro.infer import ELBO
 
-from pyro_vae import ESTIMATORS, Estimator, Objective, make_elbo
+from pyro_vae import ESTIMATORS, LIKELIHOODS, PRIORS, Estimator, Objective, make_elbo
 from pyro_vae.cli import main
 from pyro_vae.errors import ConfigError
 from pyro_vae.objectives import choose_path, elbo_per_example, evaluate_elbo, kl_methods
@@ -28,12 +28,30 @@ def test_entry_is_an_estimator_with_pyro_references(name):
     assert isinstance(elbo, cls.reference) and elbo.num_particles == 3 and elbo.vectorize_particles
 
 
-@pytest.mark.parametrize("beta", [1.0, 0.5])
+#: Every estimator with every KL weight it accepts (the importance-weighted bound has no KL to weight).
+WEIGHTS = [
+    (name, beta) for name in ESTIMATORS for beta in (1.0, 0.5, 0.0) if beta == 1 or ESTIMATORS.get(name).weights_kl
+]
+
+
 @pytest.mark.parametrize("num_particles", [1, 3])
-@pytest.mark.parametrize("prior", [{"type": "standard_normal"}, {"type": "student_t"}])
+@pytest.mark.parametrize("prior", list(PRIORS))
+@pytest.mark.parametrize("name,beta", WEIGHTS)
+def test_fused_loss_equals_the_pyro_reference(name, beta, prior, num_particles, float64):
+    vae, x = tiny_vae(prior={"type": prior}, double=False), tiny_batch()
+    assert_fused_equals_reference(vae, x, name, num_particles, beta)
+
+
+@pytest.mark.parametrize("likelihood", list(LIKELIHOODS) + ["gaussian-learned"])
 @pytest.mark.parametrize("name", list(ESTIMATORS))
-def test_fused_loss_equals_the_pyro_reference(name, prior, num_particles, beta, float64):
-    vae, x = tiny_vae(prior=prior, double=False), tiny_batch()
+def test_fused_loss_equals_the_pyro_reference_for_every_likelihood(name, likelihood, float64):
+    spec = (
+        {"type": "gaussian", "learn_scale": "per_pixel"} if likelihood == "gaussian-learned" else {"type": likelihood}
+    )
+    assert_fused_equals_reference(tiny_vae(likelihood=spec, double=False), tiny_batch(), name, 2, 1.0)
+
+
+def assert_fused_equals_reference(vae, x, name, num_particles, beta):
     params = [p for p in vae.parameters() if p.requires_grad]
     results = []
     for fused in (False, True):

@@ -13,6 +13,7 @@ SMOKE_RUNS = {
     "latent_space_with_without_kl.py": [],
     "swap_priors.py": [],
     "custom_prior.py": [],
+    "gradient_snr.py": ["--out", "snr"],
 }
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.distributions import constraints
 
-from pyro_vae import LIKELIHOODS, Objective
+from pyro_vae import ESTIMATORS, LIKELIHOODS, Objective
 
 from helpers import EVENT_SHAPE, tiny_vae
 
@@ -58,7 +58,7 @@ def test_density_normalised(spec):
     torch.testing.assert_close(total, torch.ones(2, dtype=torch.float64), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("estimator", ["mc", "analytic"])
+@pytest.mark.parametrize("estimator", list(ESTIMATORS))
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
 def test_gradients_reach_every_parameter_and_no_nan(spec, estimator):
     vae = tiny_vae(likelihood=spec)

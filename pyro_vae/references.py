@@ -1,0 +1,147 @@
+r"""Pyro ELBOs for the estimators Pyro does not ship, or does not compute per data point.
+
+Each class runs the model and the guide through Pyro's traces, with vectorized particles, exactly
+as :class:`~pyro.infer.Trace_ELBO` does, and forms its estimate from the sample sites: they are the
+references that the fused estimators of :mod:`pyro_vae.estimators` are tested against, and they
+evaluate any model/guide pair (a subclass of :class:`~pyro_vae.vae.VAE` that redefines its program too).
+
+- :class:`TraceIWAE_ELBO`, the importance-weighted bound. Pyro's ``RenyiELBO(alpha=0)`` is this
+  bound for a full batch, but under minibatch scaling it multiplies each data point's log-weights
+  by :math:`N/B` *inside* the log-mean-exp, which is not the bound; here the log-mean-exp is taken
+  per data point and then scaled (the tests compare both against a hand-written value).
+- :class:`TraceDReG_ELBO`, the same bound with doubly reparameterized encoder gradients.
+- :class:`TraceSTL_ELBO`, the ELBO with the sticking-the-landing gradient.
+
+Pyro ships no JIT-compiled variants of these; the fused path is the fast one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from pyro.distributions.util import scale_and_mask
+from pyro.infer import Trace_ELBO
+from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import site_is_subsample
+from torch import Tensor
+from torch.distributions import Distribution, Independent, Normal
+
+from pyro_vae.errors import ConfigError
+
+__all__ = ["TraceIWAE_ELBO", "TraceDReG_ELBO", "TraceSTL_ELBO", "stopped", "square_weights"]
+
+
+def stopped(d: Distribution) -> Distribution:
+    """``d`` with its parameters detached: the same density of a value, but no gradient to the guide's parameters."""
+    if isinstance(d, Independent):
+        return Independent(stopped(d.base_dist), d.reinterpreted_batch_ndims, validate_args=False)
+    if isinstance(d, Normal):
+        return type(d)(d.loc.detach(), d.scale.detach(), validate_args=False)
+    raise ConfigError(
+        f"the sticking-the-landing and DReG gradients hold a Normal guide's parameters fixed; this guide has a "
+        f"{type(d).__name__} site: use mc or iwae"
+    )
+
+
+def square_weights(latents: list[Tensor], log_w: Tensor) -> None:
+    r"""Make the gradient reaching each draw :math:`z_k` carry its normalised weight :math:`\tilde w_k` once more.
+
+    The gradient of :math:`\log\sum_k w_k` at :math:`z_k` is :math:`\tilde w_k\,\partial\log w_k/\partial z_k`;
+    DReG's encoder gradient has :math:`\tilde w_k^2` there. Only the encoder's parameters are reached
+    through :math:`z` (with :math:`\log q` evaluated at fixed parameters), so the decoder's and the
+    prior's gradients stay IWAE's. ``latents`` and ``log_w`` have the particle dimension first.
+    """
+    weights = torch.softmax(log_w.detach(), 0)
+    for z in latents:
+        if z.requires_grad:
+            w = weights.reshape(weights.shape + (1,) * (z.dim() - weights.dim()))
+            z.register_hook(lambda grad, w=w: grad * w)
+
+
+def _sample_sites(trace: Trace) -> list[dict[str, Any]]:
+    return [s for s in trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
+
+
+class TraceIWAE_ELBO(Trace_ELBO):
+    r"""The importance-weighted bound :math:`\mathcal L_K`, per data point, from Pyro traces (the ``iwae`` reference).
+
+    With :math:`K` = ``num_particles`` vectorized particles, the log-weight of particle :math:`k` and
+    data point :math:`n` is :math:`\log p(x_n, z_{nk}) - \log q(z_{nk} \mid x_n)` (the sites'
+    unscaled log-densities); the loss is :math:`-\frac NB\sum_n \log\frac1K\sum_k w_{nk}`. Every site
+    must carry the same scale, the data plate's :math:`N/B`: a KL weight (beta) has no place here.
+
+    Reference:
+        Importance Weighted Autoencoders (Burda, Grosse & Salakhutdinov, 2016).
+    """
+
+    stop_guide = False
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Tensor:
+        ((model_trace, guide_trace),) = self._get_traces(model, guide, args, kwargs)
+        log_w, scale, latents = self._log_weights(model_trace, guide_trace)
+        if self.num_particles == 1:  # Pyro adds no particle dimension for one particle
+            log_w, latents = log_w.unsqueeze(0), [z.unsqueeze(0) for z in latents]
+        if self.stop_guide:
+            square_weights(latents, log_w)
+        return -scale * (torch.logsumexp(log_w, 0) - math.log(self.num_particles)).sum()
+
+    def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        with torch.no_grad():
+            return self.differentiable_loss(model, guide, *args, **kwargs).item()
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss.backward()
+        return loss.item()
+
+    def _log_weights(self, model_trace: Trace, guide_trace: Trace) -> tuple[Tensor, float, list[Tensor]]:
+        sites = _sample_sites(model_trace) + _sample_sites(guide_trace)
+        scales = {float(site["scale"]) for site in sites}
+        if len(scales) != 1 or any(site["mask"] is not None for site in sites):
+            raise ConfigError(
+                "beta weights the KL term of the ELBO; the importance-weighted bound has none: use beta = 1"
+            )
+        log_w = sum(site["unscaled_log_prob"] for site in _sample_sites(model_trace))
+        latents = []
+        for site in _sample_sites(guide_trace):
+            log_q = stopped(site["fn"]).log_prob(site["value"]) if self.stop_guide else site["unscaled_log_prob"]
+            log_w = log_w - log_q
+            latents.append(site["value"])
+        return log_w, scales.pop(), latents
+
+
+class TraceDReG_ELBO(TraceIWAE_ELBO):
+    r"""The importance-weighted bound with doubly reparameterized encoder gradients, from Pyro traces (``dreg``).
+
+    The value is :class:`TraceIWAE_ELBO`'s; :math:`\log q` is evaluated with the guide's parameters
+    held fixed, and the gradient reaching each draw is weighted once more (:func:`square_weights`).
+
+    Reference:
+        Doubly Reparameterized Gradient Estimators for Monte Carlo Objectives
+        (Tucker, Lawson, Gu & Maddison, 2019).
+    """
+
+    stop_guide = True
+
+
+class TraceSTL_ELBO(Trace_ELBO):
+    r"""The ELBO with the sticking-the-landing gradient, from Pyro traces (the ``stl`` reference).
+
+    :class:`~pyro.infer.Trace_ELBO`'s estimate, with each guide site's :math:`\log q(z)` evaluated at
+    the guide's parameters held fixed: the value is the same, the score term is gone from the gradient.
+
+    Reference:
+        Sticking the Landing: Simple, Lower-Variance Gradient Estimators for Variational Inference
+        (Roeder, Wu & Duvenaud, 2017).
+    """
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Tensor:
+        ((model_trace, guide_trace),) = self._get_traces(model, guide, args, kwargs)
+        elbo = sum(site["log_prob"].sum() for site in _sample_sites(model_trace))
+        for site in _sample_sites(guide_trace):
+            log_q = stopped(site["fn"]).log_prob(site["value"])
+            elbo = elbo - scale_and_mask(log_q, site["scale"], site["mask"]).sum()
+        return -elbo / self.num_particles
