@@ -23,7 +23,8 @@ NUM_DATA = 60
 def test_entry_is_an_estimator_with_pyro_references(name):
     cls = ESTIMATORS.get(name)
     assert issubclass(cls, Estimator)
-    assert issubclass(cls.reference, ELBO) and issubclass(cls.jit_reference, ELBO)
+    assert issubclass(cls.reference, ELBO)
+    assert cls.jit_reference is None or issubclass(cls.jit_reference, ELBO)
     elbo = cls(num_particles=3).pyro_elbo()
     assert isinstance(elbo, cls.reference) and elbo.num_particles == 3 and elbo.vectorize_particles
 
