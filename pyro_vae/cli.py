@@ -152,7 +152,9 @@ def _training_options(train: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float)
     g.add_argument(
         "--elbo",
-        help="the estimator: mc (Trace_ELBO, default) or analytic (TraceMeanField_ELBO); see pyro-vae estimators",
+        help="the estimator: mc (Trace_ELBO, default), analytic (closed-form KL), stl (sticking the landing), "
+        "iwae (importance-weighted bound of --num-particles draws), dreg (IWAE with doubly reparameterized gradients); "
+        "see pyro-vae estimators",
     )
     g.add_argument("--num-particles", type=int)
     g.add_argument("--jit", action="store_const", const=True, help="compile the ELBO with Pyro's JIT")
@@ -285,7 +287,7 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     tests = ", ".join(
         f"{summary[f'test_{key}']:.2f} ± {summary[f'test_{key}_se']:.2f} ({name})"
-        for name, key in _reported(summary, "test_")
+        for name, key, _ in _reported(summary, "test_")
     )
     print(
         f"run folder: {summary['run']}\n"
@@ -298,11 +300,15 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reported(result: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
-    """``(estimator, key)`` for each registered estimator whose value ``result`` holds under ``<prefix>elbo_<name>``."""
-    from pyro_vae.estimators import ESTIMATORS
+def _reported(result: dict[str, Any], prefix: str = "") -> list[tuple[str, str, str]]:
+    """``(estimator, key, bound)`` per registered estimator whose value ``result`` holds as ``<prefix>elbo_<name>``."""
+    from pyro_vae.estimators import BOUNDS, ESTIMATORS
 
-    return [(name, f"elbo_{name}") for name in ESTIMATORS if f"{prefix}elbo_{name}" in result]
+    return [
+        (name, f"elbo_{name}", BOUNDS[ESTIMATORS.get(name).bound])
+        for name in ESTIMATORS
+        if f"{prefix}elbo_{name}" in result
+    ]
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -316,8 +322,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         f"{result['run']} ({result['split']} split, {result['num_examples']} points, "
         f"{result['num_particles']} particle(s))"
     )
-    for name, key in _reported(result):
-        print(f"  ELBO ({name:8s}) {result[key]:10.3f} ± {result[f'{key}_se']:.3f} nats per point")
+    for name, key, bound in _reported(result):
+        print(f"  {bound} ({name:8s}) {result[key]:10.3f} ± {result[f'{key}_se']:.3f} nats per point")
     if "log_likelihood" in result:
         print(
             f"  log p(x) (IS, K={result['num_samples']}) {result['log_likelihood']:10.3f} "

@@ -61,6 +61,7 @@ from pyro_vae.vae import VAE
 
 __all__ = [
     "ESTIMATORS",
+    "BOUNDS",
     "REPORTED",
     "Estimator",
     "MonteCarloELBO",
@@ -74,6 +75,9 @@ __all__ = [
     "value_name",
     "evaluation_plan",
 ]
+
+#: The bounds the estimators target, as messages name them.
+BOUNDS: dict[str, str] = {"elbo": "ELBO", "iwae": "IWAE bound"}
 
 #: Estimators by name; each entry is an :class:`Estimator` subclass.
 ESTIMATORS: Registry = Registry("estimator", context=("num_particles",))

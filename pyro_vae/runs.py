@@ -136,7 +136,7 @@ def train_run(
             print(
                 f"training on {data.name} ({len(data.train)} train / {len(data.test)} test points) "
                 f"for {t.epochs} epochs on {device}{processes}: "
-                f"{t.elbo} ELBO, {t.num_particles} particle(s), beta {t.beta:g}, into {out}",
+                f"estimator {t.elbo}, {t.num_particles} particle(s), beta {t.beta:g}, into {out}",
                 file=sys.stderr,
             )
         return _train_into(out, config, data, vae, None, progress, stop, distributed)

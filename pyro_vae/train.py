@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 from pyro_vae.data import Dataset
 from pyro_vae.distributed import Distributed, data_parallel
 from pyro_vae.errors import ConfigError, PyroVAEError
-from pyro_vae.estimators import reported_with, value_name
+from pyro_vae.estimators import BOUNDS, ESTIMATORS, reported_with, value_name
 from pyro_vae.objectives import Objective, evaluate_bounds, kl_methods
 from pyro_vae.optim import load_schedule_state, make_lr_schedule, make_optimizer, schedule_state
 from pyro_vae.vae import VAE
@@ -287,7 +287,7 @@ class _Progress:
     """The progress bar (terminals only) and about ten epoch lines a run, on standard error."""
 
     def __init__(self, show: bool, epochs: int, steps: int, state: TrainState) -> None:
-        self.show, self.epochs = show, epochs
+        self.show, self.epochs, self.bound = show, epochs, "ELBO"
         # disable=None: a bar on terminals only; logs get the epoch lines instead.
         self.bar = tqdm(
             total=epochs * steps,
@@ -301,13 +301,15 @@ class _Progress:
     def start(self, estimator: str, kl: dict[str, str], path: str) -> None:
         if self.show:
             sites = ", ".join(f"{site}: {how.replace('_', ' ')}" for site, how in kl.items())
-            print(f"KL term ({estimator} ELBO): {sites}; path: {_PATH_TEXT[path]}", file=sys.stderr)
+            self.bound = BOUNDS[ESTIMATORS.get(estimator).bound]
+            print(f"KL term ({estimator} {self.bound}): {sites}; path: {_PATH_TEXT[path]}", file=sys.stderr)
 
     def epoch(self, metrics: dict[str, Any]) -> None:
         epoch = metrics["epoch"]
         if self.show and (epoch % max(1, self.epochs // 10) == 0 or epoch in (1, self.epochs)):
             tqdm.write(
-                f"epoch {epoch:4d}  train ELBO {metrics['train_elbo']:9.3f}  test ELBO {metrics['test_elbo']:9.3f}  "
+                f"epoch {epoch:4d}  train {self.bound} {metrics['train_elbo']:9.3f}  "
+                f"test {self.bound} {metrics['test_elbo']:9.3f}  "
                 f"{metrics['seconds']:6.2f} s",
                 file=sys.stderr,
             )
