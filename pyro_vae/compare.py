@@ -200,7 +200,7 @@ def format_comparison(result: dict[str, Any]) -> str:
     groups = [g for g in result["rows"][0]["grad_variance"] if result["rows"][0]["grad_variance"][g] is not None]
     lines = [
         f"batch of {result['num_examples']} points, {result['repeats']} repeats per row; bound in nats per point; "
-        "var: total gradient variance over the group's coordinates; snr: mean over coordinates of |mean| / std",
+        "var: total gradient variance over the group's coordinates; snr: mean over coordinates of |E g| / std",
     ]
     sampled = [site for site, how in result["kl"].items() if how == "sampled"]
     if sampled:

@@ -151,7 +151,7 @@ def plot_gradient_snr(result: dict, path: str | Path, caption: str = "") -> None
     title = "Gradient signal-to-noise ratio against the number of particles"
     slopes = {g: snr_slopes(result, g) for g in result["rows"][0]["grad_snr"]}
     _plot_against_particles(
-        result, path, caption, "grad_snr", "SNR: mean over coordinates of |mean| / std", title, slopes
+        result, path, caption, "grad_snr", "SNR: mean over coordinates of |E g| / std", title, slopes
     )
 
 
