@@ -332,9 +332,15 @@ def _total_neg_log_q(z: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
 
 
 def _total_log_prob(d: Distribution, value: Tensor) -> Tensor:
-    """``d.log_prob(value).sum()``, looking through ``Independent`` (which only sums, as this does)."""
+    """``d.log_prob(value).sum()``, looking through ``Independent`` (which only sums, as this does).
+
+    A distribution with a ``log_prob_sum`` method (:class:`~pyro_vae.kl.UnitNormal`) computes it directly.
+    """
     while isinstance(d, Independent):
         d = d.base_dist
+    total = getattr(d, "log_prob_sum", None)
+    if total is not None and torch.broadcast_shapes(value.shape, d.batch_shape) == value.shape:
+        return total(value)
     return d.log_prob(value).sum()
 
 

@@ -76,7 +76,8 @@ class Bernoulli(Likelihood):
 
     def total_log_prob(self, output: Tensor, x: Tensor) -> Tensor:
         # One fused kernel with its sum, as torch's Bernoulli.log_prob computes each term (no per-pixel buffer).
-        return -F.binary_cross_entropy_with_logits(output, x.expand_as(output), reduction="sum")
+        target = x if x.shape == output.shape else x.expand_as(output)
+        return -F.binary_cross_entropy_with_logits(output, target, reduction="sum")
 
 
 @LIKELIHOODS.register("gaussian")
