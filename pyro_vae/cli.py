@@ -322,8 +322,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         f"{result['run']} ({result['split']} split, {result['num_examples']} points, "
         f"{result['num_particles']} particle(s))"
     )
+    from pyro_vae.estimators import ESTIMATORS
+
     for name, key, bound in _reported(result):
-        print(f"  {bound} ({name:8s}) {result[key]:10.3f} ± {result[f'{key}_se']:.3f} nats per point")
+        k = f", K={result['train_particles']}" if ESTIMATORS.get(name).particles_define_bound else ""
+        label = f"{bound} ({name}{k})"
+        print(f"  {label:<22} {result[key]:10.3f} ± {result[f'{key}_se']:.3f} nats per point")
     if "log_likelihood" in result:
         print(
             f"  log p(x) (IS, K={result['num_samples']}) {result['log_likelihood']:10.3f} "

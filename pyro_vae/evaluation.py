@@ -81,7 +81,8 @@ def evaluate_run(
     x = data.train if split == "train" else data.test
     t = config.train
     scores = evaluate_bounds(vae, x, t.elbo, num_particles, t.num_particles, batch_size)
-    result = {"run": str(run_dir), "split": split, "num_particles": num_particles, **scores}
+    result = {"run": str(run_dir), "split": split, "num_particles": num_particles, "train_particles": t.num_particles}
+    result.update(scores)
     if num_samples:
         ll = log_likelihood(vae, x, num_samples=num_samples, batch_size=min(batch_size, 100)).double()
         se = ll.std().item() / len(ll) ** 0.5 if len(ll) > 1 else float("nan")
