@@ -13,8 +13,8 @@ Example:
     >>> from pyro_vae import make_vae
     >>> vae = make_vae((4, 4), latent_dim=2, network={"type": "mlp", "hidden": [8]})
     >>> result = compare_estimators(vae, torch.rand(8, 4, 4), particles=(1, 4), repeats=5)
-    >>> sorted(result["rows"][0])[:4]
-    ['elbo', 'elbo_se', 'estimator', 'grad_variance']
+    >>> sorted(result["rows"][0])[:5]
+    ['elbo', 'elbo_se', 'estimator', 'grad_snr', 'grad_snr_median']
 """
 
 from __future__ import annotations
