@@ -139,6 +139,8 @@ class Estimator:
     particles_define_bound: ClassVar[bool] = False
     #: Whether beta, the weight of the KL term, means anything for the bound.
     weights_kl: ClassVar[bool] = True
+    #: Whether log q is evaluated with the guide's parameters held fixed (no score term: STL, DReG).
+    stop_guide: ClassVar[bool] = False
 
     @classmethod
     def check_options(cls, beta: float = 1.0, jit: bool = False) -> None:
@@ -193,7 +195,7 @@ class Estimator:
             if kl is not None:  # the same for every particle
                 elbo = elbo - (kl if beta * L == 1 else beta * L * kl)
             else:
-                latent = _total_log_prob(prior, z) + _total_neg_log_q(z, loc, scale)
+                latent = _total_log_prob(prior, z) + _total_neg_log_q(z, loc, scale, self.stop_guide)
                 elbo = elbo + (latent if beta == 1 else beta * latent)
         batch = x.shape[0]
         return elbo * (-(num_data if num_data is not None else batch) / batch / L)
@@ -239,18 +241,7 @@ class StickingTheLandingELBO(MonteCarloELBO):
     reference = TraceSTL_ELBO
     jit_reference = None
     value_of = "mc"
-
-    def fused_loss(self, vae: VAE, x: Tensor, num_data: int | None = None, beta: float = 1.0) -> Tensor:
-        L = self.num_particles
-        loc, scale = vae.encoder(x)
-        z = vae.posterior(loc, scale).rsample((L,) if L > 1 else ())
-        elbo = vae.likelihood.total_log_prob(vae.decoder(z), x)
-        if beta:
-            log_q = vae.posterior(loc.detach(), scale.detach()).log_prob(z).sum()
-            latent = _total_log_prob(vae.prior(), z) - log_q
-            elbo = elbo + (latent if beta == 1 else beta * latent)
-        batch = x.shape[0]
-        return elbo * (-(num_data if num_data is not None else batch) / batch / L)
+    stop_guide = True
 
 
 @ESTIMATORS.register("iwae")
@@ -272,7 +263,6 @@ class IWAE(Estimator):
     bound = "iwae"
     particles_define_bound = True
     weights_kl = False
-    stop_guide = False  # log q with the guide's parameters held fixed (DReG)
 
     def fused_loss(self, vae: VAE, x: Tensor, num_data: int | None = None, beta: float = 1.0) -> Tensor:
         self.check_options(beta)
@@ -315,20 +305,28 @@ class DReG(IWAE):
     stop_guide = True
 
 
-def _total_neg_log_q(z: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+def _total_neg_log_q(z: Tensor, loc: Tensor, scale: Tensor, stop_guide: bool = False) -> Tensor:
     r""":math:`-\sum \log q(z)` over every particle and data point of draws :math:`z = \mu + \sigma\epsilon`.
 
     .. math:: -\log q(z) = \sum_j \tfrac12\epsilon_j^2 + \log\sigma_j + \tfrac12\log 2\pi,
 
     the value of ``-q.log_prob(z)`` and, since :math:`z` moves with :math:`\mu` and :math:`\sigma`,
     the same total derivative, in a third of the operations (:math:`\epsilon` needs no gradient).
+    With ``stop_guide`` the guide's parameters are held fixed: :math:`\epsilon = (z - \bar\mu)/\bar\sigma`
+    keeps its gradient through :math:`z` alone, and the score term is gone (sticking the landing).
     """
-    with torch.no_grad():
-        eps = (z - loc) / scale
-        constant = (eps.square().sum() + eps.numel() * math.log(2 * math.pi)) / 2
     particles = z.numel() // scale.numel()
+    if stop_guide:
+        loc, scale = loc.detach(), scale.detach()
+        eps = (z - loc) / scale
+        half_squares = eps.square().sum() / 2
+    else:
+        with torch.no_grad():
+            eps = (z - loc) / scale
+            half_squares = eps.square().sum() / 2
     log_scale = scale.log().sum()
-    return constant + (log_scale if particles == 1 else particles * log_scale)
+    constant = eps.numel() * math.log(2 * math.pi) / 2
+    return half_squares + constant + (log_scale if particles == 1 else particles * log_scale)
 
 
 def _total_log_prob(d: Distribution, value: Tensor) -> Tensor:
