@@ -111,10 +111,6 @@ class UnitNormal(dist.Normal):
     def log_prob(self, value: Tensor) -> Tensor:
         return -(value**2) / 2 - math.log(math.sqrt(2 * math.pi))
 
-    def log_prob_sum(self, value: Tensor) -> Tensor:
-        """``log_prob(value).sum()`` as :math:`-\\tfrac12\\sum v^2 - n\\log\\sqrt{2\\pi}`, in two operations."""
-        return value.square().sum() * -0.5 - value.numel() * math.log(math.sqrt(2 * math.pi))
-
 
 @register_kl(dist.Normal, dist.Normal)
 def _kl_normal_normal(q: dist.Normal, p: dist.Normal) -> Tensor:

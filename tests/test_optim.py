@@ -9,7 +9,7 @@ import torch
 from pyro_vae import LR_SCHEDULES, OPTIMIZERS, Config, make_vae
 from pyro_vae.data import Dataset
 from pyro_vae.errors import ConfigError
-from pyro_vae.optim import make_lr_schedule, make_optimizer
+from pyro_vae.optim import fused_if_supported, make_lr_schedule, make_optimizer
 from pyro_vae.train import TrainingInterrupted, TrainState, fit
 
 
@@ -81,6 +81,7 @@ def test_config_round_trips_the_optimizer_and_schedule():
         "eps": 1e-4,
         "weight_decay": 0.0,
         "amsgrad": False,
+        "fused": True,
     }
     assert Config.from_toml_string(config.to_toml()) == config
 
@@ -150,3 +151,37 @@ def test_a_scheduled_run_folder_resumes_through_its_checkpoint(tmp_path):
         return [json.loads(line)["lr"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
 
     assert rates("stopped") == rates("whole") == pytest.approx([1e-3, 1e-4, 1e-5])
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_fused_optimizers_take_the_same_steps(name):
+    """The fused kernel (the default where torch has one) runs the same update rule as the for-loop one."""
+    torch.manual_seed(0)
+    start = [torch.randn(5, 3), torch.randn(3)]
+    runs = []
+    for fused in (True, False):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        optimizer = make_optimizer(params, lr=0.1, spec={"type": name, "fused": fused})
+        assert optimizer.defaults.get("fused") == (fused or None)
+        for step in range(20):
+            optimizer.zero_grad()
+            sum(((p - step / 10) ** 2).sum() for p in params).backward()
+            optimizer.step()
+        runs.append(params)
+    for fused, looped in zip(*runs):
+        torch.testing.assert_close(fused, looped, rtol=1e-6, atol=1e-6)
+
+
+def test_optimizers_fall_back_where_no_fused_kernel_exists():
+    class NoFusedKernel(torch.optim.Adam):  # as torch answers for a device without one
+        def __init__(self, params, fused=None, **options):
+            if fused:
+                raise RuntimeError(
+                    "`fused=True` requires all the params to be floating point Tensors of supported devices"
+                )
+            super().__init__(params, **options)
+
+    params = (p for p in [torch.nn.Parameter(torch.zeros(2))])  # an iterator is read once, whichever kernel is used
+    optimizer = fused_if_supported(NoFusedKernel, params, lr=0.1)
+    assert len(optimizer.param_groups[0]["params"]) == 1
+    assert not optimizer.defaults["fused"]
