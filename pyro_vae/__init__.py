@@ -6,9 +6,11 @@ registry entries chosen by name; the ELBO is estimated by Monte Carlo (``Trace_E
 the closed-form Gaussian KL (``TraceMeanField_ELBO``), on Pyro's path or a fused, exact one.
 """
 
+from pyro_vae.annealing import KL_SCHEDULES
 from pyro_vae.compare import compare_estimators
 from pyro_vae.config import Config
 from pyro_vae.data import Dataset, load_dataset
+from pyro_vae.diagnostics import diagnostics
 from pyro_vae.errors import ConfigError, DataError, PyroVAEError, RunError
 from pyro_vae.estimators import ESTIMATORS, Estimator
 from pyro_vae.evaluation import compare_run, evaluate_run, plot_run
@@ -33,6 +35,7 @@ __all__ = [
     "Estimator",
     "OPTIMIZERS",
     "LR_SCHEDULES",
+    "KL_SCHEDULES",
     "gaussian_kl",
     "make_elbo",
     "fused_loss",
@@ -40,6 +43,7 @@ __all__ = [
     "elbo_per_example",
     "evaluate_elbo",
     "log_likelihood",
+    "diagnostics",
     "iwae_bound",
     "compare_estimators",
     "compare_run",

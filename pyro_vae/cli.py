@@ -27,6 +27,11 @@ from pyro_vae.train import TrainingInterrupted
 __all__ = ["main"]
 
 
+def _linear_warmup(text: str) -> dict[str, Any]:
+    """``--kl-warmup EPOCHS``: the linear KL warm-up over that many epochs."""
+    return {"type": "linear", "epochs": _positive_int(text)}
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -83,6 +88,8 @@ _TRAIN_OPTIONS: dict[str, str] = {
     "fused": "train.fused",
     "compile": "train.compile",
     "beta": "train.beta",
+    "kl_warmup": "train.kl_warmup",
+    "free_bits": "train.free_bits",
     "seed": "train.seed",
     "checkpoint_every": "train.checkpoint_every",
     "clip_grad_norm": "train.clip_grad_norm",
@@ -171,6 +178,20 @@ def _training_options(train: argparse.ArgumentParser) -> None:
         help="compile the fused ELBO with torch.compile (the first step takes seconds; a few percent faster after)",
     )
     g.add_argument("--beta", type=float, help="weight of the KL term (1: the ELBO; 0: no KL)")
+    g.add_argument(
+        "--kl-warmup",
+        type=_linear_warmup,
+        metavar="EPOCHS",
+        help="KL warm-up: the KL weight rises linearly from 0 to beta over EPOCHS epochs "
+        '(train.kl_warmup = {type = "linear", epochs = EPOCHS}; steps and start in the config)',
+    )
+    g.add_argument(
+        "--free-bits",
+        type=float,
+        metavar="NATS",
+        help="free bits: each latent dimension's KL term counts at least NATS nats per data point "
+        "(mc and analytic; 0: off)",
+    )
     g.add_argument("--seed", type=int)
     g.add_argument("--checkpoint-every", type=int, metavar="N", help="checkpoint every N epochs (0: only at the end)")
     g.add_argument(
@@ -294,7 +315,8 @@ def _train(args: argparse.Namespace) -> int:
         f"  {summary['dataset']}: {summary['num_train']} train / {summary['num_test']} test points, "
         f"{summary['epochs']} epochs in {summary['seconds']:.1f} s on {summary['device']} ({summary['path']} path)\n"
         f"  train ELBO {summary['train_elbo']:.2f}; test ELBO {tests}, nats per point\n"
-        f"  files: {' '.join(summary['files'])}\n"
+        + (f"  note: {summary['note']}\n" if summary.get("note") else "")
+        + f"  files: {' '.join(summary['files'])}\n"
         f"next: pyro-vae evaluate {summary['run']}"
     )
     return 0
@@ -333,7 +355,28 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"  log p(x) (IS, K={result['num_samples']}) {result['log_likelihood']:10.3f} "
             f"± {result['log_likelihood_se']:.3f} nats per point"
         )
+    if result.get("note"):
+        print(f"note: {result['note']}")
+    if "active_units" in result:
+        _print_usage(result)
     return 0
+
+
+def _print_usage(result: dict[str, Any]) -> None:
+    """Is the latent code used? The diagnostics of ``evaluate``, a few lines."""
+    print(
+        f"latent code ({result['diagnostic_points']} points): {result['active_units']} of {result['latent_dim']} "
+        f"dimensions active (variance of the posterior mean > {result['threshold']:g})"
+    )
+    if result["kl_per_dim"] is not None:
+        ranked = sorted(result["kl_per_dim"], reverse=True)
+        shown = " ".join(f"{v:.2f}" for v in ranked[:8]) + (" ..." if len(ranked) > 8 else "")
+        print(f"  KL per dimension ({result['kl_method'].replace('_', ' ')}), largest first: {shown} nats")
+    print(
+        f"  KL {result['kl_total']:.3f} = mutual information I(x; z) {result['mutual_information']:.3f} "
+        f"± {result['mutual_information_se']:.3f} + marginal KL(q(z) || p(z)) {result['marginal_kl']:.3f} "
+        f"± {result['marginal_kl_se']:.3f} nats per point"
+    )
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -347,6 +390,8 @@ def _compare(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         print(format_comparison(result))
+        if result.get("note"):
+            print(f"note: {result['note']}")
         written = ", ".join(str(args.run_dir / name) for name in ("compare.json", "compare.png", "snr.png"))
         print(f"written: {written}")
     return 0
@@ -372,6 +417,7 @@ _LISTINGS: dict[str, tuple[str, str, str]] = {
     "estimators": ("pyro_vae.estimators", "ESTIMATORS", "train.elbo"),
     "optimizers": ("pyro_vae.optim", "OPTIMIZERS", "train.optimizer.type"),
     "schedules": ("pyro_vae.optim", "LR_SCHEDULES", "train.lr_schedule.type"),
+    "kl-schedules": ("pyro_vae.annealing", "KL_SCHEDULES", "train.kl_warmup.type"),
 }
 
 

@@ -27,6 +27,7 @@ from typing import Annotated, Any, Literal
 import tomllib
 import torch
 
+from pyro_vae.annealing import KL_SCHEDULES, check_kl_schedule, make_kl_schedule
 from pyro_vae.data import Dataset, load_dataset
 from pyro_vae.errors import ConfigError, renamed_errors
 from pyro_vae.estimators import ESTIMATORS, check_estimator
@@ -96,13 +97,20 @@ class TrainConfig:
     optimizer: dict = field(default_factory=lambda: {"type": "adam"})  # an entry of pyro_vae.optim.OPTIMIZERS
     lr_schedule: dict = field(default_factory=lambda: {"type": "constant"})  # an entry of pyro_vae.optim.LR_SCHEDULES
     beta: Annotated[float, AtLeast(0)] = 1.0
+    # the KL weight's schedule, an entry of pyro_vae.annealing.KL_SCHEDULES: {type = "linear", epochs = 10} warms up
+    kl_warmup: dict = field(default_factory=lambda: {"type": "constant"})
+    free_bits: Annotated[float, AtLeast(0)] = 0.0  # a floor in nats under each latent dimension's KL term; 0: off
     seed: Annotated[int, AtLeast(0), AtMost(2**32 - 1)] = 0  # numpy takes 32-bit seeds
     checkpoint_every: Annotated[int, AtLeast(0)] = 10  # epochs between checkpoints; 0: only at the end
     clip_grad_norm: Annotated[float, AtLeast(0)] = 0.0  # largest total gradient norm of a step; 0: no clipping
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        registries: dict[str, Registry] = {"optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES}
+        registries: dict[str, Registry] = {
+            "optimizer": OPTIMIZERS,
+            "lr_schedule": LR_SCHEDULES,
+            "kl_warmup": KL_SCHEDULES,
+        }
         for name, registry in registries.items():
             setattr(self, name, registry.validate(getattr(self, name), f"train.{name}"))
 
@@ -146,7 +154,9 @@ class Config:
         config = cls(**{name: _section(sc, values.get(name, {}), name) for name, sc in sections.items()})
         with renamed_errors(config_names()):
             check_estimator(config.train.elbo)
-            ESTIMATORS.get(config.train.elbo).check_options(config.train.beta, config.train.jit)
+            t = config.train
+            ESTIMATORS.get(t.elbo).check_options(t.beta, t.jit, t.free_bits)
+            check_kl_schedule(make_kl_schedule(t.kl_warmup, steps_per_epoch=1), t.elbo, t.compile)
         t = config.train
         if t.compile and t.jit:
             raise ConfigError(

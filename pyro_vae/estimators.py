@@ -55,8 +55,13 @@ from torch.distributions import Distribution, Independent
 from torch.distributions.utils import _standard_normal
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.kl import UnitNormal, closed_form_kl  # importing kl also registers the Gaussian closed form
-from pyro_vae.references import TraceDReG_ELBO, TraceIWAE_ELBO, TraceSTL_ELBO, square_weights
+from pyro_vae.kl import (  # importing kl also registers the Gaussian closed form
+    UnitNormal,
+    closed_form_kl,
+    free_bits_kl,
+    kl_per_dim,
+)
+from pyro_vae.references import TraceDReG_ELBO, TraceFreeBits_ELBO, TraceIWAE_ELBO, TraceSTL_ELBO, square_weights
 from pyro_vae.registry import Registry
 from pyro_vae.vae import VAE
 
@@ -142,9 +147,11 @@ class Estimator:
     weights_kl: ClassVar[bool] = True
     #: Whether log q is evaluated with the guide's parameters held fixed (no score term: STL, DReG).
     stop_guide: ClassVar[bool] = False
+    #: Whether free bits (a floor under each latent dimension's KL term) is implemented for it.
+    free_bits: ClassVar[bool] = True
 
     @classmethod
-    def check_options(cls, beta: float = 1.0, jit: bool = False) -> None:
+    def check_options(cls, beta: float = 1.0, jit: bool = False, free_bits: float = 0.0) -> None:
         """A :class:`ConfigError` for settings this estimator has no meaning or no implementation for."""
         if not cls.weights_kl and beta != 1:
             raise ConfigError(
@@ -157,30 +164,41 @@ class Estimator:
                 f"{{jit}}: {cls.__name__} has no Pyro JIT variant; drop {{jit=}} (the default fused path is faster)",
                 "jit=True",
             )
+        _check_free_bits(cls, free_bits, jit)
 
     def __init__(self, num_particles: int = 1) -> None:
         if num_particles < 1:
             raise ConfigError(f"{{num_particles}} must be >= 1 (got {num_particles})", "num_particles")
         self.num_particles = num_particles
 
-    def pyro_elbo(self, jit: bool = False) -> ELBO:
-        """Pyro's estimator for ``vae.model`` / ``vae.guide`` (JIT-compiled with ``jit``: fixed batch shapes then)."""
+    def pyro_elbo(self, jit: bool = False, free_bits: float = 0.0) -> ELBO:
+        """Pyro's estimator for ``vae.model`` / ``vae.guide`` (JIT-compiled with ``jit``: fixed batch shapes then).
+
+        With ``free_bits`` > 0 it is :class:`~pyro_vae.references.TraceFreeBits_ELBO`, the ELBO with a floor
+        of ``free_bits`` nats under each latent dimension's KL term.
+        """
         options: dict[str, Any] = dict(num_particles=self.num_particles, vectorize_particles=True, max_plate_nesting=1)
         if jit:
             # Tracing a Pyro program warns about Python ints taken from tensor shapes; the shapes are
             # fixed by design here (equal-sized batches), so the warnings carry no information.
             options["ignore_jit_warnings"] = True
-        self.check_options(jit=jit)
+        self.check_options(jit=jit, free_bits=free_bits)
+        if free_bits:
+            return TraceFreeBits_ELBO(free_bits, closed_form_kl=self.closed_form_kl, **options)
         return (self.jit_reference if jit else self.reference)(**options)
 
-    def fused_loss(self, vae: VAE, x: Tensor, num_data: int | None = None, beta: float = 1.0) -> Tensor:
+    def fused_loss(
+        self, vae: VAE, x: Tensor, num_data: int | None = None, beta: float = 1.0, free_bits: float = 0.0
+    ) -> Tensor:
         r"""The negative (beta-weighted) ELBO that :meth:`pyro_elbo` computes, as plain tensor code.
 
         .. math:: \text{loss} = -\frac{N}{B}\sum_{n=1}^{B}\frac1L\sum_{l=1}^{L}\Big(\log p(x_n\mid z_n^{(l)})
             + \beta\,[\log p(z_n^{(l)}) - \log q(z_n^{(l)}\mid x_n)]\Big), \qquad z_n^{(l)} \sim q(z\mid x_n),
 
         with :math:`\beta\,\mathrm{KL}(q\,\|\,p)` in place of the bracket where the estimator uses
-        the closed form and one is registered.
+        the closed form and one is registered, and with free bits :math:`\lambda` > 0 the bracket's
+        sum over the batch replaced by :math:`-B\sum_j \max(\lambda, \overline{\mathrm{KL}}_j)`
+        (:func:`free_bits_kl`).
         The draws are those Pyro makes, ``q.rsample``: one standard-normal tensor :math:`\epsilon` of
         shape ``(L, B, latent_dim)`` (without ``L`` when it is 1, which spares the networks a reshape
         each way) and :math:`z = \mu + \sigma\epsilon`.
@@ -191,15 +209,23 @@ class Estimator:
         z = loc + eps * scale  # q.rsample of the guide's Normal(loc, scale), bit for bit
         elbo = vae.likelihood.total_log_prob(vae.decoder(z), x)
         if beta:  # beta = 0 drops the latent terms (Pyro's mask), rather than multiplying them by 0
-            prior = vae.prior()
-            kl = _total_kl(vae.posterior(loc, scale), prior) if self.closed_form_kl else None
-            if kl is not None:  # the same for every particle
-                elbo = elbo - (kl if beta * L == 1 else beta * L * kl)
-            else:
-                latent = _total_log_ratio(prior, z, eps, loc, scale, self.stop_guide)
-                elbo = elbo + (latent if beta == 1 else beta * latent)
+            elbo = elbo + self._latent_terms(vae, z, eps, loc, scale, beta, free_bits)
         batch = x.shape[0]
         return elbo * (-(num_data if num_data is not None else batch) / batch / L)
+
+    def _latent_terms(
+        self, vae: VAE, z: Tensor, eps: Tensor, loc: Tensor, scale: Tensor, beta: float, free_bits: float
+    ) -> Tensor:
+        """beta times the sum over particles and data points of log p(z) - log q(z|x), or of -KL."""
+        L, prior = self.num_particles, vae.prior()
+        if free_bits:
+            kl = kl_per_dim(vae.posterior(loc, scale), prior, z, self.closed_form_kl)
+            return -(beta * L) * free_bits_kl(kl, free_bits)
+        kl = _total_kl(vae.posterior(loc, scale), prior) if self.closed_form_kl else None
+        if kl is not None:  # the same for every particle
+            return -(kl if beta * L == 1 else beta * L * kl)
+        latent = _total_log_ratio(prior, z, eps, loc, scale, self.stop_guide)
+        return latent if beta == 1 else beta * latent
 
     def per_example(self, terms: dict[str, Tensor | None]) -> Tensor:
         """The estimate for each data point, shape ``(batch,)``, from :func:`pyro_vae.objectives.elbo_terms`."""
@@ -243,6 +269,7 @@ class StickingTheLandingELBO(MonteCarloELBO):
     jit_reference = None
     value_of = "mc"
     stop_guide = True
+    free_bits = False
 
 
 @ESTIMATORS.register("iwae")
@@ -264,9 +291,12 @@ class IWAE(Estimator):
     bound = "iwae"
     particles_define_bound = True
     weights_kl = False
+    free_bits = False
 
-    def fused_loss(self, vae: VAE, x: Tensor, num_data: int | None = None, beta: float = 1.0) -> Tensor:
-        self.check_options(beta)
+    def fused_loss(
+        self, vae: VAE, x: Tensor, num_data: int | None = None, beta: float = 1.0, free_bits: float = 0.0
+    ) -> Tensor:
+        self.check_options(beta, free_bits=free_bits)
         L = self.num_particles
         loc, scale = vae.encoder(x)
         q = vae.posterior(loc, scale)
@@ -338,6 +368,23 @@ def _covers(shape: torch.Size, batch_shape: torch.Size) -> bool:
     """Whether ``batch_shape`` broadcasts to ``shape`` (``torch.broadcast_shapes`` costs tens of microseconds)."""
     n = len(batch_shape)
     return n <= len(shape) and all(b in (1, s) for b, s in zip(batch_shape, shape[len(shape) - n :]))
+
+
+def _check_free_bits(cls: type[Estimator], free_bits: float, jit: bool) -> None:
+    if not free_bits >= 0:
+        raise ConfigError(f"{{free_bits}} must be >= 0 (got {free_bits}); 0 turns free bits off", "free_bits")
+    if free_bits and not cls.free_bits:
+        raise ConfigError(
+            f"{{free_bits}} ({free_bits:g}) is a floor under each latent dimension's KL term of the ELBO, implemented "
+            "for the estimators mc and analytic; use one of them, or {free_bits=}0",
+            "free_bits",
+        )
+    if free_bits and jit:
+        raise ConfigError(
+            "{free_bits} has no Pyro JIT variant; drop {jit=} (the default fused path is faster)",
+            "free_bits",
+            "jit=True",
+        )
 
 
 def _total_kl(q: Distribution, p: Distribution) -> Tensor | None:

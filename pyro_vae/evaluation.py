@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from pyro_vae.compare import compare_estimators
 from pyro_vae.config import Config, load_data, resolve_device
 from pyro_vae.data import Dataset
+from pyro_vae.diagnostics import diagnostics
 from pyro_vae.errors import RunError
 from pyro_vae.estimators import ESTIMATORS, check_estimator
 from pyro_vae.marginal import log_likelihood
@@ -71,6 +73,9 @@ def evaluate_run(
     trained with (:func:`~pyro_vae.objectives.evaluate_bounds`). With ``num_samples = K > 0`` it
     adds ``log_likelihood``, the importance-sampled :math:`\log p(x)` with ``K`` samples per point
     (see :func:`pyro_vae.marginal.log_likelihood`), and its standard error over the data points.
+    It reports whether the latent code is used, the keys of :func:`~pyro_vae.diagnostics.diagnostics`
+    (``active_units``, ``kl_per_dim``, ``mutual_information``, ``marginal_kl``, ...) on the first
+    :data:`DIAGNOSTIC_POINTS` points (``diagnostic_points``).
     """
     _check_split(split)
     if num_particles < 1:
@@ -83,11 +88,27 @@ def evaluate_run(
     scores = evaluate_bounds(vae, x, t.elbo, num_particles, t.num_particles, batch_size)
     result = {"run": str(run_dir), "split": split, "num_particles": num_particles, "train_particles": t.num_particles}
     result.update(scores)
+    result["note"] = vae.likelihood.density_note(x)
+    result.update(_usage(vae, x))
     if num_samples:
         ll = log_likelihood(vae, x, num_samples=num_samples, batch_size=min(batch_size, 100)).double()
         se = ll.std().item() / len(ll) ** 0.5 if len(ll) > 1 else float("nan")
         result.update(log_likelihood=ll.mean().item(), log_likelihood_se=se, num_samples=num_samples)
     return result
+
+
+#: The diagnostics' mutual information costs N squared: evaluate takes them on at most this many points.
+DIAGNOSTIC_POINTS = 10_000
+
+
+def _usage(vae: VAE, x: Tensor) -> dict[str, Any]:
+    """Is the latent code used? :func:`~pyro_vae.diagnostics.diagnostics` of the first points of ``x``."""
+    if len(x) < 2:
+        return {}
+    report = diagnostics(vae, x[:DIAGNOSTIC_POINTS])
+    report["diagnostic_points"] = report.pop("num_points")
+    report["diagnostic_samples"] = report.pop("num_samples")
+    return report
 
 
 def compare_run(
@@ -117,6 +138,7 @@ def compare_run(
     x = (data.train if split == "train" else data.test)[:batch_size]
     chosen = tuple(estimators) if estimators else tuple(ESTIMATORS)
     result = {"run": str(run_dir), "split": split, **compare_estimators(vae, x, particles, repeats, chosen)}
+    result["note"] = vae.likelihood.density_note(x)
     atomic_write(Path(run_dir) / "compare.json", json.dumps(result, indent=2) + "\n")
     where = f"{caption(config)} | {len(x)} {split} points, {repeats} repeats"
     plot_gradient_variance(result, Path(run_dir) / "compare.png", where)

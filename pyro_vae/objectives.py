@@ -23,7 +23,8 @@ from torch import Tensor
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.estimators import ESTIMATORS, REPORTED, check_estimator, evaluation_plan, make_estimator
-from pyro_vae.kl import closed_form_kl
+from pyro_vae.kl import closed_form_kl, per_dimension
+from pyro_vae.priors import PRIORS
 from pyro_vae.vae import VAE, is_standard_program
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "Objective",
     "check_estimator",
     "check_fused",
+    "check_free_bits_prior",
     "choose_path",
     "make_elbo",
     "fused_loss",
@@ -77,7 +79,7 @@ def choose_path(vae: VAE, jit: bool = False, fused: bool | Literal["auto"] = "au
     return "fused" if fused is True or (fused == "auto" and is_standard_program(vae)) else "pyro"
 
 
-def make_elbo(estimator: str = "mc", num_particles: int = 1, jit: bool = False) -> ELBO:
+def make_elbo(estimator: str = "mc", num_particles: int = 1, jit: bool = False, free_bits: float = 0.0) -> ELBO:
     """Pyro's ELBO for the VAE's model/guide pair: the reference of the estimator registered as ``estimator``.
 
     Args:
@@ -86,12 +88,19 @@ def make_elbo(estimator: str = "mc", num_particles: int = 1, jit: bool = False) 
         num_particles: samples of :math:`z` per data point, drawn in one vectorized pass.
         jit: compile the estimator (Pyro's ``JitTrace_ELBO`` / ``JitTraceMeanField_ELBO``).
             The batch shape is fixed at the first call, so give it equal-sized batches.
+        free_bits: a floor under each latent dimension's KL term (:class:`~pyro_vae.references.TraceFreeBits_ELBO`).
     """
-    return make_estimator(estimator, num_particles).pyro_elbo(jit)
+    return make_estimator(estimator, num_particles).pyro_elbo(jit, free_bits)
 
 
 def fused_loss(
-    vae: VAE, x: Tensor, num_data: int | None = None, estimator: str = "mc", num_particles: int = 1, beta: float = 1.0
+    vae: VAE,
+    x: Tensor,
+    num_data: int | None = None,
+    estimator: str = "mc",
+    num_particles: int = 1,
+    beta: float = 1.0,
+    free_bits: float = 0.0,
 ) -> Tensor:
     """The negative ELBO that Pyro's estimator computes for ``vae.model`` / ``vae.guide``, as plain tensor code.
 
@@ -103,7 +112,9 @@ def fused_loss(
     It is valid for the model and guide of :class:`~pyro_vae.vae.VAE` itself; a subclass that
     redefines either is a different program, and :class:`Objective` refuses to fuse it.
     """
-    return make_estimator(estimator, num_particles).fused_loss(vae, x, num_data, beta)
+    if free_bits:
+        check_free_bits_prior(vae)
+    return make_estimator(estimator, num_particles).fused_loss(vae, x, num_data, beta, free_bits)
 
 
 class Objective:
@@ -122,6 +133,9 @@ class Objective:
             :meth:`~pyro_vae.estimators.Estimator.fused_loss`), the fastest exact path; not with
             ``jit``. ``"auto"`` fuses wherever that is exact (see :func:`choose_path`); the default,
             ``False``, runs Pyro's ELBO, the reference.
+        free_bits: a floor, in nats per data point, under each latent dimension's KL term
+            (:func:`~pyro_vae.kl.free_bits_kl`; 0: off); with ``mc`` and ``analytic`` and a prior that is a
+            product over dimensions.
         compile: compile the fused path with :func:`torch.compile` (the first call takes seconds;
             about 6% faster a step on ``make bench``'s machine). Its draws are torch's, as on the
             fused path.
@@ -148,14 +162,17 @@ class Objective:
         beta: float = 1.0,
         fused: bool | Literal["auto"] = False,
         compile: bool = False,
+        free_bits: float = 0.0,
     ) -> None:
         if not beta >= 0:
             raise ConfigError(f"{{beta}} must be >= 0 (got {beta})", "beta")
         self.path = choose_path(vae, jit, fused, compile)
         self.estimator = make_estimator(estimator, num_particles)
-        self.estimator.check_options(beta, jit)
-        self.elbo = self.estimator.pyro_elbo(jit)
-        self.name, self.num_particles, self.beta = estimator, num_particles, beta
+        self.estimator.check_options(beta, jit, free_bits)
+        if free_bits:
+            check_free_bits_prior(vae)
+        self.elbo = self.estimator.pyro_elbo(jit, free_bits)
+        self.name, self.num_particles, self.beta, self.free_bits = estimator, num_particles, beta, free_bits
         self.vae = vae
         # Bound once: Pyro's JIT caches compiled code by id(model), and ``vae.model`` makes a new
         # bound-method object (a new id) at every attribute access, which would re-trace each step.
@@ -166,7 +183,7 @@ class Objective:
             self._fused = torch.compile(self._fused_loss, options={"fallback_random": True})
 
     def _fused_loss(self, x: Tensor, num_data: int | None) -> Tensor:
-        return self.estimator.fused_loss(self.vae, x, num_data, self.beta)
+        return self.estimator.fused_loss(self.vae, x, num_data, self.beta, self.free_bits)
 
     @property
     def fused(self) -> bool:
@@ -186,6 +203,18 @@ class Objective:
             # A NaN loss is reported by the training loop, with the epoch and step; Pyro's warning would repeat it.
             warnings.filterwarnings("ignore", message="Encountered NaN")
             return self.elbo.differentiable_loss(self.model, self.guide, x, num_data=num_data, beta=self.beta)
+
+
+def check_free_bits_prior(vae: VAE) -> None:
+    """A :class:`ConfigError` unless the prior is a product over latent dimensions (free bits needs each one's KL)."""
+    if per_dimension(vae.prior()) is None:
+        name = next((n for n in PRIORS if PRIORS.get(n) is type(vae.prior)), type(vae.prior).__name__)
+        raise ConfigError(
+            f"{{free_bits}} needs the KL term of each latent dimension, and the prior {name!r} is "
+            "not a product over dimensions; use a factorised prior (standard_normal, normal, laplace, student_t) "
+            "or {free_bits=}0",
+            "free_bits",
+        )
 
 
 def kl_methods(vae: VAE, x: Tensor, estimator: str | None = None) -> dict[str, str]:

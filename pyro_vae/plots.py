@@ -34,6 +34,7 @@ __all__ = [
     "plot_curves",
     "plot_gradient_variance",
     "plot_gradient_snr",
+    "plot_collapse",
     "principal_directions",
     "posterior_means",
 ]
@@ -243,6 +244,35 @@ def plot_curves(
     _save(fig, Path(path), title, caption)
 
 
+def plot_collapse(history: list[dict], path: str | Path, caption: str = "") -> None:
+    """Is the latent code used? The last epoch's KL per dimension (sorted bars), and active units per epoch."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure(figsize=(9.6, 3.8))
+    bars, units = fig.subplots(1, 2, width_ratios=[3, 2])
+    kl = history[-1].get("kl_per_dim")
+    if kl is None:
+        bars.text(0.5, 0.5, "no KL per dimension:\nthe prior is not a product over dimensions", ha="center")
+        bars.set_axis_off()
+    else:
+        ranked = sorted(kl, reverse=True)
+        bars.bar(range(1, len(ranked) + 1), ranked, color="C0")
+        bars.set_xlabel("latent dimension, by KL (largest first)")
+        bars.set_ylabel("KL(q(z_j|x) || p(z_j)), nats per point")
+        bars.set_title(f"epoch {history[-1]['epoch']}: total {sum(kl):.2f} nats", fontsize=9)
+    epochs = [h["epoch"] for h in history]
+    marks = {"marker": "o", "markersize": 3} if len(history) < _MARKED_EPOCHS else {}
+    units.plot(epochs, [h["active_units"] for h in history], color="C1", **marks)
+    units.xaxis.set_major_locator(MaxNLocator(integer=True))
+    units.yaxis.set_major_locator(MaxNLocator(integer=True))
+    top = len(kl) if kl is not None else max(h["active_units"] for h in history)
+    units.set_ylim(-0.3, max(top, 1) + 0.3)  # from none to every dimension active
+    units.set_xlabel("epoch")
+    units.set_ylabel("active units (Cov_x E[z_j|x] > 0.01)")
+    units.grid(True, alpha=0.3)
+    _save(fig, Path(path), "Is the latent code used? (test set)", caption)
+
+
 def principal_directions(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Mean, the first two principal directions (rows), and the fraction of variance each explains, of points ``z``."""
     mean = z.mean(0)
@@ -389,4 +419,7 @@ def draw_pictures(vae: VAE, data: Dataset, history: list[dict], out: Path, capti
     if history:
         plot_curves({"": history}, out / "curves.png", "ELBO per epoch", caption, keys=_curve_keys(history))
         drawn.append("curves.png")
+    if history and all("active_units" in h for h in history):
+        plot_collapse(history, out / "collapse.png", caption)
+        drawn.append("collapse.png")
     return drawn

@@ -33,7 +33,7 @@ from pyro_vae.config import Config, TrainConfig, build_vae, config_names, load_d
 from pyro_vae.data import Dataset
 from pyro_vae.distributed import Distributed, from_env
 from pyro_vae.errors import RunError, renamed_errors
-from pyro_vae.objectives import evaluate_bounds
+from pyro_vae.objectives import check_free_bits_prior, evaluate_bounds
 from pyro_vae.plots import draw_pictures
 from pyro_vae.storage import atomic_write, load_checkpoint, remove_partial_writes, save_checkpoint
 from pyro_vae.train import (
@@ -124,6 +124,8 @@ def train_run(
         world_size = distributed.world_size if distributed else 1
         check_batch_size(t.batch_size, len(data.train) // world_size)
         check_data_parallel(distributed, t.jit, t.compile)
+        if t.free_bits:
+            check_free_bits_prior(vae)
         # (in a job, the processes agree on a stop at the first step)
         signum = stop() if stop is not None and distributed is None else None
         if signum is not None:  # asked to stop before anything was written: write nothing
@@ -282,6 +284,8 @@ def _fit_options(t: TrainConfig) -> dict[str, Any]:
         "compile": t.compile,
         "optimizer": t.optimizer,
         "lr_schedule": t.lr_schedule,
+        "kl_warmup": t.kl_warmup,
+        "free_bits": t.free_bits,
         "clip_grad_norm": t.clip_grad_norm,
         "seed": t.seed,
     }
@@ -312,6 +316,7 @@ def _summarize(
         "train_elbo": history[-1]["train_elbo"],
         **{f"test_{k}": v for k, v in final.items() if k != "num_examples"},
         "path": history[-1]["path"],
+        "note": vae.likelihood.density_note(data.test),
         "device": str(next(vae.parameters()).device),
         "processes": distributed.world_size if distributed else 1,
         "files": ["config.toml", "metrics.jsonl", "checkpoint.pt", *pictures, "summary.json"],

@@ -22,8 +22,9 @@ Example:
     >>> data = load_dataset("digits")
     >>> vae = make_vae(data.event_shape, latent_dim=2, network={"type": "mlp", "hidden": [32]})
     >>> history = fit(vae, data, epochs=1, progress=False)
-    >>> sorted(history[0])
-    ['epoch', 'kl', 'lr', 'path', 'seconds', 'test_elbo', 'test_elbo_analytic', 'test_elbo_mc', 'train_elbo']
+    >>> sorted(history[0])  # doctest: +NORMALIZE_WHITESPACE
+    ['active_units', 'beta', 'epoch', 'kl', 'kl_per_dim', 'lr', 'path', 'seconds', 'test_elbo',
+     'test_elbo_analytic', 'test_elbo_mc', 'train_elbo']
 
 :func:`fit` tells the story of a run; the pieces it calls each do one thing: :func:`_start` builds
 the objective and optimiser, :func:`_restore` puts a saved :class:`TrainState` back, :class:`_Loop`
@@ -50,7 +51,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from pyro_vae.annealing import KLSchedule, check_kl_schedule, make_kl_schedule
 from pyro_vae.data import Dataset
+from pyro_vae.diagnostics import latent_usage
 from pyro_vae.distributed import Distributed, data_parallel
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.estimators import BOUNDS, ESTIMATORS, reported_with, value_name
@@ -80,8 +83,11 @@ METRICS: dict[str, str] = {
     "test_elbo_<name>": "the same by each reported estimator (mc, analytic and the training one), from the same draws",
     "seconds": "training time of the epoch",
     "lr": "learning rate of the epoch",
+    "beta": "the KL weight at the epoch's last step (train.beta times the KL warm-up's weight)",
     "path": "how the objective was computed: compiled, fused, jit or pyro",
     "kl": "how each latent site's KL term was estimated: closed_form or sampled",
+    "active_units": "latent dimensions whose posterior mean varies over the test set (variance > 0.01)",
+    "kl_per_dim": "average KL of each latent dimension on the test set (None: a prior not factorised by dimension)",
 }
 
 #: How the path an objective takes is described at the start of a run.
@@ -333,6 +339,8 @@ class _Loop:
     clip_grad_norm: float
     distributed: Distributed | None
     kl: dict[str, str]
+    kl_schedule: KLSchedule
+    beta: float  # train.beta; a step's KL weight is beta * kl_schedule(step)
     history: list[dict] = field(default_factory=list)
 
     @property
@@ -383,6 +391,7 @@ class _Loop:
         start = time.perf_counter()
         batches = self.data.batches(self.batch_size, self.order, first, self.rank, self.world_size)
         for step, x in enumerate(batches, first + 1):
+            self.objective.beta = self.beta * self.kl_schedule((epoch - 1) * self.steps + step - 1)
             total += svi_step(self.loss, self.optimizer, x, self.num_data, self.clip_grad_norm, (epoch, step))
             progress.bar.update()
             seconds = elapsed + time.perf_counter() - start
@@ -416,6 +425,13 @@ class _Loop:
                 stops.check(lambda end=end: end)
         return self.history
 
+    def latent_usage(self) -> dict[str, Any]:
+        """Active units and the KL per dimension on the test set (process 0), outside the run's random stream."""
+        if self.rank != 0 or len(self.data.test) < 2:
+            return {}
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            return latent_usage(self.vae, self.data.test)
+
     def end_epoch(self, epoch: int, total: float, seconds: float) -> dict[str, Any]:
         """Step the learning-rate schedule, evaluate the test set, and record the epoch's metrics."""
         lr = self.optimizer.param_groups[0]["lr"]
@@ -432,8 +448,10 @@ class _Loop:
             **{f"test_elbo_{n}": scores[f"elbo_{n}"] for n in reported_with(name)},
             "seconds": seconds,
             "lr": lr,
+            "beta": self.beta * self.kl_schedule(epoch * self.steps - 1),
             "path": self.objective.path,
             "kl": self.kl,
+            **self.latent_usage(),
         }
         self.history.append(metrics)
         return metrics
@@ -449,15 +467,33 @@ def _start(vae: VAE, data: Dataset, distributed: Distributed | None, settings: d
             f"{{clip_grad_norm}} must be >= 0 (got {s['clip_grad_norm']}); 0 turns clipping off", "clip_grad_norm"
         )
     check_data_parallel(distributed, s["jit"], s["compile"])
+    kl_schedule = make_kl_schedule(s["kl_warmup"], len(data.train) // world_size // s["batch_size"])
+    check_kl_schedule(kl_schedule, s["elbo"], s["compile"])
     pyro.set_rng_seed((s["seed"] + rank) % 2**32)  # NumPy, which Pyro seeds too, takes 32-bit seeds
     order = torch.Generator().manual_seed(s["seed"])  # the same permutation in every process; each takes its shard
-    objective = Objective(vae, s["elbo"], s["num_particles"], s["jit"], s["beta"], s["fused"], s["compile"])
+    objective = Objective(
+        vae, s["elbo"], s["num_particles"], s["jit"], s["beta"], s["fused"], s["compile"], s["free_bits"]
+    )
     loss = data_parallel(vae, objective, distributed, s["beta"]) if distributed else objective
     optimizer = make_optimizer(vae.parameters(), s["lr"], s["optimizer"])
     schedule = make_lr_schedule(optimizer, s["lr_schedule"], s["epochs"])
     kl = kl_methods(vae, data.test[:2], s["elbo"])
+    if objective.jit:
+        _compile(objective, data.train[: s["batch_size"]], len(data.train))
     return _Loop(
-        vae, data, objective, loss, optimizer, schedule, order, s["batch_size"], s["clip_grad_norm"], distributed, kl
+        vae,
+        data,
+        objective,
+        loss,
+        optimizer,
+        schedule,
+        order,
+        s["batch_size"],
+        s["clip_grad_norm"],
+        distributed,
+        kl,
+        kl_schedule,
+        s["beta"],
     )
 
 
@@ -493,6 +529,8 @@ def fit(
     compile: bool = False,
     optimizer: dict[str, Any] | None = None,
     lr_schedule: dict[str, Any] | None = None,
+    kl_warmup: dict[str, Any] | None = None,
+    free_bits: float = 0.0,
     clip_grad_norm: float = 0.0,
     seed: int = 0,
     progress: bool = True,
@@ -508,28 +546,28 @@ def fit(
         epochs, batch_size, lr, optimizer, lr_schedule: each epoch is a random permutation of the training
             set in batches of exactly ``batch_size``; ``optimizer`` and ``lr_schedule`` are ``{"type": name,
             ...}`` of :mod:`pyro_vae.optim` (default Adam, constant), the schedule stepped after each epoch.
-        elbo, num_particles, jit, beta, fused, compile: the objective (:class:`~pyro_vae.objectives.Objective`);
-            ``fused="auto"`` takes the fastest exact eager path (:func:`~pyro_vae.objectives.choose_path`).
+        elbo, num_particles, jit, beta, fused, compile, free_bits: the objective (:class:`~pyro_vae.Objective`);
+            ``fused="auto"`` takes the fastest exact eager path; ``free_bits``: a floor in nats under each
+            latent dimension's KL term (:func:`~pyro_vae.kl.free_bits_kl`).
+        kl_warmup: ``{"type": name, ...}`` of :data:`~pyro_vae.annealing.KL_SCHEDULES` (``{"type": "linear",
+            "epochs": 10}``): a step's KL weight is ``beta`` times the schedule's (default: constant).
         clip_grad_norm, seed, progress: the largest gradient norm of a step (0: no clipping); the seed of
-            Pyro, torch, numpy and the data order; a progress bar.
-        on_epoch, on_checkpoint: called after each epoch with its metrics and the optimiser, then with the
-            :class:`TrainState` (the run folder writes metrics and checkpoints).
+            Pyro, torch, numpy and the data order; a progress bar. ``on_epoch``, ``on_checkpoint``: called
+            after each epoch with its metrics and the optimiser, then with the :class:`TrainState`.
         resume, stop, distributed: continue from a :class:`TrainState` (``vae`` holding its parameters);
             a function polled after every step whose answer other than ``None`` ends training with
             :class:`TrainingInterrupted`; this process's place in a data-parallel job (see the module).
 
     Raises:
-        TrainingDiverged: a loss or gradient is not finite (the parameters are those before that step).
+        TrainingDiverged: a loss or gradient is not finite (the parameters are those before that step);
         TrainingInterrupted: ``stop`` asked for it.
     """
     settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, elbo=elbo, num_particles=num_particles, jit=jit)
-    settings.update(beta=beta, fused=fused, compile=compile, optimizer=optimizer, lr_schedule=lr_schedule)
-    settings.update(clip_grad_norm=clip_grad_norm)
-    loop = _start(vae, data, distributed, {**settings, "seed": seed})
+    settings.update(beta=beta, fused=fused, compile=compile, optimizer=optimizer, lr_schedule=lr_schedule, seed=seed)
+    settings.update(clip_grad_norm=clip_grad_norm, kl_warmup=kl_warmup, free_bits=free_bits)
+    loop = _start(vae, data, distributed, settings)
     progress_ = _Progress(progress and loop.rank == 0, epochs, loop.steps, resume or TrainState())
     progress_.start(elbo, loop.kl, loop.objective.path)
-    if loop.objective.jit:
-        _compile(loop.objective, data.train[:batch_size], loop.num_data)
     state = _restore(loop, resume, seed)
     try:
         return loop.run(state, epochs, progress_, _Stops(stop, distributed), on_epoch, on_checkpoint)

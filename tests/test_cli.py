@@ -161,5 +161,6 @@ def test_plot_redraws_every_picture(trained, capsys):
         "latent.png",
         "manifold.png",
         "curves.png",
+        "collapse.png",
     }
     assert all(Path(p).stat().st_size > 0 for p in printed)

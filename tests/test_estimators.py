@@ -52,12 +52,30 @@ def test_fused_loss_equals_the_pyro_reference_for_every_likelihood(name, likelih
     assert_fused_equals_reference(tiny_vae(likelihood=spec, double=False), tiny_batch(), name, 2, 1.0)
 
 
-def assert_fused_equals_reference(vae, x, name, num_particles, beta):
+#: Free bits with every estimator that implements it, every prior that is a product over dimensions,
+#: a floor below and one above the dimensions' KL terms.
+FREE_BITS = [
+    (name, prior, free_bits)
+    for name in ESTIMATORS
+    if ESTIMATORS.get(name).free_bits
+    for prior in ("standard_normal", "normal", "laplace", "student_t")
+    for free_bits in (0.05, 20.0)
+]
+
+
+@pytest.mark.parametrize("num_particles,beta", [(1, 1.0), (3, 0.5)])
+@pytest.mark.parametrize("name,prior,free_bits", FREE_BITS)
+def test_fused_free_bits_equals_the_pyro_reference(name, prior, free_bits, num_particles, beta, float64):
+    vae, x = tiny_vae(prior={"type": prior}, double=False), tiny_batch()
+    assert_fused_equals_reference(vae, x, name, num_particles, beta, free_bits)
+
+
+def assert_fused_equals_reference(vae, x, name, num_particles, beta, free_bits=0.0):
     params = [p for p in vae.parameters() if p.requires_grad]
     results = []
     for fused in (False, True):
         pyro.set_rng_seed(3)
-        loss = Objective(vae, name, num_particles, beta=beta, fused=fused)(x, NUM_DATA)
+        loss = Objective(vae, name, num_particles, beta=beta, fused=fused, free_bits=free_bits)(x, NUM_DATA)
         results.append((loss, torch.autograd.grad(loss, params, allow_unused=True)))
     (reference, reference_grads), (loss, grads) = results
     torch.testing.assert_close(loss, reference, rtol=1e-10, atol=1e-9)

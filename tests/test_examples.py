@@ -14,6 +14,7 @@ SMOKE_RUNS = {
     "swap_priors.py": [],
     "custom_prior.py": [],
     "gradient_snr.py": ["--out", "snr"],
+    "posterior_collapse.py": ["--out", "collapse"],
 }
 
 

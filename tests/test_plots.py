@@ -35,6 +35,7 @@ def test_draw_pictures_leaves_the_backend_alone(tmp_path, figures):
     data = Dataset("toy", torch.rand(16, 8, 8), torch.rand(12, 8, 8), test_labels=torch.randint(0, 10, (12,)))
     history = [
         {"epoch": e, "train_elbo": -40.0 + e, "test_elbo": -41.0 + e, "test_elbo_a": -41.0 + e, "test_elbo_b": -42.0}
+        | {"active_units": e, "kl_per_dim": [0.1 * e, 0.0]}
         for e in (1, 2)
     ]
     original = matplotlib.get_backend()
@@ -44,10 +45,10 @@ def test_draw_pictures_leaves_the_backend_alone(tmp_path, figures):
         assert matplotlib.get_backend() == "svg"
     finally:
         matplotlib.use(original)
-    assert drawn == ["reconstructions.png", "samples.png", "latent.png", "manifold.png", "curves.png"]
+    assert drawn == ["reconstructions.png", "samples.png", "latent.png", "manifold.png", "curves.png", "collapse.png"]
     for name in drawn:
         assert (tmp_path / name).read_bytes().startswith(PNG), name
-    assert _legend(figures[-1]) == [["train (training objective)", "test, a estimator", "test, b estimator"]]
+    assert _legend(figures[-2]) == [["train (training objective)", "test, a estimator", "test, b estimator"]]
     assert "pyplot" not in inspect.getsource(plots)
 
 

@@ -43,6 +43,7 @@ def test_run_folder_contents(run_dir):
         "latent.png",
         "manifold.png",
         "curves.png",
+        "collapse.png",
     }
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]
