@@ -52,7 +52,6 @@ import torch
 from pyro.infer import ELBO, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
 from torch import Tensor
 from torch.distributions import Distribution, Independent
-from torch.distributions.utils import _standard_normal
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.kl import (  # importing kl also registers the Gaussian closed form
@@ -205,26 +204,25 @@ class Estimator:
         """
         L = self.num_particles
         loc, scale = vae.encoder(x)
-        eps = _standard_normal((L, *loc.shape) if L > 1 else loc.shape, dtype=loc.dtype, device=loc.device)
-        z = loc + eps * scale  # q.rsample of the guide's Normal(loc, scale), bit for bit
+        q = vae.posterior(loc, scale)  # the guide's q(z|x), as VAE.encode makes it
+        z = q.rsample((L,) if L > 1 else ())
         elbo = vae.likelihood.total_log_prob(vae.decoder(z), x)
         if beta:  # beta = 0 drops the latent terms (Pyro's mask), rather than multiplying them by 0
-            elbo = elbo + self._latent_terms(vae, z, eps, loc, scale, beta, free_bits)
+            elbo = elbo + self._latent_terms(vae, q, z, loc, scale, beta, free_bits)
         batch = x.shape[0]
         return elbo * (-(num_data if num_data is not None else batch) / batch / L)
 
     def _latent_terms(
-        self, vae: VAE, z: Tensor, eps: Tensor, loc: Tensor, scale: Tensor, beta: float, free_bits: float
+        self, vae: VAE, q: Distribution, z: Tensor, loc: Tensor, scale: Tensor, beta: float, free_bits: float
     ) -> Tensor:
         """beta times the sum over particles and data points of log p(z) - log q(z|x), or of -KL."""
         L, prior = self.num_particles, vae.prior()
         if free_bits:
-            kl = kl_per_dim(vae.posterior(loc, scale), prior, z, self.closed_form_kl)
-            return -(beta * L) * free_bits_kl(kl, free_bits)
-        kl = _total_kl(vae.posterior(loc, scale), prior) if self.closed_form_kl else None
+            return -(beta * L) * free_bits_kl(kl_per_dim(q, prior, z, self.closed_form_kl), free_bits)
+        kl = _total_kl(q, prior) if self.closed_form_kl else None
         if kl is not None:  # the same for every particle
             return -(kl if beta * L == 1 else beta * L * kl)
-        latent = _total_log_ratio(prior, z, eps, loc, scale, self.stop_guide)
+        latent = _total_log_ratio(prior, z, loc, scale, self.stop_guide)
         return latent if beta == 1 else beta * latent
 
     def per_example(self, terms: dict[str, Tensor | None]) -> Tensor:
@@ -336,15 +334,13 @@ class DReG(IWAE):
     stop_guide = True
 
 
-def _total_log_ratio(
-    prior: Distribution, z: Tensor, eps: Tensor, loc: Tensor, scale: Tensor, stop_guide: bool
-) -> Tensor:
+def _total_log_ratio(prior: Distribution, z: Tensor, loc: Tensor, scale: Tensor, stop_guide: bool) -> Tensor:
     r""":math:`\sum [\log p(z) - \log q(z \mid x)]` over every particle and data point of the draws :math:`z`.
 
     .. math:: -\log q(z \mid x) = \sum_j \tfrac12\epsilon_j^2 + \log\sigma_j + \tfrac12\log 2\pi,
 
     the value of ``-q.log_prob(z)`` and, since :math:`z` moves with :math:`\mu` and :math:`\sigma`,
-    the same total derivative, in a third of the operations (the drawn :math:`\epsilon` needs no
+    the same total derivative, in a third of the operations (:math:`\epsilon = (z - \mu)/\sigma` needs no
     gradient). Against the standard normal prior the two normalising constants cancel:
     :math:`\tfrac12\sum(\epsilon^2 - z^2) + \sum\log\sigma`. With ``stop_guide`` the guide's parameters
     are held fixed: :math:`\epsilon = (z - \bar\mu)/\bar\sigma` keeps its gradient through :math:`z`
@@ -353,6 +349,9 @@ def _total_log_ratio(
     if stop_guide:
         loc, scale = loc.detach(), scale.detach()
         eps = (z - loc) / scale
+    else:
+        with torch.no_grad():
+            eps = (z - loc) / scale
     particles = z.numel() // scale.numel()
     log_scale = scale.log().sum()
     log_scale = log_scale if particles == 1 else particles * log_scale
