@@ -30,7 +30,20 @@ from torch import Tensor, nn
 from pyro_vae.errors import ConfigError
 from pyro_vae.registry import AtLeast, Registry
 
-__all__ = ["NETWORKS", "ACTIVATIONS", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "mlp", "conv"]
+__all__ = [
+    "NETWORKS",
+    "ACTIVATIONS",
+    "MLPEncoder",
+    "MLPDecoder",
+    "GatedLinear",
+    "GatedMLPEncoder",
+    "GatedMLPDecoder",
+    "ConvEncoder",
+    "ConvDecoder",
+    "mlp",
+    "gated_mlp",
+    "conv",
+]
 
 NETWORKS: Registry = Registry("network", context=("event_shape", "latent_dim"))
 
@@ -107,6 +120,66 @@ def mlp(
     return (
         MLPEncoder(event_shape, latent_dim, hidden, activation),
         MLPDecoder(event_shape, latent_dim, list(reversed(hidden)), activation),
+    )
+
+
+class GatedLinear(nn.Module):
+    r"""A gated dense layer, :math:`h = (Wx + b) \odot \sigma(Vx + c)`, as one linear map to both halves.
+
+    Reference:
+        Language Modeling with Gated Convolutional Networks (Dauphin et al., 2017).
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, 2 * out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.glu(self.linear(x), dim=-1)  # the first half times the sigmoid of the second
+
+
+def _gated_perceptron(sizes: Sequence[int]) -> nn.Sequential:
+    """Gated layers to each hidden size, then a plain linear layer to the last size."""
+    layers: list[nn.Module] = [GatedLinear(n_in, n_out) for n_in, n_out in zip(sizes[:-2], sizes[1:-1])]
+    return nn.Sequential(*layers, nn.Linear(sizes[-2], sizes[-1]))
+
+
+class GatedMLPEncoder(MLPEncoder):
+    """:class:`MLPEncoder` with gated hidden layers (:class:`GatedLinear`)."""
+
+    def __init__(self, event_shape: tuple[int, ...], latent_dim: int, hidden: Sequence[int]) -> None:
+        nn.Module.__init__(self)
+        self.event_shape = tuple(event_shape)
+        self.net = _gated_perceptron([math.prod(event_shape), *hidden, 2 * latent_dim])
+
+
+class GatedMLPDecoder(MLPDecoder):
+    """:class:`MLPDecoder` with gated hidden layers (:class:`GatedLinear`)."""
+
+    def __init__(self, event_shape: tuple[int, ...], latent_dim: int, hidden: Sequence[int]) -> None:
+        nn.Module.__init__(self)
+        self.event_shape = tuple(event_shape)
+        self.net = _gated_perceptron([latent_dim, *hidden, math.prod(event_shape)])
+
+
+@NETWORKS.register("gated_mlp")
+def gated_mlp(
+    event_shape: tuple[int, ...], latent_dim: int, hidden: Sizes = (300, 300)
+) -> tuple[GatedMLPEncoder, GatedMLPDecoder]:
+    r"""Perceptrons of gated layers, :math:`h = (Wx + b) \odot \sigma(Vx + c)`: the VampPrior paper's networks.
+
+    Two gated layers of 300 units each way by default; the encoder's last layer gives the guide's
+    location and, through a softplus, its scale (the paper's encoder has a hard-tanh log-variance).
+
+    Args:
+        hidden: sizes of the encoder's gated layers; the decoder mirrors them.
+
+    Reference:
+        VAE with a VampPrior (Tomczak & Welling, 2018).
+    """
+    return (
+        GatedMLPEncoder(event_shape, latent_dim, hidden),
+        GatedMLPDecoder(event_shape, latent_dim, list(reversed(hidden))),
     )
 
 

@@ -22,6 +22,8 @@ Example:
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections import Counter
 from collections.abc import Iterable
 from typing import Annotated, Any
@@ -173,6 +175,33 @@ def cosine(optimizer: Optimizer, epochs: int, eta_min: Annotated[float, AtLeast(
         SGDR: Stochastic Gradient Descent with Warm Restarts (Loshchilov & Hutter, 2017).
     """
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=eta_min)
+
+
+@LR_SCHEDULES.register("staged")
+def staged(
+    optimizer: Optimizer,
+    epochs: int,
+    stages: Annotated[int, AtLeast(1)] = 8,
+    base: Annotated[float, AtLeast(1)] = 3.0,
+    gamma: Positive = 10 ** (-1 / 7),
+) -> LRScheduler:
+    r"""Stage :math:`i = 0, 1, \dots` lasts :math:`\lceil b^i \rceil` epochs at rate :math:`\eta_0\,\gamma^i`.
+
+    The defaults are the schedule of the Importance Weighted Autoencoders paper: :math:`\eta_0 10^{-i/7}`
+    for :math:`3^i` epochs, :math:`i = 0, \dots, 7` (3,280 epochs in all); a smaller ``base`` compresses
+    it. After the last stage the rate stays at the last stage's.
+
+    Reference:
+        Importance Weighted Autoencoders (Burda, Grosse & Salakhutdinov, 2016).
+    """
+    lengths = [math.ceil(base**i - 1e-9) for i in range(stages)]
+    milestones = list(itertools.accumulate(lengths))[:-1]
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=gamma)
+
+
+def staged_epochs(stages: int = 8, base: float = 3.0) -> int:
+    """The length in epochs of :func:`staged` with these settings (3,280 for the defaults)."""
+    return sum(math.ceil(base**i - 1e-9) for i in range(stages))
 
 
 def make_optimizer(params: Iterable[torch.Tensor], lr: float, spec: dict[str, Any] | None = None) -> Optimizer:

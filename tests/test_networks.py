@@ -5,6 +5,7 @@ import torch
 
 from pyro_vae import NETWORKS
 from pyro_vae.errors import ConfigError
+from pyro_vae.networks import GatedLinear
 
 SPECS = [{"type": name} for name in NETWORKS] + [
     {"type": "mlp", "hidden": [16, 8], "activation": "tanh"},
@@ -40,3 +41,10 @@ def test_conv_needs_images():
         ConfigError, match=r"the conv network needs images of shape \(H, W\) or \(C, H, W\).*use the mlp network"
     ):
         NETWORKS.build({"type": "conv"}, event_shape=(64,), latent_dim=2)
+
+
+def test_a_gated_layer_is_a_linear_map_times_the_sigmoid_of_another():
+    layer, x = GatedLinear(5, 3), torch.randn(4, 5)
+    w, v = layer.linear.weight.split(3), layer.linear.bias.split(3)
+    expected = (x @ w[0].T + v[0]) * torch.sigmoid(x @ w[1].T + v[1])
+    torch.testing.assert_close(layer(x), expected)

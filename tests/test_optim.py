@@ -9,7 +9,7 @@ import torch
 from pyro_vae import LR_SCHEDULES, OPTIMIZERS, Config, make_vae
 from pyro_vae.data import Dataset
 from pyro_vae.errors import ConfigError
-from pyro_vae.optim import fused_if_supported, make_lr_schedule, make_optimizer
+from pyro_vae.optim import fused_if_supported, make_lr_schedule, make_optimizer, staged_epochs
 from pyro_vae.train import TrainingInterrupted, TrainState, fit
 
 
@@ -185,3 +185,34 @@ def test_optimizers_fall_back_where_no_fused_kernel_exists():
     optimizer = fused_if_supported(NoFusedKernel, params, lr=0.1)
     assert len(optimizer.param_groups[0]["params"]) == 1
     assert not optimizer.defaults["fused"]
+
+
+def test_staged_schedule_is_burdas_by_default():
+    """lr 10^(-i/7) for 3^i epochs, i = 0..7: 3,280 epochs; the rate of each epoch is read before it runs."""
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    optimizer = make_optimizer(params, lr=1.0, spec={"type": "sgd"})
+    schedule = make_lr_schedule(optimizer, {"type": "staged"}, epochs=3280)
+    rates = []
+    for _ in range(3280):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    lengths = [3**i for i in range(8)]
+    expected = [10 ** (-i / 7) for i, n in enumerate(lengths) for _ in range(n)]
+    assert staged_epochs() == sum(lengths) == len(expected) == 3280
+    assert rates == pytest.approx(expected, rel=1e-12)
+
+
+def test_staged_schedule_compresses_with_a_smaller_base():
+    """base 1.5: stages of 1, 2, 3, 4, 6, 8, 12, 18 epochs (1.5^i rounded up), 54 in all."""
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    optimizer = make_optimizer(params, lr=1.0, spec={"type": "sgd"})
+    schedule = make_lr_schedule(optimizer, {"type": "staged", "base": 1.5, "gamma": 0.5}, epochs=54)
+    rates = []
+    for _ in range(60):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    lengths = [1, 2, 3, 4, 6, 8, 12, 18 + 6]  # the last stage's rate stays after the schedule's 54 epochs
+    assert staged_epochs(stages=8, base=1.5) == 54
+    assert rates == [0.5**i for i, n in enumerate(lengths) for _ in range(n)]
