@@ -123,66 +123,6 @@ def mlp(
     )
 
 
-class GatedLinear(nn.Module):
-    r"""A gated dense layer, :math:`h = (Wx + b) \odot \sigma(Vx + c)`, as one linear map to both halves.
-
-    Reference:
-        Language Modeling with Gated Convolutional Networks (Dauphin et al., 2017).
-    """
-
-    def __init__(self, in_features: int, out_features: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(in_features, 2 * out_features)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.glu(self.linear(x), dim=-1)  # the first half times the sigmoid of the second
-
-
-def _gated_perceptron(sizes: Sequence[int]) -> nn.Sequential:
-    """Gated layers to each hidden size, then a plain linear layer to the last size."""
-    layers: list[nn.Module] = [GatedLinear(n_in, n_out) for n_in, n_out in zip(sizes[:-2], sizes[1:-1])]
-    return nn.Sequential(*layers, nn.Linear(sizes[-2], sizes[-1]))
-
-
-class GatedMLPEncoder(MLPEncoder):
-    """:class:`MLPEncoder` with gated hidden layers (:class:`GatedLinear`)."""
-
-    def __init__(self, event_shape: tuple[int, ...], latent_dim: int, hidden: Sequence[int]) -> None:
-        nn.Module.__init__(self)
-        self.event_shape = tuple(event_shape)
-        self.net = _gated_perceptron([math.prod(event_shape), *hidden, 2 * latent_dim])
-
-
-class GatedMLPDecoder(MLPDecoder):
-    """:class:`MLPDecoder` with gated hidden layers (:class:`GatedLinear`)."""
-
-    def __init__(self, event_shape: tuple[int, ...], latent_dim: int, hidden: Sequence[int]) -> None:
-        nn.Module.__init__(self)
-        self.event_shape = tuple(event_shape)
-        self.net = _gated_perceptron([latent_dim, *hidden, math.prod(event_shape)])
-
-
-@NETWORKS.register("gated_mlp")
-def gated_mlp(
-    event_shape: tuple[int, ...], latent_dim: int, hidden: Sizes = (300, 300)
-) -> tuple[GatedMLPEncoder, GatedMLPDecoder]:
-    r"""Perceptrons of gated layers, :math:`h = (Wx + b) \odot \sigma(Vx + c)`: the VampPrior paper's networks.
-
-    Two gated layers of 300 units each way by default; the encoder's last layer gives the guide's
-    location and, through a softplus, its scale (the paper's encoder has a hard-tanh log-variance).
-
-    Args:
-        hidden: sizes of the encoder's gated layers; the decoder mirrors them.
-
-    Reference:
-        VAE with a VampPrior (Tomczak & Welling, 2018).
-    """
-    return (
-        GatedMLPEncoder(event_shape, latent_dim, hidden),
-        GatedMLPDecoder(event_shape, latent_dim, list(reversed(hidden))),
-    )
-
-
 def _image_layout(event_shape: tuple[int, ...]) -> tuple[int, int, int]:
     """``(channels, height, width)`` of image data given as ``(H, W)`` or ``(C, H, W)``."""
     if len(event_shape) == 2:
@@ -266,4 +206,64 @@ def conv(
     return (
         ConvEncoder(event_shape, latent_dim, channels, activation),
         ConvDecoder(event_shape, latent_dim, channels, activation),
+    )
+
+
+class GatedLinear(nn.Module):
+    r"""A gated dense layer, :math:`h = (Wx + b) \odot \sigma(Vx + c)`, as one linear map to both halves.
+
+    Reference:
+        Language Modeling with Gated Convolutional Networks (Dauphin et al., 2017).
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, 2 * out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.glu(self.linear(x), dim=-1)  # the first half times the sigmoid of the second
+
+
+def _gated_perceptron(sizes: Sequence[int]) -> nn.Sequential:
+    """Gated layers to each hidden size, then a plain linear layer to the last size."""
+    layers: list[nn.Module] = [GatedLinear(n_in, n_out) for n_in, n_out in zip(sizes[:-2], sizes[1:-1])]
+    return nn.Sequential(*layers, nn.Linear(sizes[-2], sizes[-1]))
+
+
+class GatedMLPEncoder(MLPEncoder):
+    """:class:`MLPEncoder` with gated hidden layers (:class:`GatedLinear`)."""
+
+    def __init__(self, event_shape: tuple[int, ...], latent_dim: int, hidden: Sequence[int]) -> None:
+        nn.Module.__init__(self)
+        self.event_shape = tuple(event_shape)
+        self.net = _gated_perceptron([math.prod(event_shape), *hidden, 2 * latent_dim])
+
+
+class GatedMLPDecoder(MLPDecoder):
+    """:class:`MLPDecoder` with gated hidden layers (:class:`GatedLinear`)."""
+
+    def __init__(self, event_shape: tuple[int, ...], latent_dim: int, hidden: Sequence[int]) -> None:
+        nn.Module.__init__(self)
+        self.event_shape = tuple(event_shape)
+        self.net = _gated_perceptron([latent_dim, *hidden, math.prod(event_shape)])
+
+
+@NETWORKS.register("gated_mlp")
+def gated_mlp(
+    event_shape: tuple[int, ...], latent_dim: int, hidden: Sizes = (300, 300)
+) -> tuple[GatedMLPEncoder, GatedMLPDecoder]:
+    r"""Perceptrons of gated layers, :math:`h = (Wx + b) \odot \sigma(Vx + c)`: the VampPrior paper's networks.
+
+    Two gated layers of 300 units each way by default; the encoder's last layer gives the guide's
+    location and, through a softplus, its scale (the paper's encoder has a hard-tanh log-variance).
+
+    Args:
+        hidden: sizes of the encoder's gated layers; the decoder mirrors them.
+
+    Reference:
+        VAE with a VampPrior (Tomczak & Welling, 2018).
+    """
+    return (
+        GatedMLPEncoder(event_shape, latent_dim, hidden),
+        GatedMLPDecoder(event_shape, latent_dim, list(reversed(hidden))),
     )
