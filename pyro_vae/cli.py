@@ -314,7 +314,8 @@ def _train(args: argparse.Namespace) -> int:
         f"run folder: {summary['run']}\n"
         f"  {summary['dataset']}: {summary['num_train']} train / {summary['num_test']} test points, "
         f"{summary['epochs']} epochs in {summary['seconds']:.1f} s on {summary['device']} ({summary['path']} path)\n"
-        f"  train ELBO {summary['train_elbo']:.2f}; test ELBO {tests}, nats per point\n"
+        f"  train {summary.get('train_objective', 'ELBO')} {summary['train_elbo']:.2f}; test ELBO {tests}, "
+        "nats per point\n"
         + (f"  note: {summary['note']}\n" if summary.get("note") else "")
         + f"  files: {' '.join(summary['files'])}\n"
         f"next: pyro-vae evaluate {summary['run']}"

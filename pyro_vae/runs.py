@@ -44,6 +44,7 @@ from pyro_vae.train import (
     check_data_parallel,
     check_world_size,
     fit,
+    training_objective,
 )
 from pyro_vae.vae import VAE
 
@@ -314,6 +315,7 @@ def _summarize(
         "epochs": t.epochs,
         "seconds": seconds,
         "train_elbo": history[-1]["train_elbo"],
+        "train_objective": training_objective(t.elbo, t.beta, t.kl_warmup, t.free_bits),
         **{f"test_{k}": v for k, v in final.items() if k != "num_examples"},
         "path": history[-1]["path"],
         "note": vae.likelihood.density_note(data.test),

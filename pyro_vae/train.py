@@ -289,11 +289,22 @@ class _Stops:
             raise TrainingInterrupted(snapshot(), signum)
 
 
+def training_objective(estimator: str, beta: float = 1.0, kl_warmup: dict | None = None, free_bits: float = 0.0) -> str:
+    """What a run's training loss estimates, for its epoch lines and summary: its bound, or what it changes in it."""
+    changes = [f"beta {beta:g}"] if beta != 1 else []
+    if kl_warmup and kl_warmup.get("type", "constant") != "constant":
+        changes.append("KL warm-up")
+    if free_bits:
+        changes.append(f"free bits {free_bits:g}")
+    bound = BOUNDS[ESTIMATORS.get(estimator).bound]
+    return f"objective ({bound} with {', '.join(changes)})" if changes else bound
+
+
 class _Progress:
     """The progress bar (terminals only) and about ten epoch lines a run, on standard error."""
 
     def __init__(self, show: bool, epochs: int, steps: int, state: TrainState) -> None:
-        self.show, self.epochs, self.bound = show, epochs, "ELBO"
+        self.show, self.epochs, self.bound, self.objective = show, epochs, "ELBO", "ELBO"
         # disable=None: a bar on terminals only; logs get the epoch lines instead.
         self.bar = tqdm(
             total=epochs * steps,
@@ -304,17 +315,17 @@ class _Progress:
             leave=False,
         )
 
-    def start(self, estimator: str, kl: dict[str, str], path: str) -> None:
+    def start(self, estimator: str, kl: dict[str, str], path: str, objective: str) -> None:
         if self.show:
             sites = ", ".join(f"{site}: {how.replace('_', ' ')}" for site, how in kl.items())
-            self.bound = BOUNDS[ESTIMATORS.get(estimator).bound]
+            self.bound, self.objective = BOUNDS[ESTIMATORS.get(estimator).bound], objective
             print(f"KL term ({estimator} {self.bound}): {sites}; path: {_PATH_TEXT[path]}", file=sys.stderr)
 
     def epoch(self, metrics: dict[str, Any]) -> None:
         epoch = metrics["epoch"]
         if self.show and (epoch % max(1, self.epochs // 10) == 0 or epoch in (1, self.epochs)):
             tqdm.write(
-                f"epoch {epoch:4d}  train {self.bound} {metrics['train_elbo']:9.3f}  "
+                f"epoch {epoch:4d}  train {self.objective} {metrics['train_elbo']:9.3f}  "
                 f"test {self.bound} {metrics['test_elbo']:9.3f}  "
                 f"{metrics['seconds']:6.2f} s",
                 file=sys.stderr,
@@ -567,7 +578,7 @@ def fit(
     settings.update(clip_grad_norm=clip_grad_norm, kl_warmup=kl_warmup, free_bits=free_bits)
     loop = _start(vae, data, distributed, settings)
     progress_ = _Progress(progress and loop.rank == 0, epochs, loop.steps, resume or TrainState())
-    progress_.start(elbo, loop.kl, loop.objective.path)
+    progress_.start(elbo, loop.kl, loop.objective.path, training_objective(elbo, beta, kl_warmup, free_bits))
     state = _restore(loop, resume, seed)
     try:
         return loop.run(state, epochs, progress_, _Stops(stop, distributed), on_epoch, on_checkpoint)

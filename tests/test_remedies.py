@@ -10,7 +10,7 @@ from pyro_vae import KL_SCHEDULES, Config, Objective, fit
 from pyro_vae.cli import main
 from pyro_vae.data import Dataset
 from pyro_vae.errors import ConfigError
-from pyro_vae.train import TrainingInterrupted
+from pyro_vae.train import TrainingInterrupted, training_objective
 
 from helpers import tiny_batch, tiny_vae
 
@@ -184,3 +184,17 @@ def test_a_bernoulli_likelihood_of_grey_values_is_flagged(tmp_path, capsys, opti
     assert bool(json.loads((run / "summary.json").read_text())["note"]) == grey
     assert main(["evaluate", str(run), "--json"]) == 0
     assert bool(json.loads(capsys.readouterr().out)["note"]) == grey
+
+
+@pytest.mark.parametrize(
+    "settings,name",
+    [
+        (("mc",), "ELBO"),
+        (("iwae",), "IWAE bound"),
+        (("analytic", 4.0), "objective (ELBO with beta 4)"),
+        (("mc", 1.0, {"type": "linear", "epochs": 2}, 0.5), "objective (ELBO with KL warm-up, free bits 0.5)"),
+        (("mc", 1.0, {"type": "constant"}), "ELBO"),
+    ],
+)
+def test_the_training_loss_is_named_for_what_it_estimates(settings, name):
+    assert training_objective(*settings) == name
