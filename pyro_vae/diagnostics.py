@@ -60,10 +60,10 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, Independent
+from torch.distributions import Distribution
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.kl import closed_form_kl
+from pyro_vae.kl import closed_form_kl, per_dimension
 from pyro_vae.vae import VAE
 
 __all__ = [
@@ -137,10 +137,9 @@ def _mean(terms: Tensor) -> Estimate:
 
 def _factors(prior: Distribution, latent_dim: int) -> Distribution | None:
     """The prior's univariate factors, batch shape ``(latent_dim,)``, or ``None`` where it does not factorise."""
-    while isinstance(prior, Independent):  # which only sums its base's log-densities
-        prior = prior.base_dist
-    factorised = prior.event_shape == () and len(prior.batch_shape) == 1 and prior.batch_shape[0] in (1, latent_dim)
-    return prior if factorised else None
+    factors = per_dimension(prior)
+    factorised = factors is not None and len(factors.batch_shape) == 1 and factors.batch_shape[0] in (1, latent_dim)
+    return factors if factorised else None
 
 
 def _draw(vae: VAE, loc: Tensor, scale: Tensor, num_samples: int) -> Tensor:

@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from pyro_vae.annealing import KLSchedule, check_kl_schedule, make_kl_schedule
+from pyro_vae.annealing import KL_SCHEDULES, Constant, KLSchedule, check_kl_schedule, make_kl_schedule
 from pyro_vae.data import Dataset
 from pyro_vae.diagnostics import latent_usage
 from pyro_vae.distributed import Distributed, data_parallel
@@ -292,7 +292,7 @@ class _Stops:
 def training_objective(estimator: str, beta: float = 1.0, kl_warmup: dict | None = None, free_bits: float = 0.0) -> str:
     """What a run's training loss estimates, for its epoch lines and summary: its bound, or what it changes in it."""
     changes = [f"beta {beta:g}"] if beta != 1 else []
-    if kl_warmup and kl_warmup.get("type", "constant") != "constant":
+    if kl_warmup and not issubclass(KL_SCHEDULES.get(kl_warmup["type"]), Constant):
         changes.append("KL warm-up")
     if free_bits:
         changes.append(f"free bits {free_bits:g}")
