@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test test-fast bench lint clean
+.PHONY: demo test test-fast bench quality lint clean
 
 # Re-install when the package metadata changes; the stamp records a finished install.
 $(VENV)/.installed: pyproject.toml
@@ -23,6 +23,9 @@ test-fast: $(VENV)/.installed  ## everything but the slow tier
 
 bench: $(VENV)/.installed  ## speed against a hand-written PyTorch VAE: steps, epochs, memory, log-likelihood, torch.compile (about 5 minutes)
 	$(BIN)/python benchmarks/speed.py
+
+quality: $(VENV)/.installed  ## the published MNIST log-likelihoods at the CPU budget: README "How good are the models?" (hours; resumes)
+	$(BIN)/python benchmarks/quality.py --jobs 2
 
 lint: $(VENV)/.installed  ## ruff: style and formatting at 120 columns (installs the dev extra)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'

@@ -90,6 +90,8 @@ _TRAIN_OPTIONS: dict[str, str] = {
     "beta": "train.beta",
     "kl_warmup": "train.kl_warmup",
     "free_bits": "train.free_bits",
+    "validation": "data.validation",
+    "early_stopping": "train.early_stopping",
     "seed": "train.seed",
     "checkpoint_every": "train.checkpoint_every",
     "clip_grad_norm": "train.clip_grad_norm",
@@ -140,6 +142,13 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
     g.add_argument("--data-root", help="folder holding MNIST/raw (default: data)")
     g.add_argument("--download", action="store_const", const=True, help="download MNIST if missing (needs a network)")
     g.add_argument("--binarize", choices=["none", "static", "dynamic"])
+    g.add_argument(
+        "--validation",
+        type=int,
+        metavar="N",
+        help="hold N training points out as a validation set (a fixed split); the run keeps the model of the epoch "
+        "with the best validation ELBO (best.pt)",
+    )
     g = train.add_argument_group("model")
     g.add_argument("--latent-dim", type=_positive_int)
     g.add_argument(
@@ -191,6 +200,13 @@ def _training_options(train: argparse.ArgumentParser) -> None:
         metavar="NATS",
         help="free bits: each latent dimension's KL term counts at least NATS nats per data point "
         "(mc and analytic; 0: off)",
+    )
+    g.add_argument(
+        "--early-stopping",
+        type=int,
+        metavar="EPOCHS",
+        help="stop after EPOCHS epochs without a better validation ELBO, counted after the KL warm-up "
+        "(needs --validation; 0: off)",
     )
     g.add_argument("--seed", type=int)
     g.add_argument("--checkpoint-every", type=int, metavar="N", help="checkpoint every N epochs (0: only at the end)")
@@ -317,6 +333,13 @@ def _train(args: argparse.Namespace) -> int:
         f"  train {summary.get('train_objective', 'ELBO')} {summary['train_elbo']:.2f}; test ELBO {tests}, "
         "nats per point\n"
         + (f"  note: {summary['note']}\n" if summary.get("note") else "")
+        + (f"  {summary['binarization']}\n" if summary.get("binarization") else "")
+        + (
+            f"  the model is that of epoch {summary['best_epoch']}, the best validation ELBO "
+            f"({summary['validation_elbo']:.2f}): best.pt\n"
+            if "best_epoch" in summary
+            else ""
+        )
         + f"  files: {' '.join(summary['files'])}\n"
         f"next: pyro-vae evaluate {summary['run']}"
     )
@@ -358,6 +381,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         )
     if result.get("note"):
         print(f"note: {result['note']}")
+    if result.get("binarization"):
+        print(result["binarization"])
     if "active_units" in result:
         _print_usage(result)
     return 0

@@ -64,6 +64,8 @@ class DataConfig:
     data_root: str = "data"
     download: bool = False
     binarize: Literal["none", "static", "dynamic"] = "none"
+    # training points held out as a validation set (fixed split); for early stopping and the best model
+    validation: Annotated[int, AtLeast(0)] = 0
 
 
 @dataclass
@@ -100,8 +102,12 @@ class TrainConfig:
     # the KL weight's schedule, an entry of pyro_vae.annealing.KL_SCHEDULES: {type = "linear", epochs = 10} warms up
     kl_warmup: dict = field(default_factory=lambda: {"type": "constant"})
     free_bits: Annotated[float, AtLeast(0)] = 0.0  # a floor in nats under each latent dimension's KL term; 0: off
+    # stop after this many epochs (after the KL warm-up) without a better validation ELBO; needs data.validation
+    early_stopping: Annotated[int, AtLeast(0)] = 0
     seed: Annotated[int, AtLeast(0), AtMost(2**32 - 1)] = 0  # numpy takes 32-bit seeds
     checkpoint_every: Annotated[int, AtLeast(0)] = 10  # epochs between checkpoints; 0: only at the end
+    # epochs after which the model's parameters are kept as snapshots/epoch-NNNNN.pt (learning curves)
+    snapshots: list[Annotated[int, AtLeast(1)]] = field(default_factory=list)
     clip_grad_norm: Annotated[float, AtLeast(0)] = 0.0  # largest total gradient norm of a step; 0: no clipping
     device: str = "auto"
 
@@ -166,6 +172,11 @@ class Config:
             raise ConfigError(
                 "train.fused and train.jit cannot both be true: fused is the faster of the two; "
                 "drop --jit (train.jit = false)"
+            )
+        if t.early_stopping and not config.data.validation:
+            raise ConfigError(
+                f"train.early_stopping ({t.early_stopping}) watches the ELBO of a validation set, and there is none; "
+                "hold one out of the training set with data.validation = 10000 (points), or set it to 0"
             )
         resolve_device(config.train.device)
         return config
@@ -290,6 +301,7 @@ def load_data(config: Config, device: str | torch.device = "cpu") -> Dataset:
         support_text=likelihood.support_text,
         device=device,
         seed=config.train.seed,
+        validation=d.validation,
     )
 
 

@@ -33,12 +33,23 @@ from torch.distributions import constraints
 
 from pyro_vae.errors import DataError
 
-__all__ = ["Dataset", "DATASETS", "BINARIZATIONS", "load_dataset", "TEST_FRACTION", "SPLIT_SEED"]
+__all__ = [
+    "Dataset",
+    "DATASETS",
+    "BINARIZATIONS",
+    "load_dataset",
+    "TEST_FRACTION",
+    "SPLIT_SEED",
+    "BINARIZATION_SEED",
+]
 
 #: Fraction of a data set without its own test split that is held out for testing.
 TEST_FRACTION = 0.2
-#: Seed of that split, fixed so that every run of every user sees the same test set.
+#: Seed of that split and of the validation split, fixed so that every run of every user sees the same sets.
 SPLIT_SEED = 0
+#: Seed with which binarization draws the test set, then the validation set, once: every run,
+#: whatever its own seed, is evaluated on the same binary images.
+BINARIZATION_SEED = 0
 BINARIZATIONS = ("none", "static", "dynamic")
 FILE_SUFFIXES = (".npy", ".npz", ".pt")
 
@@ -50,8 +61,9 @@ class Dataset:
     """A train/test pair of tensors of shape ``(N, *event_shape)`` with optional integer labels.
 
     ``binarize = "dynamic"`` draws a fresh binary image from the grey values of each training
-    minibatch (:meth:`batches`); the test set is then binarized once, with a fixed seed, so that
-    evaluations are comparable.
+    minibatch (:meth:`batches`); the test and validation sets are then binarized once, with the
+    fixed seed :data:`BINARIZATION_SEED`, so that evaluations are comparable. ``validation`` is
+    ``None`` unless points were held out of the training set for it.
     """
 
     name: str
@@ -60,10 +72,18 @@ class Dataset:
     train_labels: Tensor | None = None
     test_labels: Tensor | None = None
     binarize: str = "none"
+    validation: Tensor | None = None
 
     @property
     def event_shape(self) -> tuple[int, ...]:
         return tuple(self.train.shape[1:])
+
+    def binarization_note(self, split: str = "test") -> str | None:
+        """How the binary images of a held-out ``split`` were drawn, for wherever its numbers are printed."""
+        if self.binarize == "none" or split == "train":
+            return None
+        seed = BINARIZATION_SEED
+        return f"{self.binarize} binarization: the {split} set is drawn once, with seed {seed} in every run"
 
     def batches(
         self,
@@ -262,13 +282,24 @@ def _check_shapes(
             raise DataError(f"data set {name}: {split} labels have shape {tuple(labels.shape)}; expected ({len(x)},)")
 
 
-def _binarize(
-    name: str, train: Tensor, test: Tensor, binarize: str, generator: torch.Generator
-) -> tuple[Tensor, Tensor]:
-    """The test set (and, for ``"static"``, the training set) drawn once from Bernoulli(value)."""
+def _hold_out(name: str, train: Tensor, labels: Tensor | None, size: int) -> tuple[Tensor, Tensor | None, Tensor]:
+    """The training set less ``size`` points chosen with :data:`SPLIT_SEED`, its labels, and those points."""
+    if size >= len(train):
+        raise DataError(
+            f"data.validation ({size}) leaves no training points of data set {name} ({len(train)}); "
+            f"hold out fewer than {len(train)}"
+        )
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    kept = order[size:]
+    return train[kept], None if labels is None else labels[kept], train[order[:size]]
+
+
+def _binarize(name: str, splits: dict[str, Tensor], binarize: str, seed: int) -> dict[str, Tensor]:
+    """The held-out splits drawn once from Bernoulli(value) with :data:`BINARIZATION_SEED`; for
+    ``"static"`` also the training set, with ``seed``."""
     if binarize == "none":
-        return train, test
-    for x, split in ((train, "train"), (test, "test")):
+        return splits
+    for split, x in splits.items():
         _check(
             x,
             f"{name} ({split})",
@@ -276,10 +307,12 @@ def _binarize(
             "[0, 1]",
             "binarization reads values as probabilities; rescale the data into [0, 1]",
         )
-    test = torch.bernoulli(test, generator=generator)
+    held_out = torch.Generator().manual_seed(BINARIZATION_SEED)
+    drawn = {split: torch.bernoulli(x, generator=held_out) for split, x in splits.items() if split != "train"}
+    train = splits["train"]
     if binarize == "static":
-        train = torch.bernoulli(train, generator=generator)
-    return train, test
+        train = torch.bernoulli(train, generator=torch.Generator().manual_seed(seed))
+    return {"train": train, **drawn}
 
 
 def load_dataset(
@@ -292,6 +325,7 @@ def load_dataset(
     support_text: str = "any real number",
     device: str | torch.device = "cpu",
     seed: int = 0,
+    validation: int = 0,
 ) -> Dataset:
     """Load a data set, check it, binarize it as asked, and move it to ``device``.
 
@@ -306,7 +340,10 @@ def load_dataset(
             ``"dynamic"`` (drawn anew for every training minibatch).
         support, support_text: the likelihood's support; every value must lie in it.
         device: where the tensors live.
-        seed: seed of static binarization.
+        seed: seed of static binarization (the test and validation sets are drawn with
+            :data:`BINARIZATION_SEED`, whatever the seed).
+        validation: points held out of the training set as a validation set (chosen with
+            :data:`SPLIT_SEED`; 0: none).
     """
     if binarize not in BINARIZATIONS:
         raise DataError(f"data.binarize: unknown binarization {binarize!r}; known: {', '.join(BINARIZATIONS)}")
@@ -314,10 +351,12 @@ def load_dataset(
     name = dataset if dataset in DATASETS else Path(dataset).name
     _check_shapes(name, train, test, train_labels, test_labels)
     train, test = train.float(), test.float()
-
-    generator = torch.Generator().manual_seed(seed)
-    train, test = _binarize(name, train, test, binarize, generator)
-    for x, split in ((train, "train"), (test, "test")):
+    splits = {"train": train, "test": test}
+    if validation:
+        train, train_labels, splits["validation"] = _hold_out(name, train, train_labels, validation)
+        splits["train"] = train
+    splits = _binarize(name, splits, binarize, seed)
+    for split, x in splits.items():
         _check(
             x,
             f"{name} ({split})",
@@ -326,11 +365,13 @@ def load_dataset(
             f"rescale the data into {support_text} or choose a likelihood whose support fits it",
         )
     device = torch.device(device)
+    held_out = splits.get("validation")
     return Dataset(
         name,
-        train.to(device),
-        test.to(device),
+        splits["train"].to(device),
+        splits["test"].to(device),
         None if train_labels is None else train_labels.to(device),
         None if test_labels is None else test_labels.to(device),
         binarize,
+        None if held_out is None else held_out.to(device),
     )

@@ -89,6 +89,7 @@ def evaluate_run(
     result = {"run": str(run_dir), "split": split, "num_particles": num_particles, "train_particles": t.num_particles}
     result.update(scores)
     result["note"] = vae.likelihood.density_note(x)
+    result["binarization"] = data.binarization_note(split)
     result.update(_usage(vae, x))
     if num_samples:
         ll = log_likelihood(vae, x, num_samples=num_samples, batch_size=min(batch_size, 100)).double()

@@ -7,6 +7,10 @@ A run folder holds
 - ``checkpoint.pt`` — model, optimiser, random number generators, data order and position
   (a :class:`~pyro_vae.train.TrainState`), written every ``train.checkpoint_every`` epochs, at
   the end, and when training is asked to stop; read with ``torch.load(weights_only=True)``;
+- ``best.pt`` — with a validation set (``data.validation``), the parameters of the epoch with the
+  best validation ELBO, written whenever it improves; :func:`load` returns this model;
+- ``snapshots/epoch-NNNNN.pt`` — the model's parameters after each epoch of ``train.snapshots``
+  (with the training seconds spent until then), for learning curves; read with :func:`load_snapshot`;
 - ``reconstructions.png``, ``samples.png`` — pictures of the final model (image data only);
 - ``summary.json`` — the final numbers.
 
@@ -48,9 +52,11 @@ from pyro_vae.train import (
 )
 from pyro_vae.vae import VAE
 
-__all__ = ["train_run", "resume_run", "load", "caption", "RUN_FILES"]
+__all__ = ["train_run", "resume_run", "load", "load_snapshot", "snapshot_path", "caption", "RUN_FILES"]
 
 RUN_FILES = ("config.toml", "checkpoint.pt")
+#: The model a run keeps when it has a validation set: the best epoch's (see ``train.early_stopping``).
+BEST_FILE = "best.pt"
 
 
 def _prepare_folder(out: Path, overwrite: bool) -> None:
@@ -198,7 +204,7 @@ def resume_run(
     with renamed_errors(config_names()), _job(config.train.device) as (device, distributed):
         check_world_size(resume, distributed.world_size if distributed else 1, run_dir)  # before anything is written
         data = load_data(config, device)
-        vae = _load_model(config, state, run_dir).to(device)
+        vae = _load_model(config, state, run_dir / "checkpoint.pt").to(device)
         if distributed is None or distributed.is_main:
             remove_partial_writes(run_dir)
             atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in resume.history))
@@ -236,8 +242,13 @@ def _train_into(
         atomic_write(out / "metrics.jsonl", "\n".join(lines) + "\n")
 
     def on_checkpoint(state: TrainState) -> None:
-        if state.epoch == t.epochs or (t.checkpoint_every and state.epoch % t.checkpoint_every == 0):
+        last = state.epoch == t.epochs or 0 < t.early_stopping <= state.waited
+        if last or (t.checkpoint_every and state.epoch % t.checkpoint_every == 0):
             save_checkpoint(checkpoint, _state(vae, config, state))
+        if state.best and state.best["epoch"] == state.epoch:
+            _save_best(out, vae, config, state.best)
+        if state.epoch in t.snapshots:
+            _save_snapshot(out, vae, config, state)
 
     start = time.perf_counter()
     try:
@@ -259,16 +270,52 @@ def _train_into(
             e.checkpoint = checkpoint
         raise
     except TrainingDiverged as e:
-        kept = (
-            f"the last good checkpoint, {checkpoint}, is kept"
-            if checkpoint.is_file()
-            else "no checkpoint had been written yet"
-        )
+        kept = f"the last good checkpoint, {checkpoint}, is kept"
+        kept = kept if checkpoint.is_file() else "no checkpoint had been written yet"
         raise TrainingDiverged(f"{e.template}; {kept}", *e.names) from None
     seconds = time.perf_counter() - start
     if not main:
         return {}
     return _summarize(out, config, data, vae, history, seconds, distributed)
+
+
+def _best(history: list[dict]) -> dict | None:
+    """The metrics of the epoch with the best validation ELBO (the first of equals), or ``None`` without one."""
+    scored = [m for m in history if "validation_elbo" in m]
+    return max(scored, key=lambda m: m["validation_elbo"]) if scored else None
+
+
+def _save_best(out: Path, vae: VAE, config: Config, best: dict[str, Any]) -> None:
+    """``best.pt``: the parameters ``vae`` holds, those of epoch ``best["epoch"]``."""
+    state = {"config": config.to_dict(), "event_shape": list(vae.event_shape), "epoch": best["epoch"]}
+    save_checkpoint(out / BEST_FILE, {**state, "validation_elbo": best["value"], "model": vae.state_dict()})
+
+
+def snapshot_path(run_dir: str | Path, epoch: int) -> Path:
+    """Where a run keeps its model's parameters after ``epoch`` (see ``train.snapshots``)."""
+    return Path(run_dir) / "snapshots" / f"epoch-{epoch:05d}.pt"
+
+
+def _save_snapshot(out: Path, vae: VAE, config: Config, state: TrainState) -> None:
+    path = snapshot_path(out, state.epoch)
+    path.parent.mkdir(exist_ok=True)
+    train_seconds = sum(m["seconds"] for m in state.history)
+    snapshot = {"config": config.to_dict(), "event_shape": list(vae.event_shape), "epoch": state.epoch}
+    save_checkpoint(path, {**snapshot, "train_seconds": train_seconds, "model": vae.state_dict()})
+
+
+def load_snapshot(run_dir: str | Path, epoch: int, device: str | torch.device = "cpu") -> tuple[VAE, dict[str, Any]]:
+    """The VAE of a run after ``epoch`` (in eval mode) and its snapshot's ``epoch`` and ``train_seconds``."""
+    run_dir = Path(run_dir)
+    _check_run(run_dir)
+    config = Config.from_toml(run_dir / "config.toml")
+    path = snapshot_path(run_dir, epoch)
+    if not path.is_file():
+        kept = sorted(int(p.stem.split("-")[1]) for p in path.parent.glob("epoch-*.pt"))
+        raise RunError(f"{run_dir} has no snapshot of epoch {epoch}; it has {kept or 'none'} (train.snapshots)")
+    state = load_checkpoint(path)
+    vae = _load_model(config, state, path, run_dir)
+    return vae.to(device).eval(), {"epoch": state["epoch"], "train_seconds": state["train_seconds"]}
 
 
 def _fit_options(t: TrainConfig) -> dict[str, Any]:
@@ -287,6 +334,7 @@ def _fit_options(t: TrainConfig) -> dict[str, Any]:
         "lr_schedule": t.lr_schedule,
         "kl_warmup": t.kl_warmup,
         "free_bits": t.free_bits,
+        "early_stopping": t.early_stopping,
         "clip_grad_norm": t.clip_grad_norm,
         "seed": t.seed,
     }
@@ -301,8 +349,11 @@ def _summarize(
     seconds: float,
     distributed: Distributed | None,
 ) -> dict[str, Any]:
-    """Draw the pictures of a trained run, evaluate it on the test set, write and return its summary."""
+    """Keep the best model, draw the pictures of a trained run, evaluate it on the test set, write its summary."""
     t = config.train
+    best = _best(history)
+    if best is not None:  # fit left the best epoch's parameters in vae; written again for a run killed after them
+        _save_best(out, vae, config, {"epoch": best["epoch"], "value": best["validation_elbo"]})
     vae.eval()
     pictures = draw_pictures(vae, data, history, out, caption(config))
     torch.manual_seed(t.seed)  # as evaluate_run does: `pyro-vae evaluate` reproduces these numbers in any one process
@@ -312,16 +363,26 @@ def _summarize(
         "dataset": data.name,
         "num_train": len(data.train),
         "num_test": len(data.test),
-        "epochs": t.epochs,
+        "epochs": len(history),
+        **({"best_epoch": best["epoch"], "validation_elbo": best["validation_elbo"]} if best else {}),
         "seconds": seconds,
+        "train_seconds": sum(m["seconds"] for m in history),
         "train_elbo": history[-1]["train_elbo"],
         "train_objective": training_objective(t.elbo, t.beta, t.kl_warmup, t.free_bits),
         **{f"test_{k}": v for k, v in final.items() if k != "num_examples"},
         "path": history[-1]["path"],
         "note": vae.likelihood.density_note(data.test),
+        "binarization": data.binarization_note("test"),
         "device": str(next(vae.parameters()).device),
         "processes": distributed.world_size if distributed else 1,
-        "files": ["config.toml", "metrics.jsonl", "checkpoint.pt", *pictures, "summary.json"],
+        "files": [
+            "config.toml",
+            "metrics.jsonl",
+            "checkpoint.pt",
+            *([BEST_FILE] if best else []),
+            *pictures,
+            "summary.json",
+        ],
     }
     atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
@@ -332,7 +393,7 @@ def _check_run(run_dir: Path) -> None:
         raise RunError(f"{run_dir} is a file, not a run folder; give the --out folder of a finished pyro-vae train")
     if not run_dir.is_dir():
         raise RunError(f"run folder {run_dir} does not exist; give the --out folder of a finished pyro-vae train")
-    missing = [f for f in RUN_FILES if not (run_dir / f).is_file()]
+    missing = [f for f in RUN_FILES if not (run_dir / f).is_file() and not (run_dir / BEST_FILE).is_file()]
     if missing:
         raise RunError(
             f"{run_dir} is not a finished pyro-vae run (no {', '.join(missing)}); "
@@ -343,6 +404,10 @@ def _check_run(run_dir: Path) -> None:
 def load(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[VAE, Config]:
     """The trained VAE of a run folder (in eval mode, on ``device``) and its config.
 
+    The model is that of ``best.pt`` where the run kept one (a run with a validation set: the epoch
+    with the best validation ELBO), else the last checkpoint's. A folder holding ``config.toml`` and
+    ``best.pt`` alone (a published run) loads too.
+
     Example::
 
         vae, config = load("runs/demo")
@@ -351,17 +416,17 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[VAE, 
     run_dir = Path(run_dir)
     _check_run(run_dir)
     config = Config.from_toml(run_dir / "config.toml")
-    state = load_checkpoint(run_dir / "checkpoint.pt")
-    vae = _load_model(config, state, run_dir)
+    path = run_dir / BEST_FILE if (run_dir / BEST_FILE).is_file() else run_dir / "checkpoint.pt"
+    vae = _load_model(config, load_checkpoint(path), path)
     return vae.to(device).eval(), config
 
 
-def _load_model(config: Config, state: dict[str, Any], run_dir: Path) -> VAE:
-    """The VAE of ``config`` with the parameters of the checkpoint ``state``."""
+def _load_model(config: Config, state: dict[str, Any], path: Path, run_dir: Path | None = None) -> VAE:
+    """The VAE of ``config`` with the parameters of the checkpoint ``state``, read from ``path`` in ``run_dir``."""
     missing = [key for key in ("event_shape", "model") if key not in state]
     if missing:
         raise RunError(
-            f"checkpoint {run_dir / 'checkpoint.pt'} has no {' or '.join(repr(k) for k in missing)}; "
+            f"checkpoint {path} has no {' or '.join(repr(k) for k in missing)}; "
             "it was not written by pyro-vae train: retrain"
         )
     vae = build_vae(config, tuple(state["event_shape"]))
@@ -370,7 +435,7 @@ def _load_model(config: Config, state: dict[str, Any], run_dir: Path) -> VAE:
     except (RuntimeError, KeyError) as e:
         first = str(e).strip().splitlines()[0][:200]
         raise RunError(
-            f"checkpoint {run_dir / 'checkpoint.pt'} does not fit the model of {run_dir / 'config.toml'} ({first}); "
+            f"checkpoint {path} does not fit the model of {(run_dir or path.parent) / 'config.toml'} ({first}); "
             "was config.toml edited? restore it or retrain"
         ) from None
     return vae

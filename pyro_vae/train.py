@@ -65,6 +65,7 @@ __all__ = [
     "fit",
     "svi_step",
     "check_batch_size",
+    "check_early_stopping",
     "check_data_parallel",
     "check_world_size",
     "TrainState",
@@ -88,6 +89,8 @@ METRICS: dict[str, str] = {
     "kl": "how each latent site's KL term was estimated: closed_form or sampled",
     "active_units": "latent dimensions whose posterior mean varies over the test set (variance > 0.01)",
     "kl_per_dim": "average KL of each latent dimension on the test set (None: a prior not factorised by dimension)",
+    "validation_elbo": "ELBO (beta = 1) of the validation set by the training estimator (with a validation set only)",
+    "best_epoch": "the epoch with the best validation ELBO so far (with a validation set only)",
 }
 
 #: How the path an objective takes is described at the start of a run.
@@ -101,6 +104,19 @@ _PATH_TEXT = {
 
 class TrainingDiverged(PyroVAEError):
     """The loss or a gradient became NaN or infinite."""
+
+
+def check_early_stopping(early_stopping: int, data: Dataset) -> None:
+    """A :class:`ConfigError` for early stopping without a validation set, or for a negative patience."""
+    if early_stopping < 0:
+        raise ConfigError(f"{{early_stopping}} must be >= 0 (got {early_stopping}); 0 turns it off", "early_stopping")
+    if early_stopping and data.validation is None:
+        raise ConfigError(
+            f"{{early_stopping}} ({early_stopping}) watches the ELBO of a validation set, and there is none; "
+            "hold one out of the training set with {validation=}10000",
+            "early_stopping",
+            "validation",
+        )
 
 
 def check_batch_size(batch_size: int, num_data: int) -> None:
@@ -157,6 +173,9 @@ class TrainState:
         scheduler: the learning-rate schedule's ``state_dict()`` (empty in checkpoints written before schedules).
         history: the metrics of the completed epochs.
         world_size: processes of the (data-parallel) run; ``rng`` is process 0's.
+        best: with a validation set, the best epoch so far by validation ELBO: ``epoch``, ``value``
+            and its parameters, ``model``; empty without one.
+        waited: epochs after the KL warm-up since the validation ELBO last improved (early stopping).
     """
 
     epoch: int = 0
@@ -169,6 +188,8 @@ class TrainState:
     scheduler: dict[str, Any] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     world_size: int = 1
+    best: dict[str, Any] = field(default_factory=dict)
+    waited: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Tensors and plain values only, for a checkpoint read with ``weights_only=True``."""
@@ -327,7 +348,16 @@ class _Progress:
             tqdm.write(
                 f"epoch {epoch:4d}  train {self.objective} {metrics['train_elbo']:9.3f}  "
                 f"test {self.bound} {metrics['test_elbo']:9.3f}  "
-                f"{metrics['seconds']:6.2f} s",
+                + (f"validation {metrics['validation_elbo']:9.3f}  " if "validation_elbo" in metrics else "")
+                + f"{metrics['seconds']:6.2f} s",
+                file=sys.stderr,
+            )
+
+    def stopped_early(self, best: dict[str, Any], patience: int) -> None:
+        if self.show:
+            tqdm.write(
+                f"stopped early: no better validation ELBO in {patience} epochs; "
+                f"the model is that of epoch {best['epoch']} (validation ELBO {best['value']:.3f})",
                 file=sys.stderr,
             )
 
@@ -352,7 +382,10 @@ class _Loop:
     kl: dict[str, str]
     kl_schedule: KLSchedule
     beta: float  # train.beta; a step's KL weight is beta * kl_schedule(step)
+    early_stopping: int = 0  # epochs without a better validation ELBO, after the warm-up, before training stops
     history: list[dict] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=dict)  # see TrainState.best
+    waited: int = 0
 
     @property
     def rank(self) -> int:
@@ -391,6 +424,8 @@ class _Loop:
             schedule_state(self.schedule),
             list(self.history),
             self.world_size,
+            dict(self.best),
+            self.waited,
         )
 
     def train_epoch(self, epoch: int, state: TrainState, progress: _Progress, stops: _Stops) -> tuple[float, float]:
@@ -424,6 +459,8 @@ class _Loop:
         """The epochs from ``state`` to ``epochs``: steps, metrics, callbacks, and stop checks between steps."""
         stops.check(lambda: self.snapshot(state.epoch, state.step, state.total, state.seconds, state.order))
         for epoch in range(state.epoch + 1, epochs + 1):
+            if self.stopped_early:
+                break
             total, seconds = self.train_epoch(epoch, state, progress, stops)
             metrics = self.end_epoch(epoch, total, seconds)
             progress.epoch(metrics)
@@ -432,9 +469,34 @@ class _Loop:
             end = self.snapshot(epoch, 0, 0.0, 0.0, self.order.get_state())
             if on_checkpoint is not None:
                 on_checkpoint(end)
-            if epoch < epochs:
+            if epoch < epochs and not self.stopped_early:
                 stops.check(lambda end=end: end)
+        if self.stopped_early:
+            progress.stopped_early(self.best, self.early_stopping)
+        if self.best:  # a run with a validation set ends with its best epoch's parameters
+            self.vae.load_state_dict(self.best["model"])
         return self.history
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether the validation ELBO has not improved for ``early_stopping`` epochs after the warm-up."""
+        return 0 < self.early_stopping <= self.waited
+
+    def validate(self, epoch: int) -> dict[str, Any]:
+        """The validation ELBO of the epoch; keeps the best epoch's parameters and counts epochs without one."""
+        if self.data.validation is None:
+            return {}
+        x = self.data.validation
+        valid = x[self.rank :: self.world_size] if self.distributed else x
+        name, reduce = self.objective.name, self.distributed.all_reduce if self.distributed else None
+        scores = evaluate_bounds(self.vae, valid, name, train_particles=self.objective.num_particles, reduce=reduce)
+        value = scores[f"elbo_{value_name(name)}"]
+        if not self.best or value > self.best["value"]:
+            model = {k: v.detach().clone() for k, v in self.vae.state_dict().items()}
+            self.best, self.waited = {"epoch": epoch, "value": value, "model": model}, 0
+        elif self.kl_schedule(epoch * self.steps - 1) >= 1.0:  # patience counts after the warm-up
+            self.waited += 1
+        return {"validation_elbo": value, "best_epoch": self.best["epoch"]}
 
     def latent_usage(self) -> dict[str, Any]:
         """Active units and the KL per dimension on the test set (process 0), outside the run's random stream."""
@@ -463,6 +525,7 @@ class _Loop:
             "path": self.objective.path,
             "kl": self.kl,
             **self.latent_usage(),
+            **self.validate(epoch),
         }
         self.history.append(metrics)
         return metrics
@@ -488,6 +551,7 @@ def _start(vae: VAE, data: Dataset, distributed: Distributed | None, settings: d
     loss = data_parallel(vae, objective, distributed, s["beta"]) if distributed else objective
     optimizer = make_optimizer(vae.parameters(), s["lr"], s["optimizer"])
     schedule = make_lr_schedule(optimizer, s["lr_schedule"], s["epochs"])
+    check_early_stopping(s["early_stopping"], data)
     kl = kl_methods(vae, data.test[:2], s["elbo"])
     if objective.jit:
         _compile(objective, data.train[: s["batch_size"]], len(data.train))
@@ -505,6 +569,7 @@ def _start(vae: VAE, data: Dataset, distributed: Distributed | None, settings: d
         kl,
         kl_schedule,
         s["beta"],
+        s["early_stopping"],
     )
 
 
@@ -522,6 +587,7 @@ def _restore(loop: _Loop, resume: TrainState | None, seed: int) -> TrainState:
     else:  # only process 0's generators are saved; the others restart from seeds fixed by their rank and the position
         pyro.set_rng_seed(((seed + loop.rank) * 1_000_003 + resume.epoch * 10_007 + resume.step) % 2**32)
     loop.history = list(resume.history)
+    loop.best, loop.waited = dict(resume.best), resume.waited
     return resume
 
 
@@ -542,6 +608,7 @@ def fit(
     lr_schedule: dict[str, Any] | None = None,
     kl_warmup: dict[str, Any] | None = None,
     free_bits: float = 0.0,
+    early_stopping: int = 0,
     clip_grad_norm: float = 0.0,
     seed: int = 0,
     progress: bool = True,
@@ -562,6 +629,8 @@ def fit(
             latent dimension's KL term (:func:`~pyro_vae.kl.free_bits_kl`).
         kl_warmup: ``{"type": name, ...}`` of :data:`~pyro_vae.annealing.KL_SCHEDULES` (``{"type": "linear",
             "epochs": 10}``): a step's KL weight is ``beta`` times the schedule's (default: constant).
+        early_stopping: stop after this many epochs (after the KL warm-up) without a better ELBO of ``data.validation``
+            (0: off); with a validation set ``vae`` ends with its best epoch's parameters (``TrainState.best``).
         clip_grad_norm, seed, progress: the largest gradient norm of a step (0: no clipping); the seed of
             Pyro, torch, numpy and the data order; a progress bar. ``on_epoch``, ``on_checkpoint``: called
             after each epoch with its metrics and the optimiser, then with the :class:`TrainState`.
@@ -573,10 +642,8 @@ def fit(
         TrainingDiverged: a loss or gradient is not finite (the parameters are those before that step);
         TrainingInterrupted: ``stop`` asked for it.
     """
-    settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, elbo=elbo, num_particles=num_particles, jit=jit)
-    settings.update(beta=beta, fused=fused, compile=compile, optimizer=optimizer, lr_schedule=lr_schedule, seed=seed)
-    settings.update(clip_grad_norm=clip_grad_norm, kl_warmup=kl_warmup, free_bits=free_bits)
-    loop = _start(vae, data, distributed, settings)
+    callers = ("vae", "data", "progress", "on_epoch", "on_checkpoint", "resume", "stop", "distributed")
+    loop = _start(vae, data, distributed, {name: value for name, value in locals().items() if name not in callers})
     progress_ = _Progress(progress and loop.rank == 0, epochs, loop.steps, resume or TrainState())
     progress_.start(elbo, loop.kl, loop.objective.path, training_objective(elbo, beta, kl_warmup, free_bits))
     state = _restore(loop, resume, seed)

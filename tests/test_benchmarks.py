@@ -48,3 +48,32 @@ def test_estimator_benchmark_runs_in_smoke_mode(tmp_path):
     for name in ("analytic", "iwae", "dreg"):
         assert f"\n{name} " in result.stdout, result.stdout
     assert (tmp_path / "runs" / "results.json").is_file()
+
+
+@pytest.mark.slow  # every preset of the published protocols: two epochs of two steps each on the digits, K = 20
+def test_quality_benchmark_runs_every_preset_in_smoke_mode(tmp_path):
+    import json
+
+    script = SPEED.parent / "quality.py"
+    out = tmp_path / "quality"
+    result = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--budget", "full", "--out", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((out / "results.json").read_text())
+    presets = ["burda2016-vae", "burda2016-iwae5", "burda2016-iwae50", "tomczak2018-standard", "tomczak2018-vamp"]
+    assert [r["preset"] for r in rows] == presets
+    for r in rows:
+        assert {"preset", "budget", "run", "epochs", "train_seconds", "log_likelihood", "log_likelihood_se"} <= set(r)
+        assert r["budget"] == "full" and r["log_likelihood"] < 0 and r["log_likelihood_se"] > 0
+        assert r["published"] < -84 and r["curve"], r
+        assert r["preset"] in result.stdout
+        assert (tmp_path / r["run"] / "config.toml").is_file() or Path(r["run"]).is_dir()
+    assert (out / "log_likelihood.png").is_file()
+    tomczak = next(r for r in rows if r["preset"] == "tomczak2018-vamp")
+    assert (out / "tomczak2018-vamp-full" / "best.pt").is_file() and tomczak["best_epoch"] <= tomczak["epochs"]

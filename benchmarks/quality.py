@@ -1,0 +1,379 @@
+"""How good are the models? The published MNIST log-likelihoods, reproduced with one command.
+
+    python benchmarks/quality.py                                  # every preset at the CPU budget (hours: see README)
+    python benchmarks/quality.py --jobs 2                         # the same, two presets at a time, one thread each
+    python benchmarks/quality.py --presets burda2016-vae --budget full --device cuda
+    python benchmarks/quality.py --presets burda2016-vae --train-only --threads 1   # a background job
+    python benchmarks/quality.py --smoke                          # every preset, a few steps on the digits
+
+Each preset is a paper's protocol as a pyro-vae configuration (:data:`PRESETS`), at two budgets:
+``full``, the paper's schedule, and ``cpu``, a compressed one that trains in about two hours on
+a 2-core machine (:data:`CPU_BUDGETS` says what changes). A preset trains into
+``benchmarks/quality/<preset>-<budget>/`` (resuming it when it was interrupted), then its model
+(the best by validation ELBO where the protocol holds out a validation set) is evaluated: test
+log p(x) by importance sampling with K = 5000 on all 10,000 test images, which dynamic
+binarization draws once with ``pyro_vae.data.BINARIZATION_SEED`` (0), the same for every run.
+
+The table (preset, budget, epochs, training seconds, log p(x) ± SE, the published number, the
+difference) is printed and written to ``benchmarks/quality/results.json``; ``log_likelihood.png``
+beside it draws test log p(x) against training time from the snapshots each run keeps
+(K = 5000 on the first ``--curve-images`` test images), the published values as horizontal lines.
+An evaluation is reused while the run's model file is unchanged (``--reevaluate`` redoes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import pyro_vae
+from pyro_vae import Config
+from pyro_vae.config import load_data, resolve_device
+from pyro_vae.marginal import log_likelihood
+from pyro_vae.optim import staged_epochs
+from pyro_vae.runs import load_snapshot, resume_run, snapshot_path, train_run
+from pyro_vae.signals import StopSignals
+from pyro_vae.train import TrainingInterrupted
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "benchmarks" / "quality"
+
+_BURDA = {
+    "data": {"dataset": "mnist", "binarize": "dynamic"},
+    "model": {
+        "latent_dim": 50,
+        "network": {"type": "mlp", "hidden": [200, 200], "activation": "tanh"},
+        "prior": {"type": "standard_normal"},
+        "likelihood": {"type": "bernoulli"},
+    },
+    "train": {
+        "lr": 1e-3,
+        "optimizer": {"type": "adam", "eps": 1e-4},
+        "batch_size": 20,
+        "lr_schedule": {"type": "staged"},  # 1e-3 * 10^(-i/7) for 3^i epochs, i = 0..7
+        "epochs": staged_epochs(),
+        "checkpoint_every": 10,
+        "seed": 0,
+    },
+}
+
+_TOMCZAK = {
+    "data": {"dataset": "mnist", "binarize": "dynamic", "validation": 10_000},
+    "model": {
+        "latent_dim": 40,
+        "network": {"type": "gated_mlp", "hidden": [300, 300]},
+        "prior": {"type": "standard_normal"},
+        "likelihood": {"type": "bernoulli"},
+    },
+    "train": {
+        "lr": 5e-4,
+        "batch_size": 100,
+        "epochs": 2000,
+        "kl_warmup": {"type": "linear", "epochs": 100},
+        "early_stopping": 50,
+        "checkpoint_every": 5,
+        "seed": 0,
+    },
+}
+
+
+def _preset(base: dict, published: float, paper: str, **changes: dict) -> dict:
+    config = copy.deepcopy(base)
+    for section, values in changes.items():
+        config[section].update(values)
+    return {"config": config, "published": published, "paper": paper}
+
+
+_BURDA_PAPER = "Burda, Grosse & Salakhutdinov (2016), Table 1"
+_TOMCZAK_PAPER = "Tomczak & Welling (2018), Table 2"
+
+#: Each paper's protocol as a configuration, with the test log p(x) the paper reports.
+PRESETS: dict[str, dict[str, Any]] = {
+    "burda2016-vae": _preset(_BURDA, -86.76, _BURDA_PAPER, train={"elbo": "analytic", "num_particles": 1}),
+    "burda2016-iwae5": _preset(_BURDA, -85.54, _BURDA_PAPER, train={"elbo": "iwae", "num_particles": 5}),
+    "burda2016-iwae50": _preset(_BURDA, -84.78, _BURDA_PAPER, train={"elbo": "iwae", "num_particles": 50}),
+    "tomczak2018-standard": _preset(_TOMCZAK, -88.56, _TOMCZAK_PAPER, train={"elbo": "analytic"}),
+    "tomczak2018-vamp": _preset(
+        _TOMCZAK,
+        -85.57,
+        _TOMCZAK_PAPER,
+        model={"prior": {"type": "vamp", "components": 500, "init_loc": 0.05, "init_scale": 0.01}},
+        train={"elbo": "mc"},
+    ),
+}
+
+#: What the CPU budget changes in each preset (``burda2016-iwae50`` has none: it needs a GPU).
+#: Burda: batches of 100 instead of 20, and the staged schedule compressed: base 2.5 (1,021 epochs)
+#: for the VAE and base 2.2 (460 epochs) for IWAE k = 5, which costs about twice as much an epoch,
+#: so that both train for about the same time. Tomczak: a KL warm-up of 20 epochs instead of 100,
+#: and at most 600 epochs for the standard prior, 200 for the VampPrior, whose 500 pseudo-inputs
+#: go through the encoder at every step (three times the cost of an epoch).
+CPU_BUDGETS: dict[str, dict[str, Any]] = {
+    "tomczak2018-standard": {"epochs": 600, "kl_warmup": {"type": "linear", "epochs": 20}},
+    "tomczak2018-vamp": {"epochs": 200, "kl_warmup": {"type": "linear", "epochs": 20}},
+    "burda2016-vae": {
+        "batch_size": 100,
+        "lr_schedule": {"type": "staged", "base": 2.5},
+        "epochs": staged_epochs(base=2.5),
+    },
+    "burda2016-iwae5": {
+        "batch_size": 100,
+        "lr_schedule": {"type": "staged", "base": 2.2},
+        "epochs": staged_epochs(base=2.2),
+    },
+}
+
+BUDGETS = ("cpu", "full")
+
+
+def preset_config(name: str, budget: str, data_root: Path, device: str = "auto", smoke: bool = False) -> Config:
+    """The configuration of preset ``name`` at ``budget``; ``smoke``: two epochs of a few steps on the digits."""
+    values = copy.deepcopy(PRESETS[name]["config"])
+    if budget == "cpu":
+        values["train"].update(CPU_BUDGETS[name])
+    values["data"]["data_root"] = str(data_root)
+    values["train"]["device"] = device
+    if smoke:
+        values["data"].update(dataset="digits", validation=min(values["data"].get("validation", 0), 200))
+        values["data"]["binarize"] = "dynamic"
+        warmup = values["train"].get("kl_warmup")
+        if warmup:
+            values["train"]["kl_warmup"] = {**warmup, "epochs": 1}
+        values["train"].update(epochs=2, batch_size=500, checkpoint_every=1)
+        values["train"].pop("lr_schedule", None)
+        if "early_stopping" in values["train"]:
+            values["train"]["early_stopping"] = 1
+    epochs = values["train"]["epochs"]
+    values["train"]["snapshots"] = sorted({e for e in (1, 3, 10, 30, 100, 300, 1000, 3000) if e < epochs} | {epochs})
+    return Config.from_dict(values)
+
+
+def run_folder(name: str, budget: str, out: Path) -> Path:
+    return out / f"{name}-{budget}"
+
+
+def train(name: str, budget: str, args: argparse.Namespace) -> Path:
+    """Train the preset into its run folder, or continue it from its checkpoint; a finished run is left as it is."""
+    run = run_folder(name, budget, args.out)
+    config = preset_config(name, budget, args.data_root, args.device, args.smoke)
+    if (run / "summary.json").is_file():
+        return run
+    with StopSignals() as stop:
+        try:
+            if (run / "checkpoint.pt").is_file():
+                resume_run(run, progress=not args.quiet, stop=stop)
+            else:
+                train_run(config, run, overwrite=True, progress=not args.quiet, stop=stop)
+        except TrainingInterrupted as e:
+            sys.exit(f"{name}: {e}; the same command continues it from {e.checkpoint}")
+    return run
+
+
+def _model_file(run: Path) -> Path:
+    return run / "best.pt" if (run / "best.pt").is_file() else run / "checkpoint.pt"
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _log_likelihood(vae: pyro_vae.VAE, x: torch.Tensor, num_samples: int) -> tuple[float, float]:
+    torch.manual_seed(0)
+    ll = log_likelihood(vae, x, num_samples=num_samples, batch_size=10).double()
+    return ll.mean().item(), ll.std().item() / math.sqrt(len(ll)) if len(ll) > 1 else float("nan")
+
+
+def evaluate(name: str, budget: str, run: Path, previous: dict | None, args: argparse.Namespace) -> dict:
+    """The results row of a trained run: its whole test set's log p(x), and its learning curve's points."""
+    device = resolve_device(args.device)
+    digest = _digest(_model_file(run))
+    summary = json.loads((run / "summary.json").read_text())
+    row = {
+        "preset": name,
+        "budget": budget,
+        "run": str(run.resolve().relative_to(REPO)) if run.resolve().is_relative_to(REPO) else str(run),
+        "epochs": summary["epochs"],
+        "best_epoch": summary.get("best_epoch", summary["epochs"]),
+        "train_seconds": summary["train_seconds"],
+        "published": PRESETS[name]["published"],
+        "paper": PRESETS[name]["paper"],
+        "num_samples": args.num_samples,
+        "model_digest": digest,
+    }
+    vae, config = pyro_vae.load(run, device)
+    data = load_data(config, device)
+    reuse = previous and not args.reevaluate and previous.get("model_digest") == digest
+    reuse = reuse and previous.get("num_samples") == args.num_samples and previous.get("test_images") == len(data.test)
+    if reuse:
+        row.update({k: previous[k] for k in ("log_likelihood", "log_likelihood_se", "test_images", "eval_seconds")})
+    else:
+        start = time.perf_counter()
+        row["log_likelihood"], row["log_likelihood_se"] = _log_likelihood(vae, data.test, args.num_samples)
+        row["test_images"], row["eval_seconds"] = len(data.test), time.perf_counter() - start
+    row["difference"] = row["log_likelihood"] - row["published"]
+    row["curve"] = curve(run, config, data.test[: args.curve_images], previous, args)
+    return row
+
+
+def curve(run: Path, config: Config, x: torch.Tensor, previous: dict | None, args: argparse.Namespace) -> list[dict]:
+    """log p(x) of ``x`` at each snapshot the run kept: ``{epoch, train_seconds, log_likelihood, se}``."""
+    known = {(p["epoch"], p["images"]): p for p in (previous or {}).get("curve", []) if not args.reevaluate}
+    points = []
+    for epoch in config.train.snapshots:
+        if not snapshot_path(run, epoch).is_file():
+            continue
+        if (epoch, len(x)) in known and known[(epoch, len(x))]["num_samples"] == args.num_samples:
+            points.append(known[(epoch, len(x))])
+            continue
+        vae, info = load_snapshot(run, epoch, x.device)
+        ll, se = _log_likelihood(vae, x, args.num_samples)
+        points.append({**info, "log_likelihood": ll, "se": se, "images": len(x), "num_samples": args.num_samples})
+    return points
+
+
+def print_table(rows: list[dict]) -> None:
+    header = (
+        f"{'preset':<22} {'budget':<6} {'epochs':>6} {'train time':>10} {'test log p(x) ± SE':>19} "
+        f"{'published':>9} {'difference':>10}"
+    )
+    print(f"\n{header}\n{'-' * len(header)}")
+    for r in rows:
+        epochs = f"{r['epochs']}" if r["best_epoch"] == r["epochs"] else f"{r['best_epoch']}/{r['epochs']}"
+        ll = f"{r['log_likelihood']:.2f} ± {r['log_likelihood_se']:.2f}"
+        print(
+            f"{r['preset']:<22} {r['budget']:<6} {epochs:>6} {r['train_seconds'] / 3600:9.2f}h {ll:>19} "
+            f"{r['published']:9.2f} {r['difference']:+10.2f}"
+        )
+    images = {r["test_images"] for r in rows}
+    print(
+        f"test log p(x): K = {rows[0]['num_samples']} importance samples on {'/'.join(map(str, images))} test images "
+        "(binarized once with seed 0); epochs: best/trained where a validation set picks the model"
+    )
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for i, r in enumerate(rows):
+        color = f"C{i}"
+        points = [p for p in r["curve"] if p["log_likelihood"] > r["published"] - 40]
+        if points:
+            hours = [p["train_seconds"] / 3600 for p in points]
+            ax.errorbar(
+                hours,
+                [p["log_likelihood"] for p in points],
+                yerr=[2 * p["se"] for p in points],
+                marker="o",
+                color=color,
+                label=f"{r['preset']} ({r['budget']})",
+            )
+        ax.axhline(r["published"], color=color, linestyle="--", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("training time (hours, log scale)")
+    ax.set_ylabel("test log p(x) (nats)")
+    images = {p["images"] for r in rows for p in r["curve"]}
+    ax.set_title(
+        f"MNIST log p(x) (K = {rows[0]['num_samples']}, first {'/'.join(map(str, images))} test images) "
+        "against training time; dashed: published",
+        fontsize=9,
+    )
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def train_in_processes(names: list[str], argv: list[str], jobs: int) -> None:
+    """Train ``names`` in ``jobs`` processes at a time (``--train-only --threads 1``); exits if one fails."""
+    keep = []
+    skip = False
+    for a in argv:  # every option but --jobs N (or --jobs=N); the last --presets given wins
+        if not skip and not a.startswith("--jobs"):
+            keep.append(a)
+        skip = a == "--jobs"
+    waiting, running = list(names), []
+    while waiting or running:
+        while waiting and len(running) < jobs:
+            name = waiting.pop(0)
+            command = [sys.executable, __file__, *keep, "--presets", name, "--train-only", "--threads", "1"]
+            running.append((name, subprocess.Popen(command)))
+        time.sleep(1)
+        for name, process in list(running):
+            if process.poll() is not None:
+                running.remove((name, process))
+                if process.returncode:
+                    sys.exit(f"{name}: training failed (exit {process.returncode}); the same command continues it")
+
+
+def _merge(results: Path, rows: list[dict]) -> list[dict]:
+    """The rows of ``results`` with ``rows`` replacing those of the same preset and budget, in preset order."""
+    old = json.loads(results.read_text()) if results.is_file() else []
+    merged = {(r["preset"], r["budget"]): r for r in old + rows}
+    order = {name: i for i, name in enumerate(PRESETS)}
+    return sorted(merged.values(), key=lambda r: (BUDGETS.index(r["budget"]), order[r["preset"]]))
+
+
+def default_presets(budget: str) -> list[str]:
+    return [name for name in PRESETS if budget == "full" or name in CPU_BUDGETS]
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", choices=list(PRESETS), help="default: every preset of the budget")
+    parser.add_argument("--budget", choices=BUDGETS, default="cpu")
+    parser.add_argument("--train-only", action="store_true", help="train or resume; evaluate nothing")
+    parser.add_argument("--reevaluate", action="store_true", help="evaluate again even where results.json has it")
+    parser.add_argument("--num-samples", type=int, default=5000, help="K of the importance-sampled log p(x)")
+    parser.add_argument("--curve-images", type=int, default=1000, help="test images of the learning curve's points")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="train this many presets at a time, in processes of one thread each"
+    )
+    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--smoke", action="store_true", help="each preset: two epochs of a few steps on the digits")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.smoke:
+        args.num_samples, args.curve_images = 20, 20
+    names = args.presets or default_presets(args.budget)
+    unknown = [n for n in names if args.budget == "cpu" and n not in CPU_BUDGETS]
+    if unknown:
+        sys.exit(f"--presets: {unknown[0]} has no cpu budget (it needs a GPU); use --budget full")
+    print(f"torch threads: {torch.get_num_threads()}", file=sys.stderr)
+    if args.jobs > 1:
+        train_in_processes(names, argv if argv is not None else sys.argv[1:], args.jobs)
+    runs = {name: train(name, args.budget, args) for name in names}
+    if args.train_only:
+        return []
+    results = args.out / "results.json"
+    old = {(r["preset"], r["budget"]): r for r in json.loads(results.read_text())} if results.is_file() else {}
+    rows = [evaluate(n, args.budget, run, old.get((n, args.budget)), args) for n, run in runs.items()]
+    rows = _merge(results, rows)
+    results.write_text(json.dumps(rows, indent=2) + "\n")
+    print_table(rows)
+    plot(rows, args.out / "log_likelihood.png")
+    print(f"wrote {results} and {args.out / 'log_likelihood.png'}", file=sys.stderr)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
