@@ -110,7 +110,24 @@ def _parser() -> argparse.ArgumentParser:
     for kind in _LISTINGS:
         commands.add_parser(kind, help=f"list the registered {kind} and their parameters")
     _evaluate_parser(commands)
+    for name, command in commands.choices.items():  # the global options work after the command too
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        if name in ("train", "evaluate", "compare", "plot"):
+            command.add_argument(
+                "--threads",
+                type=_positive_int,
+                metavar="N",
+                help=f"CPU threads of torch (default: torch's choice, {torch_threads()} here); "
+                "give each of several jobs on one machine its share, e.g. 1 for two jobs on 2 cores",
+            )
     return parser
+
+
+def torch_threads() -> int:
+    """The CPU threads torch uses in this process."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _train_parser(commands: argparse._SubParsersAction) -> None:
@@ -505,6 +522,10 @@ def _lost_peer(error: RuntimeError) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pyro-vae`` and ``python -m pyro_vae``; returns the exit status."""
     args = _parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         with renamed_errors(_flags(args)):
             return {"train": _train, "evaluate": _evaluate, "compare": _compare, "plot": _plot}.get(

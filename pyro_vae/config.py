@@ -121,6 +121,16 @@ class TrainConfig:
             setattr(self, name, registry.validate(getattr(self, name), f"train.{name}"))
 
 
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _key_paths() -> str:
+    """Every key a config has, as ``data.dataset, ..., train.device``."""
+    sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+    return ", ".join(f"{name}.{key}" for name, cls in sections.items() for key in _field_names(cls))
+
+
 def _section(cls: type, values: Any, path: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"{path} must be a table (got {values!r})")
@@ -156,7 +166,9 @@ class Config:
         sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
         unknown = sorted(set(values) - set(sections))
         if unknown:
-            raise ConfigError(f"{unknown[0]}: unknown table; allowed: {', '.join(sections)}")
+            within = [f"{name}.{unknown[0]}" for name, sc in sections.items() if unknown[0] in _field_names(sc)]
+            hint = f"did you mean {within[0]}?" if within else f"the keys are {_key_paths()}"
+            raise ConfigError(f"{unknown[0]}: unknown table (the tables are {', '.join(sections)}); {hint}")
         config = cls(**{name: _section(sc, values.get(name, {}), name) for name, sc in sections.items()})
         with renamed_errors(config_names()):
             check_estimator(config.train.elbo)
@@ -178,7 +190,8 @@ class Config:
                 f"train.early_stopping ({t.early_stopping}) watches the ELBO of a validation set, and there is none; "
                 "hold one out of the training set with data.validation = 10000 (points), or set it to 0"
             )
-        resolve_device(config.train.device)
+        with renamed_errors(config_names()):
+            resolve_device(config.train.device)
         return config
 
     def to_dict(self) -> dict[str, Any]:
@@ -266,12 +279,18 @@ def apply_overrides(values: dict[str, Any], assignments: list[str]) -> dict[str,
         key, sep, text = assignment.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {assignment!r}: expected key.sub=value, e.g. --set train.epochs=5")
-        try:
-            value = tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = text.strip()
-        set_key(values, key.strip(), value)
+        set_key(values, key.strip(), _override_value(text))
     return values
+
+
+def _override_value(text: str) -> Any:
+    """A ``--set`` value: TOML (``5``, ``[400, 400]``, ``{type = "linear"}``), a comma list (``400,400``), or a word."""
+    for candidate in (text, f"[{text}]" if "," in text else None):
+        try:
+            return tomllib.loads(f"v = {candidate}")["v"] if candidate is not None else text.strip()
+        except tomllib.TOMLDecodeError:
+            continue
+    return text.strip()
 
 
 def config_names() -> dict[str, tuple[str, str]]:
@@ -318,9 +337,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"train.device: unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(f"{{device}}: unknown device {name!r}; use auto, cpu, cuda or cuda:N", "device") from None
     if device.type not in ("cpu", "cuda"):  # torch knows meta, mps, xpu, ...; pyro-vae runs on these two
-        raise ConfigError(f"train.device: unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+        raise ConfigError(f"{{device}}: unsupported device {name!r}; use auto, cpu, cuda or cuda:N", "device")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device is {name!r} but CUDA is not available here; use auto or cpu")
+        raise ConfigError(f"{{device}} is {name!r} but CUDA is not available here; use auto or cpu", "device")
     return device

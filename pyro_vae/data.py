@@ -131,15 +131,25 @@ def _load_digits(data_root: Path, download: bool) -> _Arrays:
     return _split(images, torch.as_tensor(digits.target))
 
 
+def _remove_new_empty_folders(folders: list[Path], existed: list[bool]) -> None:
+    """Remove those of ``folders`` (innermost last) that did not exist before and are empty now."""
+    for folder, was in reversed(list(zip(folders, existed))):
+        if not was and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
 def _load_mnist(data_root: Path, download: bool) -> _Arrays:
     from torchvision.datasets import MNIST
 
+    folders = [data_root, data_root / "MNIST", data_root / "MNIST" / "raw"]
+    existed = [f.is_dir() for f in folders]
     splits = []
     for train in (True, False):
         try:
             mnist = MNIST(root=str(data_root), train=train, download=download)
         except Exception as e:  # not found, no network, damaged files (torchvision asserts on some)
             raw = data_root / "MNIST" / "raw"
+            _remove_new_empty_folders(folders, existed)  # a failed download leaves no empty folders behind
             if download:
                 raise DataError(
                     f"could not download MNIST into {raw} (no network?); download it where you are online and "

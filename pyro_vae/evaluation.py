@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -151,8 +152,23 @@ def plot_run(run_dir: str | Path, device: str = "auto") -> list[str]:
     """Draw (again) every picture of a finished run from its checkpoint and metrics; returns their paths."""
     run_dir = Path(run_dir)
     vae, config, data = open_run(run_dir, device)
-    metrics = run_dir / "metrics.jsonl"
-    history = (
-        [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
-    )
-    return [str(run_dir / name) for name in draw_pictures(vae, data, history, run_dir, caption(config))]
+    history = read_metrics(run_dir / "metrics.jsonl")
+    drawn = draw_pictures(vae, data, history, run_dir, caption(config), config.train.seed)
+    return [str(run_dir / name) for name in drawn]
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The epochs of a ``metrics.jsonl`` that can be read; each line that cannot is skipped and said on stderr."""
+    if not path.is_file():
+        return []
+    history = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        try:
+            metrics = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            metrics = "unreadable"
+        if isinstance(metrics, dict):
+            history.append(metrics)
+        elif metrics is not None:
+            print(f"pyro-vae: {path}: skipped line {number}, not a JSON object (a torn write?)", file=sys.stderr)
+    return history

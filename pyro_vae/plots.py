@@ -405,8 +405,19 @@ def plot_latent_spaces(
     _save(fig, Path(path), "Posterior means of the test set" + (" and decoded latent grids" if grids else ""), caption)
 
 
-def draw_pictures(vae: VAE, data: Dataset, history: list[dict], out: Path, caption: str) -> list[str]:
-    """Every picture of a run, written into ``out``; returns the file names drawn."""
+def draw_pictures(vae: VAE, data: Dataset, history: list[dict], out: Path, caption: str, seed: int = 0) -> list[str]:
+    """Every picture of a run, written into ``out``; returns the file names drawn.
+
+    Their draws (reconstructions, samples) come from torch seeded with ``seed``, outside the
+    caller's random stream: a run's pictures drawn again (``pyro-vae plot``) are the same pictures.
+    """
+    device = next(vae.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return _draw(vae, data, history, out, caption)
+
+
+def _draw(vae: VAE, data: Dataset, history: list[dict], out: Path, caption: str) -> list[str]:
     drawn = []
     if plot_reconstructions(vae, data.test, out / "reconstructions.png", caption):
         drawn.append("reconstructions.png")

@@ -142,9 +142,11 @@ def train_run(
             atomic_write(out / "config.toml", config.to_toml())
         if progress and main:
             processes = f" in {world_size} processes of {t.batch_size} points a batch each" if distributed else ""
+            n = torch.get_num_threads()
+            threads = f" ({n} CPU thread{'s' * (n != 1)}; --threads N sets it)" if device.type == "cpu" else ""
             print(
                 f"training on {data.name} ({len(data.train)} train / {len(data.test)} test points) "
-                f"for {t.epochs} epochs on {device}{processes}: "
+                f"for {t.epochs} epochs on {device}{threads}{processes}: "
                 f"estimator {t.elbo}, {t.num_particles} particle(s), beta {t.beta:g}, into {out}",
                 file=sys.stderr,
             )
@@ -355,7 +357,7 @@ def _summarize(
     if best is not None:  # fit left the best epoch's parameters in vae; written again for a run killed after them
         _save_best(out, vae, config, {"epoch": best["epoch"], "value": best["validation_elbo"]})
     vae.eval()
-    pictures = draw_pictures(vae, data, history, out, caption(config))
+    pictures = draw_pictures(vae, data, history, out, caption(config), t.seed)
     torch.manual_seed(t.seed)  # as evaluate_run does: `pyro-vae evaluate` reproduces these numbers in any one process
     final = evaluate_bounds(vae, data.test, t.elbo, train_particles=t.num_particles)
     summary = {

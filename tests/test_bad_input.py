@@ -194,7 +194,7 @@ CASES = [
     case(
         "config-unknown-table",
         "train --config {tmp}/c.toml",
-        r"c\.toml: trian: unknown table; allowed: data, model, train",
+        r"c\.toml: trian: unknown table \(the tables are data, model, train\); the keys are data\.dataset, ",
         files={"c.toml": text("[trian]\nepochs = 3\n")},
     ),
     case(
@@ -588,8 +588,15 @@ CASES = [
     case(
         "cli-compare-unknown-device",
         "compare {run} --device tpu",
-        r"unknown device 'tpu'; use auto, cpu, cuda or cuda:N",
+        r"--device: unknown device 'tpu'; use auto, cpu, cuda or cuda:N",
         run=True,
+    ),
+    case(
+        "cli-evaluate-cuda-absent",
+        "evaluate {run} --device cuda",
+        r"--device is 'cuda' but CUDA is not available here; use auto or cpu",
+        run=True,
+        marks=[no_cuda],
     ),
     # --- checkpoints ---------------------------------------------------------------------------------------
     case(

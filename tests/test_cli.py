@@ -105,6 +105,46 @@ def test_corrupted_checkpoint(trained, tmp_path, capsys):
         main(["--debug", "evaluate", str(copy)])
 
 
+def test_debug_works_after_the_command_too(trained, tmp_path):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "config.toml").write_bytes((trained[0] / "config.toml").read_bytes())
+    (copy / "checkpoint.pt").write_bytes(b"garbage")
+    with pytest.raises(RunError, match="cannot read checkpoint"):
+        main(["evaluate", str(copy), "--debug"])
+
+
+def test_threads_sets_torchs_threads_and_training_says_how_many(tmp_path):
+    result = run("train", *SMALL[:-1], "--epochs", "1", "--threads", "1", "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    assert "on cpu (1 CPU thread; --threads N sets it)" in result.stderr
+    assert "--threads N" in run("train", "--help").stdout
+
+
+def test_plot_draws_the_pictures_training_drew(trained, tmp_path):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in trained[0].iterdir():
+        if f.is_file():
+            (copy / f.name).write_bytes(f.read_bytes())
+    assert main(["plot", str(copy)]) == 0
+    for name in ("samples.png", "reconstructions.png", "manifold.png", "latent.png", "curves.png"):
+        assert (copy / name).read_bytes() == (trained[0] / name).read_bytes(), name
+
+
+def test_plot_reads_what_it_can_of_a_torn_metrics_file(trained, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in trained[0].iterdir():
+        if f.is_file():
+            (copy / f.name).write_bytes(f.read_bytes())
+    lines = (copy / "metrics.jsonl").read_text().splitlines()
+    (copy / "metrics.jsonl").write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])  # killed mid-write
+    assert main(["plot", str(copy)]) == 0
+    assert f"{copy / 'metrics.jsonl'}: skipped line 2, not a JSON object (a torn write?)" in capsys.readouterr().err
+    assert (copy / "curves.png").is_file()
+
+
 def test_argparse_rejects_malformed_numbers(capsys):
     with pytest.raises(SystemExit) as info:
         main(["train", "--hidden", "400,x"])

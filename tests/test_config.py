@@ -45,6 +45,12 @@ def test_overrides():
     )
 
 
+def test_a_set_list_may_be_written_as_the_flags_write_it():
+    values = apply_overrides({}, ["model.network.hidden=400,400", "train.lr_schedule.milestones=3, 6", "x.y=a,b"])
+    assert values["model"]["network"]["hidden"] == [400, 400] and values["train"]["lr_schedule"]["milestones"] == [3, 6]
+    assert values["x"]["y"] == "a,b"  # not TOML either way: the words as given
+
+
 @pytest.mark.parametrize(
     "values,message",
     [
@@ -58,7 +64,11 @@ def test_overrides():
         ({"train": {"elbo": "exact"}}, "train.elbo: unknown estimator 'exact'; known: mc, analytic"),
         ({"train": {"device": "tpu"}}, "train.device: unknown device 'tpu'; use auto, cpu, cuda or cuda:N"),
         ({"train": {"epoch": 3}}, "train.epoch: unknown key; allowed: epochs,"),
-        ({"trian": {}}, "trian: unknown table; allowed: data, model, train"),
+        ({"trian": {}}, "trian: unknown table (the tables are data, model, train); the keys are data.dataset,"),
+        (
+            {"latent_dim": 2},
+            "latent_dim: unknown table (the tables are data, model, train); did you mean model.latent_dim?",
+        ),
         ({"data": {"binarize": "yes"}}, "data.binarize must be one of 'none', 'static', 'dynamic' (got 'yes')"),
         ({"model": {"latent_dim": 0}}, "model.latent_dim must be >= 1 (got 0)"),
         ({"model": {"prior": {}}}, "model.prior.type is missing; known prior types: standard_normal"),

@@ -37,6 +37,21 @@ def test_mnist_missing_offline_says_what_to_do(tmp_path):
         load_dataset("mnist", data_root=tmp_path)
 
 
+def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets.mnist
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", offline)
+    (tmp_path / "kept").mkdir()  # a folder that existed stays
+    with pytest.raises(DataError, match=r"could not download MNIST into .*MNIST/raw \(no network\?\)"):
+        load_dataset("mnist", data_root=tmp_path / "kept" / "data", download=True)
+    assert list(tmp_path.rglob("*")) == [tmp_path / "kept"]
+
+
 def test_batches_cover_a_permutation_with_equal_sizes():
     data = load_dataset("digits")
     generator = torch.Generator().manual_seed(0)
