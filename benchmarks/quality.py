@@ -162,10 +162,23 @@ def run_folder(name: str, budget: str, out: Path) -> Path:
     return out / f"{name}-{budget}"
 
 
+def _same_protocol(a: Config, b: Config) -> bool:
+    """Whether two configs train the same way (where the data are and which device aside)."""
+    a, b = a.to_dict(), b.to_dict()
+    for values in (a, b):
+        values["data"].pop("data_root"), values["train"].pop("device")
+    return a == b
+
+
 def train(name: str, budget: str, args: argparse.Namespace) -> Path:
     """Train the preset into its run folder, or continue it from its checkpoint; a finished run is left as it is."""
     run = run_folder(name, budget, args.out)
     config = preset_config(name, budget, args.data_root, args.device, args.smoke)
+    if (run / "config.toml").is_file() and not _same_protocol(Config.from_toml(run / "config.toml"), config):
+        sys.exit(
+            f"{name}: {run} was trained with another configuration than this preset's; "
+            "move it away (or give another --out) to train the preset"
+        )
     if (run / "summary.json").is_file():
         return run
     with StopSignals() as stop:
@@ -211,6 +224,7 @@ def evaluate(name: str, budget: str, run: Path, previous: dict | None, args: arg
         "model_digest": digest,
     }
     vae, config = pyro_vae.load(run, device)
+    config.data.data_root = str(args.data_root)  # the run's own path is that of the machine that trained it
     data = load_data(config, device)
     reuse = previous and not args.reevaluate and previous.get("model_digest") == digest
     reuse = reuse and previous.get("num_samples") == args.num_samples and previous.get("test_images") == len(data.test)
@@ -227,13 +241,14 @@ def evaluate(name: str, budget: str, run: Path, previous: dict | None, args: arg
 
 def curve(run: Path, config: Config, x: torch.Tensor, previous: dict | None, args: argparse.Namespace) -> list[dict]:
     """log p(x) of ``x`` at each snapshot the run kept: ``{epoch, train_seconds, log_likelihood, se}``."""
-    known = {(p["epoch"], p["images"]): p for p in (previous or {}).get("curve", []) if not args.reevaluate}
+    known = {(p["epoch"], p["images"], p["num_samples"]): p for p in (previous or {}).get("curve", [])}
     points = []
     for epoch in config.train.snapshots:
-        if not snapshot_path(run, epoch).is_file():
+        point = known.get((epoch, len(x), args.num_samples))
+        if point is not None and not (args.reevaluate and snapshot_path(run, epoch).is_file()):
+            points.append(point)  # kept in results.json: the snapshots themselves stay on the machine that trained
             continue
-        if (epoch, len(x)) in known and known[(epoch, len(x))]["num_samples"] == args.num_samples:
-            points.append(known[(epoch, len(x))])
+        if not snapshot_path(run, epoch).is_file():
             continue
         vae, info = load_snapshot(run, epoch, x.device)
         ll, se = _log_likelihood(vae, x, args.num_samples)
@@ -300,23 +315,20 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def train_in_processes(names: list[str], argv: list[str], jobs: int) -> None:
     """Train ``names`` in ``jobs`` processes at a time (``--train-only --threads 1``); exits if one fails."""
-    keep = []
-    skip = False
-    for a in argv:  # every option but --jobs N (or --jobs=N); the last --presets given wins
-        if not skip and not a.startswith("--jobs"):
-            keep.append(a)
-        skip = a == "--jobs"
     waiting, running = list(names), []
     while waiting or running:
         while waiting and len(running) < jobs:
             name = waiting.pop(0)
-            command = [sys.executable, __file__, *keep, "--presets", name, "--train-only", "--threads", "1"]
+            options = ["--presets", name, "--train-only", "--threads", "1", "--jobs", "1"]  # the last given wins
+            command = [sys.executable, __file__, *argv, *options]
             running.append((name, subprocess.Popen(command)))
         time.sleep(1)
         for name, process in list(running):
             if process.poll() is not None:
                 running.remove((name, process))
                 if process.returncode:
+                    for _, other in running:  # each stops at its next step with a checkpoint
+                        other.terminate()
                     sys.exit(f"{name}: training failed (exit {process.returncode}); the same command continues it")
 
 
@@ -333,7 +345,9 @@ def default_presets(budget: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--presets", nargs="+", choices=list(PRESETS), help="default: every preset of the budget")
     parser.add_argument("--budget", choices=BUDGETS, default="cpu")
     parser.add_argument("--train-only", action="store_true", help="train or resume; evaluate nothing")
@@ -346,14 +360,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--jobs", type=int, default=1, help="train this many presets at a time, in processes of one thread each"
     )
     parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--smoke", action="store_true", help="each preset: two epochs of a few steps on the digits")
+    parser.add_argument("--out", type=Path, help=f"where the runs and results go (default {OUT.relative_to(REPO)})")
+    parser.add_argument(
+        "--smoke", action="store_true", help="each preset: two epochs of a few steps on the digits (runs/quality-smoke)"
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.smoke:
         args.num_samples, args.curve_images = 20, 20
+    args.out = args.out or (Path("runs") / "quality-smoke" if args.smoke else OUT)
     names = args.presets or default_presets(args.budget)
     unknown = [n for n in names if args.budget == "cpu" and n not in CPU_BUDGETS]
     if unknown:

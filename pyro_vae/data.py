@@ -320,8 +320,10 @@ def _binarize(name: str, splits: dict[str, Tensor], binarize: str, seed: int) ->
     held_out = torch.Generator().manual_seed(BINARIZATION_SEED)
     drawn = {split: torch.bernoulli(x, generator=held_out) for split, x in splits.items() if split != "train"}
     train = splits["train"]
-    if binarize == "static":
-        train = torch.bernoulli(train, generator=torch.Generator().manual_seed(seed))
+    if binarize == "static":  # drawn after a test-sized draw, as before the held-out sets had a seed of their own
+        generator = torch.Generator().manual_seed(seed)
+        torch.bernoulli(splits["test"], generator=generator)
+        train = torch.bernoulli(train, generator=generator)
     return {"train": train, **drawn}
 
 

@@ -210,6 +210,7 @@ def resume_run(
         if distributed is None or distributed.is_main:
             remove_partial_writes(run_dir)
             atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in resume.history))
+            _restore_best(run_dir, vae, config, resume)
             if progress:
                 print(
                     f"resuming {run_dir} at epoch {resume.epoch + 1}, step {resume.step} "
@@ -288,9 +289,18 @@ def _best(history: list[dict]) -> dict | None:
 
 
 def _save_best(out: Path, vae: VAE, config: Config, best: dict[str, Any]) -> None:
-    """``best.pt``: the parameters ``vae`` holds, those of epoch ``best["epoch"]``."""
+    """``best.pt``: the parameters of epoch ``best["epoch"]``, ``best["model"]`` or else those ``vae`` holds."""
     state = {"config": config.to_dict(), "event_shape": list(vae.event_shape), "epoch": best["epoch"]}
-    save_checkpoint(out / BEST_FILE, {**state, "validation_elbo": best["value"], "model": vae.state_dict()})
+    model = best.get("model", vae.state_dict())
+    save_checkpoint(out / BEST_FILE, {**state, "validation_elbo": best["value"], "model": model})
+
+
+def _restore_best(run_dir: Path, vae: VAE, config: Config, resume: TrainState) -> None:
+    """Make ``best.pt`` that of the checkpoint being resumed: a run killed after it wrote a later one drops that."""
+    if resume.best:
+        _save_best(run_dir, vae, config, resume.best)
+    else:
+        (run_dir / BEST_FILE).unlink(missing_ok=True)
 
 
 def snapshot_path(run_dir: str | Path, epoch: int) -> Path:
@@ -369,7 +379,7 @@ def _summarize(
         **({"best_epoch": best["epoch"], "validation_elbo": best["validation_elbo"]} if best else {}),
         "seconds": seconds,
         "train_seconds": sum(m["seconds"] for m in history),
-        "train_elbo": history[-1]["train_elbo"],
+        "train_elbo": (best or history[-1])["train_elbo"],  # of the epoch whose model this is
         "train_objective": training_objective(t.elbo, t.beta, t.kl_warmup, t.free_bits),
         **{f"test_{k}": v for k, v in final.items() if k != "num_examples"},
         "path": history[-1]["path"],
@@ -395,7 +405,8 @@ def _check_run(run_dir: Path) -> None:
         raise RunError(f"{run_dir} is a file, not a run folder; give the --out folder of a finished pyro-vae train")
     if not run_dir.is_dir():
         raise RunError(f"run folder {run_dir} does not exist; give the --out folder of a finished pyro-vae train")
-    missing = [f for f in RUN_FILES if not (run_dir / f).is_file() and not (run_dir / BEST_FILE).is_file()]
+    kept = (run_dir / BEST_FILE).is_file()  # a published run: config.toml and best.pt, no training state
+    missing = [f for f in RUN_FILES if not (run_dir / f).is_file() and not (kept and f == "checkpoint.pt")]
     if missing:
         raise RunError(
             f"{run_dir} is not a finished pyro-vae run (no {', '.join(missing)}); "

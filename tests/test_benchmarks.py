@@ -77,3 +77,17 @@ def test_quality_benchmark_runs_every_preset_in_smoke_mode(tmp_path):
     assert (out / "log_likelihood.png").is_file()
     tomczak = next(r for r in rows if r["preset"] == "tomczak2018-vamp")
     assert (out / "tomczak2018-vamp-full" / "best.pt").is_file() and tomczak["best_epoch"] <= tomczak["epochs"]
+
+
+def test_quality_refuses_a_run_folder_of_another_protocol(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quality", SPEED.parent / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    options = ["--smoke", "--presets", "burda2016-vae", "--out", str(tmp_path), "--train-only", "--quiet"]
+    quality.main(options)
+    config = tmp_path / "burda2016-vae-cpu" / "config.toml"
+    config.write_text(config.read_text().replace("latent_dim = 50", "latent_dim = 5"))
+    with pytest.raises(SystemExit, match=r"burda2016-vae: .* was trained with another configuration than"):
+        quality.main(options)

@@ -182,3 +182,28 @@ def test_snapshots_keep_the_parameters_and_training_time_of_chosen_epochs(tmp_pa
         assert torch.equal(value, final[name]), name
     with pytest.raises(Exception, match=r"no snapshot of epoch 2; it has \[1, 3\]"):
         load_snapshot(tmp_path / "run", 2)
+
+
+def test_a_resumed_run_forgets_a_best_model_written_after_its_checkpoint(tmp_path):
+    cfg = config(tmp_path, epochs=4)
+    polls = iter(range(10**9))
+    with pytest.raises(TrainingInterrupted):  # stopped inside epoch 3; the checkpoint's best is epoch 1 or 2
+        train_run(cfg, tmp_path / "run", progress=False, stop=lambda: signal.SIGTERM if next(polls) >= 20 else None)
+    saved = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["train"]["best"]
+    later = load_checkpoint(tmp_path / "run" / "best.pt")
+    later["epoch"], later["model"] = 99, {k: v + 1 for k, v in later["model"].items()}  # as a killed run may leave
+    torch.save(later, tmp_path / "run" / "best.pt")
+    with pytest.raises(TrainingInterrupted):
+        resume_run(tmp_path / "run", progress=False, stop=lambda: signal.SIGTERM)  # stops before its first step
+    kept = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert kept["epoch"] == saved["epoch"]
+    vae, _ = load(tmp_path / "run")
+    for name, value in vae.state_dict().items():
+        assert torch.equal(value, saved["model"][name]), name
+
+
+def test_a_folder_with_a_model_but_no_config_is_not_a_run(tmp_path):
+    train_run(config(tmp_path, epochs=1), tmp_path / "run", progress=False)
+    (tmp_path / "run" / "config.toml").unlink()
+    with pytest.raises(Exception, match=r"is not a finished pyro-vae run \(no config.toml\)"):
+        load(tmp_path / "run")
