@@ -151,7 +151,8 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
         "--resume",
         type=Path,
         metavar="RUN_DIR",
-        help="continue a stopped or killed run from its checkpoint (with its own config)",
+        help="continue a stopped or killed run from its checkpoint (with its own config); "
+        "with --epochs N, extend a run, finished or not, to N epochs",
     )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     g = train.add_argument_group("data")
@@ -325,14 +326,14 @@ def _train(args: argparse.Namespace) -> int:
             given = [
                 f"--{name.replace('_', '-')}"
                 for name in ("config", "out", *_TRAIN_OPTIONS)
-                if getattr(args, name) is not None
+                if getattr(args, name) is not None and name != "epochs"
             ] + ["--overwrite"] * args.overwrite
             if given or args.set:
                 raise ConfigError(
-                    f"--resume continues {args.resume} with its own config.toml; "
+                    f"--resume continues {args.resume} with its own config.toml (--epochs N extends it); "
                     f"drop {', '.join(given + ['--set'] * bool(args.set))}"
                 )
-            summary = resume_run(args.resume, progress=not args.quiet, stop=stop)
+            summary = resume_run(args.resume, progress=not args.quiet, stop=stop, epochs=args.epochs)
         else:
             config = _train_config(args)
             out = args.out or Path("runs") / f"{Path(config.data.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -25,7 +25,6 @@ import contextlib
 import json
 import shutil
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -166,7 +165,10 @@ def _job(device_name: str) -> Iterator[tuple[torch.device, Distributed | None]]:
 
 
 def resume_run(
-    run_dir: str | Path, progress: bool = True, stop: Callable[[], int | None] | None = None
+    run_dir: str | Path,
+    progress: bool = True,
+    stop: Callable[[], int | None] | None = None,
+    epochs: int | None = None,
 ) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its checkpoint, to the end of its schedule; returns the summary.
 
@@ -175,8 +177,36 @@ def resume_run(
     final parameters and metrics (all but the timings) are bit-identical. Metrics of epochs
     after the checkpoint (a run killed between the two writes) are dropped and recomputed, and
     temporary files left by a killed write are removed.
+
+    ``epochs`` extends the run (a finished one too) to that many epochs, as if it had been started
+    with them: ``train.epochs`` in its ``config.toml`` becomes ``epochs``. A learning-rate schedule
+    continues from its saved state (one whose shape depends on the length, ``cosine``, keeps the old
+    length). A finished run is refused without ``epochs``: there is nothing left to train.
     """
     run_dir = Path(run_dir)
+    config, state = _resumable(run_dir)
+    resume = TrainState.from_dict(state["train"])
+    config = _extended(run_dir, config, resume, epochs)
+    with renamed_errors(config_names()), _job(config.train.device) as (device, distributed):
+        check_world_size(resume, distributed.world_size if distributed else 1, run_dir)  # before anything is written
+        data = load_data(config, device)
+        vae = _load_model(config, state, run_dir / "checkpoint.pt").to(device)
+        if distributed is None or distributed.is_main:
+            remove_partial_writes(run_dir)
+            atomic_write(run_dir / "config.toml", config.to_toml())
+            atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in resume.history))
+            _restore_best(run_dir, vae, config, resume)
+            if progress:
+                print(
+                    f"resuming {run_dir} at epoch {resume.epoch + 1}, step {resume.step} "
+                    f"of {config.train.epochs} epochs on {device}",
+                    file=sys.stderr,
+                )
+        return _train_into(run_dir, config, data, vae, resume, progress, stop, distributed)
+
+
+def _resumable(run_dir: Path) -> tuple[Config, dict[str, Any]]:
+    """The config and checkpoint of a run folder that can be continued, or a one-line :class:`RunError`."""
     if not (run_dir / "config.toml").is_file():
         raise RunError(
             f"{{run_dir}} {run_dir}: not a pyro-vae run folder (no config.toml); give the folder of an earlier run",
@@ -196,28 +226,52 @@ def resume_run(
             "it can be evaluated, not resumed; retrain to continue",
             "run_dir",
         )
-    if Config.from_dict(state["config"]) != config:
+    if _but_epochs(Config.from_dict(state["config"])) != _but_epochs(config):
         raise RunError(
             f"{{run_dir}} {run_dir}: config.toml differs from the configuration the checkpoint was trained with; "
             "restore config.toml to resume",
             "run_dir",
         )
-    resume = TrainState.from_dict(state["train"])
-    with renamed_errors(config_names()), _job(config.train.device) as (device, distributed):
-        check_world_size(resume, distributed.world_size if distributed else 1, run_dir)  # before anything is written
-        data = load_data(config, device)
-        vae = _load_model(config, state, run_dir / "checkpoint.pt").to(device)
-        if distributed is None or distributed.is_main:
-            remove_partial_writes(run_dir)
-            atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in resume.history))
-            _restore_best(run_dir, vae, config, resume)
-            if progress:
-                print(
-                    f"resuming {run_dir} at epoch {resume.epoch + 1}, step {resume.step} "
-                    f"of {config.train.epochs} epochs on {device}",
-                    file=sys.stderr,
-                )
-        return _train_into(run_dir, config, data, vae, resume, progress, stop, distributed)
+    return config, state
+
+
+def _but_epochs(config: Config) -> dict[str, Any]:
+    """A config's values without ``train.epochs``, which extending a run changes."""
+    values = config.to_dict()
+    values["train"].pop("epochs")
+    return values
+
+
+def _extended(run_dir: Path, config: Config, resume: TrainState, epochs: int | None) -> Config:
+    """``config`` with ``train.epochs = epochs``; a :class:`RunError` where there is nothing left to do.
+
+    A run killed after its last epoch, before its summary, is left to write the summary.
+    """
+    t = config.train
+    stopped_early = 0 < t.early_stopping <= resume.waited
+    summarized = (run_dir / "summary.json").is_file()
+    if stopped_early and (epochs is not None or summarized):
+        raise RunError(
+            f"{{run_dir}} {run_dir} stopped early at epoch {resume.epoch} (no better validation ELBO in "
+            f"{t.early_stopping} epochs), so there is nothing to continue; its model is that of epoch "
+            f"{resume.best['epoch']}; train a new run to change train.early_stopping",
+            "run_dir",
+        )
+    if epochs is not None and epochs <= resume.epoch:
+        raise RunError(
+            f"{{epochs}} {epochs} is not more than the {resume.epoch} epochs {run_dir} has trained; give more",
+            "epochs",
+        )
+    if epochs is None and resume.epoch >= t.epochs and summarized:
+        raise RunError(
+            f"{{run_dir}} {run_dir} has finished its {t.epochs} epochs; extend it with {{epochs=}}{t.epochs * 2} "
+            "(any number above the epochs trained)",
+            "run_dir",
+            "epochs",
+        )
+    if epochs is not None:
+        config = Config.from_dict({**config.to_dict(), "train": {**config.to_dict()["train"], "epochs": epochs}})
+    return config
 
 
 def _train_into(
@@ -253,7 +307,6 @@ def _train_into(
         if state.epoch in t.snapshots:
             _save_snapshot(out, vae, config, state)
 
-    start = time.perf_counter()
     try:
         history = fit(
             vae,
@@ -276,10 +329,9 @@ def _train_into(
         kept = f"the last good checkpoint, {checkpoint}, is kept"
         kept = kept if checkpoint.is_file() else "no checkpoint had been written yet"
         raise TrainingDiverged(f"{e.template}; {kept}", *e.names) from None
-    seconds = time.perf_counter() - start
     if not main:
         return {}
-    return _summarize(out, config, data, vae, history, seconds, distributed)
+    return _summarize(out, config, data, vae, history, distributed)
 
 
 def _best(history: list[dict]) -> dict | None:
@@ -358,7 +410,6 @@ def _summarize(
     data: Dataset,
     vae: VAE,
     history: list[dict],
-    seconds: float,
     distributed: Distributed | None,
 ) -> dict[str, Any]:
     """Keep the best model, draw the pictures of a trained run, evaluate it on the test set, write its summary."""
@@ -377,8 +428,8 @@ def _summarize(
         "num_test": len(data.test),
         "epochs": len(history),
         **({"best_epoch": best["epoch"], "validation_elbo": best["validation_elbo"]} if best else {}),
-        "seconds": seconds,
-        "train_seconds": sum(m["seconds"] for m in history),
+        "seconds": sum(m["seconds"] for m in history),  # the whole run's training, across resumes and extensions
+        "train_seconds": sum(m["seconds"] for m in history),  # the same, under the name the benchmarks use
         "train_elbo": (best or history[-1])["train_elbo"],  # of the epoch whose model this is
         "train_objective": training_objective(t.elbo, t.beta, t.kl_warmup, t.free_bits),
         **{f"test_{k}": v for k, v in final.items() if k != "num_examples"},

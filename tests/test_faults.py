@@ -171,10 +171,35 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path, capsys):
         with pytest.raises(RunError, match=message):
             resume_run(folder, progress=False)
         assert sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir()) == before, what
-    assert main(["train", "--resume", str(run), "--epochs", "5"]) == 2
-    assert (
-        "--resume continues" in capsys.readouterr().err and "drop --epochs" in capsys.readouterr().err + "drop --epochs"
+    assert main(["train", "--resume", str(run), "--lr", "0.1"]) == 2
+    assert "--resume continues" in capsys.readouterr().err
+
+
+def test_a_finished_run_is_extended_as_if_it_had_been_started_longer(tmp_path, capsys):
+    config = Config.from_dict(
+        {
+            "model": {"latent_dim": 2, "network": {"type": "mlp", "hidden": [8]}},
+            "train": {"epochs": 2, "batch_size": 256, "checkpoint_every": 0},
+        }
     )
+    train_run(
+        Config.from_dict({**config.to_dict(), "train": {**config.to_dict()["train"], "epochs": 4}}),
+        tmp_path / "long",
+        progress=False,
+    )
+    train_run(config, tmp_path / "short", progress=False)
+    assert main(["train", "--resume", str(tmp_path / "short")]) == 2  # finished: nothing left without --epochs
+    assert "has finished its 2 epochs; extend it with --epochs 4" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "short"), "--epochs", "2", "--quiet"]) == 2
+    assert "train.epochs 2 is not more than the 2 epochs" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "short"), "--epochs", "4", "--quiet"]) == 0
+    long, short = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("long", "short"))
+    assert_same_parameters(short["model"], long["model"])
+    assert Config.from_toml(tmp_path / "short" / "config.toml").train.epochs == 4
+    summary = json.loads((tmp_path / "short" / "summary.json").read_text())
+    history = [json.loads(line) for line in (tmp_path / "short" / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == summary["epochs"] == 4
+    assert summary["seconds"] == pytest.approx(sum(m["seconds"] for m in history))  # the whole run, not the last part
 
 
 def test_a_nan_gradient_stops_before_the_parameters_move():
@@ -296,11 +321,30 @@ def test_killed_at_random_moments_then_resumed_ends_like_the_uninterrupted_run(t
                 assert "continue with: pyro-vae train --resume" in err and (run / "checkpoint.pt").exists()
             if not (run / "checkpoint.pt").exists():  # killed before the first checkpoint: nothing to lose but set-up
                 continue
-            subprocess.run(
-                _cli("train", "--resume", str(run), "--quiet"), check=True, env=env, timeout=300, capture_output=True
-            )
+            if not (run / "summary.json").exists():  # else it was killed after its last write: nothing left to do
+                subprocess.run(
+                    _cli("train", "--resume", str(run), "--quiet"),
+                    check=True,
+                    env=env,
+                    timeout=300,
+                    capture_output=True,
+                )
             assert not list(run.glob(".*.tmp"))
             assert_same_parameters(load_checkpoint(run / "checkpoint.pt")["model"], expected["model"])
             assert (
                 strip(json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()) == expected_metrics
             )
+
+
+def test_a_run_killed_after_its_last_epoch_resumes_to_write_its_summary(tmp_path):
+    config = Config.from_dict(
+        {"model": {"latent_dim": 2, "network": {"type": "mlp", "hidden": [8]}}, "train": {"epochs": 2}}
+    )
+    first = train_run(config, tmp_path / "run", progress=False)
+    (tmp_path / "run" / "summary.json").unlink()  # killed while drawing its pictures
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+    again = resume_run(tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics  # no epoch trained again
+    assert again["test_elbo_mc"] == first["test_elbo_mc"] and (tmp_path / "run" / "summary.json").is_file()
+    with pytest.raises(RunError, match="has finished its 2 epochs; extend it with epochs=4"):
+        resume_run(tmp_path / "run", progress=False)
