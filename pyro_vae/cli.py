@@ -112,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     _evaluate_parser(commands)
     for name, command in commands.choices.items():  # the global options work after the command too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        if name in ("evaluate", "compare", "plot"):  # a run whose data have moved since it was trained
+            command.add_argument("--data-root", type=Path, metavar="DIR", help="where MNIST/raw is now")
+            command.add_argument("--dataset", type=Path, metavar="FILE", help="where the run's data file is now")
         if name in ("train", "evaluate", "compare", "plot"):
             command.add_argument(
                 "--threads",
@@ -375,10 +378,17 @@ def _reported(result: dict[str, Any], prefix: str = "") -> list[tuple[str, str, 
     ]
 
 
+def _moved_data(args: argparse.Namespace) -> dict[str, Path]:
+    """``--data-root`` and ``--dataset`` of evaluate, compare and plot: where a run's data are now."""
+    return {key: getattr(args, key) for key in ("data_root", "dataset") if getattr(args, key) is not None}
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from pyro_vae.evaluation import evaluate_run
 
-    result = evaluate_run(args.run_dir, args.split, args.num_particles, args.batch_size, args.device, args.num_samples)
+    result = evaluate_run(
+        args.run_dir, args.split, args.num_particles, args.batch_size, args.device, args.num_samples, _moved_data(args)
+    )
     if args.json:
         print(json.dumps(result))
         return 0
@@ -428,7 +438,14 @@ def _compare(args: argparse.Namespace) -> int:
     from pyro_vae.evaluation import compare_run
 
     result = compare_run(
-        args.run_dir, args.split, tuple(args.particles), args.repeats, args.batch_size, args.device, args.estimators
+        args.run_dir,
+        args.split,
+        tuple(args.particles),
+        args.repeats,
+        args.batch_size,
+        args.device,
+        args.estimators,
+        _moved_data(args),
     )
     if args.json:
         print(json.dumps(result))
@@ -444,7 +461,7 @@ def _compare(args: argparse.Namespace) -> int:
 def _plot(args: argparse.Namespace) -> int:
     from pyro_vae.evaluation import plot_run
 
-    for path in plot_run(args.run_dir, args.device):
+    for path in plot_run(args.run_dir, args.device, _moved_data(args)):
         print(path)
     return 0
 

@@ -39,10 +39,15 @@ __all__ = ["evaluate_run", "compare_run", "plot_run", "open_run"]
 SPLITS = ("train", "test")
 
 
-def open_run(run_dir: str | Path, device: str = "auto") -> tuple[VAE, Config, Dataset]:
-    """A finished run's trained VAE, config and data set, on ``device``, with torch seeded from the config."""
+def open_run(run_dir: str | Path, device: str = "auto", data: dict | None = None) -> tuple[VAE, Config, Dataset]:
+    """A finished run's trained VAE, config and data set, on ``device``, with torch seeded from the config.
+
+    ``data`` replaces keys of the run's ``[data]`` table for this reading only: where its data are
+    now, e.g. ``{"data_root": "/new/place"}`` or ``{"dataset": "/new/place/points.npy"}``.
+    """
     target = resolve_device(device)
     vae, config = load(run_dir, target)
+    config = _moved(config, data or {})
     data = load_data(config, target)
     if tuple(data.event_shape) != tuple(vae.event_shape):
         raise RunError(
@@ -52,6 +57,16 @@ def open_run(run_dir: str | Path, device: str = "auto") -> tuple[VAE, Config, Da
         )
     torch.manual_seed(config.train.seed)
     return vae, config, data
+
+
+def _moved(config: Config, data: dict) -> Config:
+    """``config`` with its data looked for where ``data`` says (``data_root``, ``dataset``); nothing else changes."""
+    unknown = sorted(set(data) - {"data_root", "dataset"})
+    if unknown:
+        raise RunError(f"data: {unknown[0]} cannot be changed to read a run; only data_root and dataset can")
+    values = config.to_dict()
+    values["data"].update({k: str(v) for k, v in data.items() if v is not None})
+    return Config.from_dict(values)
 
 
 def _check_split(split: str) -> None:
@@ -66,6 +81,7 @@ def evaluate_run(
     batch_size: int = 1000,
     device: str = "auto",
     num_samples: int = 0,
+    data: dict | None = None,
 ) -> dict[str, Any]:
     r"""ELBO of a split of a run's data set under each reported estimator, with standard errors (nats per point).
 
@@ -76,14 +92,15 @@ def evaluate_run(
     (see :func:`pyro_vae.marginal.log_likelihood`), and its standard error over the data points.
     It reports whether the latent code is used, the keys of :func:`~pyro_vae.diagnostics.diagnostics`
     (``active_units``, ``kl_per_dim``, ``mutual_information``, ``marginal_kl``, ...) on the first
-    :data:`DIAGNOSTIC_POINTS` points (``diagnostic_points``).
+    :data:`DIAGNOSTIC_POINTS` points (``diagnostic_points``). ``data``: where the run's data are now
+    (see :func:`open_run`).
     """
     _check_split(split)
     if num_particles < 1:
         raise RunError(f"{{num_particles}} must be >= 1 (got {num_particles})", "num_particles")
     if num_samples < 0:
         raise RunError(f"{{num_samples}} must be >= 0 (got {num_samples})", "num_samples")
-    vae, config, data = open_run(run_dir, device)
+    vae, config, data = open_run(run_dir, device, data)
     x = data.train if split == "train" else data.test
     t = config.train
     scores = evaluate_bounds(vae, x, t.elbo, num_particles, t.num_particles, batch_size)
@@ -121,6 +138,7 @@ def compare_run(
     batch_size: int = 100,
     device: str = "auto",
     estimators: Sequence[str] | None = None,
+    data: dict | None = None,
 ) -> dict[str, Any]:
     """Compare estimators on a fixed batch of a run's data (:func:`pyro_vae.compare.compare_estimators`).
 
@@ -136,7 +154,7 @@ def compare_run(
         raise RunError(f"{{particles}} must be positive whole numbers such as 1,10,100 (got {got})", "particles")
     for name in estimators or ():
         check_estimator(name)
-    vae, config, data = open_run(run_dir, device)
+    vae, config, data = open_run(run_dir, device, data)
     x = (data.train if split == "train" else data.test)[:batch_size]
     chosen = tuple(estimators) if estimators else tuple(ESTIMATORS)
     result = {"run": str(run_dir), "split": split, **compare_estimators(vae, x, particles, repeats, chosen)}
@@ -148,10 +166,10 @@ def compare_run(
     return result
 
 
-def plot_run(run_dir: str | Path, device: str = "auto") -> list[str]:
+def plot_run(run_dir: str | Path, device: str = "auto", data: dict | None = None) -> list[str]:
     """Draw (again) every picture of a finished run from its checkpoint and metrics; returns their paths."""
     run_dir = Path(run_dir)
-    vae, config, data = open_run(run_dir, device)
+    vae, config, data = open_run(run_dir, device, data)
     history = read_metrics(run_dir / "metrics.jsonl")
     drawn = draw_pictures(vae, data, history, run_dir, caption(config), config.train.seed)
     return [str(run_dir / name) for name in drawn]

@@ -33,7 +33,7 @@ import pyro
 import torch
 
 from pyro_vae.config import Config, TrainConfig, build_vae, config_names, load_data, resolve_device
-from pyro_vae.data import Dataset
+from pyro_vae.data import FILE_SUFFIXES, Dataset
 from pyro_vae.distributed import Distributed, from_env
 from pyro_vae.errors import RunError, renamed_errors
 from pyro_vae.objectives import check_free_bits_prior, evaluate_bounds
@@ -121,6 +121,7 @@ def train_run(
         PyroVAEError: for a bad config, data set or output folder, before anything is written.
     """
     out = Path(out)
+    config = anchored(config)
     t = config.train
     with renamed_errors(config_names()), _job(t.device) as (device, distributed):
         main = distributed is None or distributed.is_main
@@ -150,6 +151,19 @@ def train_run(
                 file=sys.stderr,
             )
         return _train_into(out, config, data, vae, None, progress, stop, distributed)
+
+
+def anchored(config: Config) -> Config:
+    """``config`` with its data paths (``data.data_root``, a file ``data.dataset``) made absolute.
+
+    A run records where its data are from anywhere, so that it can be evaluated from another folder.
+    """
+    values = config.to_dict()
+    d = values["data"]
+    d["data_root"] = str(Path(d["data_root"]).expanduser().resolve())
+    if Path(d["dataset"]).suffix in FILE_SUFFIXES:
+        d["dataset"] = str(Path(d["dataset"]).expanduser().resolve())
+    return Config.from_dict(values)
 
 
 @contextlib.contextmanager

@@ -145,6 +145,24 @@ def test_plot_reads_what_it_can_of_a_torn_metrics_file(trained, tmp_path, capsys
     assert (copy / "curves.png").is_file()
 
 
+def test_a_run_records_its_data_from_anywhere_and_reads_moved_data(tmp_path):
+    import numpy as np
+
+    work = tmp_path / "work"
+    work.mkdir()
+    np.save(work / "points.npy", np.random.default_rng(0).random((400, 4, 4)).astype(np.float32))
+    assert run("train", *SMALL[:-1], "--dataset", "points.npy", "--out", "run", cwd=work).returncode == 0
+    recorded = (work / "run" / "config.toml").read_text()
+    assert f'dataset = "{work / "points.npy"}"' in recorded and f'data_root = "{work / "data"}"' in recorded
+    assert run("evaluate", work / "run", cwd=tmp_path).returncode == 0  # from another folder
+    (work / "points.npy").rename(tmp_path / "moved.npy")
+    missing = run("evaluate", work / "run", cwd=tmp_path)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    for command in ("evaluate", "plot"):
+        moved = run(command, work / "run", "--dataset", tmp_path / "moved.npy", cwd=tmp_path)
+        assert moved.returncode == 0, moved.stderr
+
+
 def test_argparse_rejects_malformed_numbers(capsys):
     with pytest.raises(SystemExit) as info:
         main(["train", "--hidden", "400,x"])

@@ -10,6 +10,7 @@ import torch
 
 from pyro_vae import Config, evaluate_run, load, train_run
 from pyro_vae.errors import PyroVAEError, RunError
+from pyro_vae.runs import anchored
 from pyro_vae.storage import CHECKPOINT_FORMAT, load_checkpoint
 
 TINY = {
@@ -48,7 +49,8 @@ def test_run_folder_contents(run_dir):
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert all({"train_elbo", "test_elbo", "seconds"} <= set(m) for m in metrics)
-    assert Config.from_toml(run_dir / "config.toml") == tiny_config()
+    saved = Config.from_toml(run_dir / "config.toml")
+    assert saved == anchored(tiny_config()) and Path(saved.data.data_root).is_absolute()  # usable from anywhere
     # The checkpoint is readable with weights_only=True: no pickled code in it.
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert state["format"] == CHECKPOINT_FORMAT and state["epoch"] == 2
@@ -65,7 +67,7 @@ def test_same_seed_same_metrics(run_dir, tmp_path):
 
 def test_load_and_evaluate(run_dir):
     vae, config = load(run_dir)
-    assert config == tiny_config() and not vae.training
+    assert config == anchored(tiny_config()) and not vae.training
     assert vae.sample(3).shape == (3, 8, 8)
     result = evaluate_run(run_dir, num_particles=5)
     assert result["num_examples"] == 359
