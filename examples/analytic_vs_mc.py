@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="analytic_vs_mc.png")
+    parser.add_argument(
+        "--out", default="runs/analytic_vs_mc.png", help="where to draw the figure (runs/ is ignored by git)"
+    )
     args = parser.parse_args(argv)
     epochs = 2 if args.smoke else args.epochs
 

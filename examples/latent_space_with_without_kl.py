@@ -50,7 +50,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="latent_space_with_without_kl.png")
+    parser.add_argument(
+        "--out",
+        default="runs/latent_space_with_without_kl.png",
+        help="where to draw the figure (runs/ is ignored by git)",
+    )
     args = parser.parse_args(argv)
     epochs = 2 if args.smoke else args.epochs
 

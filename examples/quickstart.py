@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--smoke", action="store_true", help="one epoch with a small network")
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--data-root", default="data")
-    parser.add_argument("--out", default="quickstart-samples.png", help="where to draw samples from the prior")
+    parser.add_argument("--out", default="runs/quickstart-samples.png", help="where to draw samples from the prior")
     args = parser.parse_args(argv)
 
     # Data as tensors, a VAE from registry names, and SVI with the closed-form-KL ELBO.

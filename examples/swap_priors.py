@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--latent-dim", type=int, default=2, help="2 shows each latent space as it is")
     parser.add_argument("--num-samples", type=int, default=200, help="importance samples per test point for log p(x)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="swap_priors.png")
+    parser.add_argument(
+        "--out", default="runs/swap_priors.png", help="where to draw the figure (runs/ is ignored by git)"
+    )
     args = parser.parse_args(argv)
     epochs, num_samples = (1, 10) if args.smoke else (args.epochs, args.num_samples)
     hidden = [64] if args.smoke else [512, 256]

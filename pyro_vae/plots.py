@@ -80,6 +80,7 @@ def _save(fig: Any, path: Path, title: str, caption: str) -> None:
     fig.text(0.5, -0.02, caption, ha="center", va="top", fontsize=7)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, palette_png(buffer.getvalue()))
 
 

@@ -34,3 +34,5 @@ def test_example_runs_in_smoke_mode(name, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
+    # what an example writes goes under runs/ (ignored by git), or where --out says
+    assert {p.name for p in tmp_path.iterdir()} <= {"runs", *SMOKE_RUNS[name][1:]}
