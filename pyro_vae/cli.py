@@ -78,7 +78,10 @@ _TRAIN_OPTIONS: dict[str, str] = {
     "download": "data.download",
     "binarize": "data.binarize",
     "latent_dim": "model.latent_dim",
+    "network": "model.network.type",  # before its parameters: a new type starts from that network's defaults
     "hidden": "model.network.hidden",
+    "prior": "model.prior.type",
+    "likelihood": "model.likelihood.type",
     "epochs": "train.epochs",
     "batch_size": "train.batch_size",
     "lr": "train.lr",
@@ -110,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     for kind in _LISTINGS:
         commands.add_parser(kind, help=f"list the registered {kind} and their parameters")
     _evaluate_parser(commands)
+    _config_parser(commands)
     for name, command in commands.choices.items():  # the global options work after the command too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         if name in ("evaluate", "compare", "plot"):  # a run whose data have moved since it was trained
@@ -159,8 +163,8 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     g = train.add_argument_group("data")
-    g.add_argument("--dataset", help="digits (default), mnist, or a .npy/.npz/.pt file")
-    g.add_argument("--data-root", help="folder holding MNIST/raw (default: data)")
+    g.add_argument("--dataset", help="digits, mnist, or a .npy/.npz/.pt file")
+    g.add_argument("--data-root", help="folder holding MNIST/raw")
     g.add_argument("--download", action="store_const", const=True, help="download MNIST if missing (needs a network)")
     g.add_argument("--binarize", choices=["none", "static", "dynamic"])
     g.add_argument(
@@ -171,7 +175,9 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
         "with the best validation ELBO (best.pt)",
     )
     g = train.add_argument_group("model")
-    g.add_argument("--latent-dim", type=_positive_int)
+    g.add_argument("--latent-dim", type=_positive_int, help="size of the latent code")
+    for kind in ("network", "prior", "likelihood"):
+        g.add_argument(f"--{kind}", metavar="NAME", help=f"model.{kind}.type, with its defaults (pyro-vae {kind}s)")
     g.add_argument(
         "--hidden",
         type=_counts("layer sizes", "400,400"),
@@ -179,6 +185,7 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
         help="hidden layer sizes of the MLP encoder (the decoder mirrors them)",
     )
     _training_options(train)
+    _show_defaults(train)
 
 
 def _training_options(train: argparse.ArgumentParser) -> None:
@@ -237,13 +244,49 @@ def _training_options(train: argparse.ArgumentParser) -> None:
         metavar="C",
         help="rescale each step's gradient to a total norm of at most C (0: off)",
     )
-    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    g.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N")
+
+
+class _WithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows each option's default, where it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _show_defaults(train: argparse.ArgumentParser) -> None:
+    """Append to each train option's help the default it takes from the configuration."""
+    defaults = Config().to_dict()
+    for action in train._actions:
+        if action.dest in _TRAIN_OPTIONS and action.help is not argparse.SUPPRESS:
+            value: Any = defaults
+            for part in _TRAIN_OPTIONS[action.dest].split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            shown = json.dumps(value) if isinstance(value, (dict, list)) else value
+            action.help = f"{action.help or _TRAIN_OPTIONS[action.dest]} (default: {shown})".replace("%", "%%")
+
+
+def _config_parser(commands: argparse._SubParsersAction) -> None:
+    """Add ``config``."""
+    config = commands.add_parser("config", help="print the resolved configuration as TOML (the defaults, or a file's)")
+    config.add_argument("--config", type=Path, help="TOML configuration file (default: none, the defaults)")
+    config.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key (repeatable)")
+
+
+def _config(args: argparse.Namespace) -> int:
+    base = Config.from_toml(args.config) if args.config else Config()
+    print(Config.from_dict(apply_overrides(base.to_dict(), args.set)).to_toml(), end="")
+    return 0
 
 
 def _compare_parser(commands: argparse._SubParsersAction) -> None:
     """Add ``compare``."""
     compare = commands.add_parser(
-        "compare", help="the estimators on a trained run: values, errors, gradient variance, cost"
+        "compare",
+        help="the estimators on a trained run: values, errors, gradient variance, cost",
+        formatter_class=_WithDefaults,
     )
     compare.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     compare.add_argument(
@@ -255,8 +298,8 @@ def _compare_parser(commands: argparse._SubParsersAction) -> None:
     )
     compare.add_argument("--repeats", type=_positive_int, default=50, metavar="R", help="estimates per estimator and L")
     compare.add_argument("--batch-size", type=_positive_int, default=100, help="points in the fixed batch")
-    compare.add_argument("--split", choices=["train", "test"], default="test")
-    compare.add_argument("--device", default="auto")
+    compare.add_argument("--split", choices=["train", "test"], default="test", help="the split the batch is taken from")
+    compare.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     compare.add_argument(
         "--estimators",
         type=_names("estimators", "mc,analytic"),
@@ -268,17 +311,27 @@ def _compare_parser(commands: argparse._SubParsersAction) -> None:
 
 def _plot_parser(commands: argparse._SubParsersAction) -> None:
     """Add ``plot``."""
-    plot = commands.add_parser("plot", help="draw (again) the pictures of a trained run")
+    plot = commands.add_parser(
+        "plot",
+        help="draw (again) the pictures of a trained run",
+        formatter_class=_WithDefaults,
+    )
     plot.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    plot.add_argument("--device", default="auto")
+    plot.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 
 def _evaluate_parser(commands: argparse._SubParsersAction) -> None:
     """Add ``evaluate``."""
-    evaluate = commands.add_parser("evaluate", help="ELBO of a trained run by each estimator, and log p(x)")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="ELBO of a trained run by each estimator, and log p(x)",
+        formatter_class=_WithDefaults,
+    )
     evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    evaluate.add_argument("--split", choices=["train", "test"], default="test")
-    evaluate.add_argument("--num-particles", type=_positive_int, default=1)
+    evaluate.add_argument("--split", choices=["train", "test"], default="test", help="the split to evaluate")
+    evaluate.add_argument(
+        "--num-particles", type=_positive_int, default=1, help="draws of z per point for each ELBO estimate"
+    )
     evaluate.add_argument(
         "--num-samples",
         type=int,
@@ -286,8 +339,8 @@ def _evaluate_parser(commands: argparse._SubParsersAction) -> None:
         metavar="K",
         help="also estimate log p(x) by importance sampling with K samples per point",
     )
-    evaluate.add_argument("--batch-size", type=_positive_int, default=1000)
-    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=1000, help="points per pass (memory)")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -546,7 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         with renamed_errors(_flags(args)):
-            return {"train": _train, "evaluate": _evaluate, "compare": _compare, "plot": _plot}.get(
+            return {"train": _train, "evaluate": _evaluate, "compare": _compare, "plot": _plot, "config": _config}.get(
                 args.command, _list
             )(args)
     except TrainingInterrupted as e:

@@ -163,6 +163,46 @@ def test_a_run_records_its_data_from_anywhere_and_reads_moved_data(tmp_path):
         assert moved.returncode == 0, moved.stderr
 
 
+def test_config_prints_the_resolved_configuration(tmp_path, capsys):
+    from pyro_vae import Config
+
+    assert main(["config"]) == 0
+    assert Config.from_toml_string(capsys.readouterr().out) == Config()
+    (tmp_path / "c.toml").write_text("[train]\nepochs = 7\n")
+    assert main(["config", "--config", str(tmp_path / "c.toml"), "--set", "model.network.hidden=64,32"]) == 0
+    printed = Config.from_toml_string(capsys.readouterr().out)
+    assert printed.train.epochs == 7 and printed.model.network["hidden"] == [64, 32]
+    assert main(["config", "--set", "latent_dim=2"]) == 2
+    assert "did you mean model.latent_dim?" in capsys.readouterr().err
+
+
+def test_component_shortcuts_set_the_type_with_its_defaults():
+    from pyro_vae.cli import _parser, _train_config
+
+    args = _parser().parse_args(["train", "--prior", "laplace", "--likelihood", "gaussian", "--network", "gated_mlp"])
+    config = _train_config(args)
+    assert (config.model.prior["type"], config.model.likelihood["type"]) == ("laplace", "gaussian")
+    assert config.model.network == {"type": "gated_mlp", "hidden": [300, 300]}  # the network's own defaults
+    args = _parser().parse_args(["train", "--network", "mlp", "--hidden", "64"])
+    assert _train_config(args).model.network["hidden"] == [64]
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "compare", "plot", "config"])
+def test_help_explains_every_option_and_shows_defaults(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    from pyro_vae.cli import _parser
+
+    parser = _parser()._subparsers._group_actions[0].choices[command]
+    for action in parser._actions:
+        assert action.help or not action.option_strings, f"{command} {action.option_strings} has no help"
+    if command == "train":
+        assert "(default: 50)" in text and "(default: mc)" in text
+    if command == "evaluate":
+        assert "(default: 1000)" in text
+
+
 def test_argparse_rejects_malformed_numbers(capsys):
     with pytest.raises(SystemExit) as info:
         main(["train", "--hidden", "400,x"])
