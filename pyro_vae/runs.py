@@ -35,10 +35,19 @@ import torch
 from pyro_vae.config import Config, TrainConfig, build_vae, config_names, load_data, resolve_device
 from pyro_vae.data import FILE_SUFFIXES, Dataset
 from pyro_vae.distributed import Distributed, from_env
-from pyro_vae.errors import RunError, renamed_errors
+from pyro_vae.errors import PyroVAEError, RunError, renamed_errors
 from pyro_vae.objectives import check_free_bits_prior, evaluate_bounds
 from pyro_vae.plots import draw_pictures
-from pyro_vae.storage import atomic_write, load_checkpoint, remove_partial_writes, save_checkpoint
+from pyro_vae.storage import (
+    LOCK_FILE,
+    WriteError,
+    atomic_write,
+    check_not_held,
+    hold_folder,
+    load_checkpoint,
+    remove_partial_writes,
+    save_checkpoint,
+)
 from pyro_vae.train import (
     TrainingDiverged,
     TrainingInterrupted,
@@ -64,7 +73,7 @@ def _prepare_folder(out: Path, overwrite: bool) -> None:
     blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise RunError(f"{{out}} {out} is inside {blocking}, which is a file; give a folder path", "out")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):  # a dead writer's lock alone: empty
         if not overwrite:
             raise RunError(
                 f"{{out}} {out} already exists and is not empty; pass {{overwrite=}} to replace that run, "
@@ -138,19 +147,28 @@ def train_run(
         if signum is not None:  # asked to stop before anything was written: write nothing
             raise TrainingInterrupted(None, signum)
         if main:
+            check_not_held(out)  # before --overwrite deletes anything of a run being written
             _prepare_folder(out, overwrite)
-            atomic_write(out / "config.toml", config.to_toml())
-        if progress and main:
-            processes = f" in {world_size} processes of {t.batch_size} points a batch each" if distributed else ""
-            n = torch.get_num_threads()
-            threads = f" ({n} CPU thread{'s' * (n != 1)}; --threads N sets it)" if device.type == "cpu" else ""
-            print(
-                f"training on {data.name} ({len(data.train)} train / {len(data.test)} test points) "
-                f"for {t.epochs} epochs on {device}{threads}{processes}: "
-                f"estimator {t.elbo}, {t.num_particles} particle(s), beta {t.beta:g}, into {out}",
-                file=sys.stderr,
-            )
-        return _train_into(out, config, data, vae, None, progress, stop, distributed)
+        with hold_folder(out) if main else contextlib.nullcontext():
+            if main:
+                atomic_write(out / "config.toml", config.to_toml())
+            if progress and main:
+                _announce(config, data, device, out, world_size if distributed else 0)
+            return _train_into(out, config, data, vae, None, progress, stop, distributed)
+
+
+def _announce(config: Config, data: Dataset, device: torch.device, out: Path, processes: int) -> None:
+    """The first line of a run on stderr: what trains on what, where, with how many threads or processes."""
+    t = config.train
+    n = torch.get_num_threads()
+    threads = f" ({n} CPU thread{'s' * (n != 1)}; --threads N sets it)" if device.type == "cpu" else ""
+    job = f" in {processes} processes of {t.batch_size} points a batch each" if processes else ""
+    print(
+        f"training on {data.name} ({len(data.train)} train / {len(data.test)} test points) "
+        f"for {t.epochs} epochs on {device}{threads}{job}: "
+        f"estimator {t.elbo}, {t.num_particles} particle(s), beta {t.beta:g}, into {out}",
+        file=sys.stderr,
+    )
 
 
 def anchored(config: Config) -> Config:
@@ -205,18 +223,35 @@ def resume_run(
         check_world_size(resume, distributed.world_size if distributed else 1, run_dir)  # before anything is written
         data = load_data(config, device)
         vae = _load_model(config, state, run_dir / "checkpoint.pt").to(device)
-        if distributed is None or distributed.is_main:
-            remove_partial_writes(run_dir)
-            atomic_write(run_dir / "config.toml", config.to_toml())
-            atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in resume.history))
-            _restore_best(run_dir, vae, config, resume)
-            if progress:
-                print(
-                    f"resuming {run_dir} at epoch {resume.epoch + 1}, step {resume.step} "
-                    f"of {config.train.epochs} epochs on {device}",
-                    file=sys.stderr,
-                )
-        return _train_into(run_dir, config, data, vae, resume, progress, stop, distributed)
+        main = distributed is None or distributed.is_main
+        with hold_folder(run_dir) if main else contextlib.nullcontext():
+            return _continue(run_dir, config, data, vae, resume, progress, stop, distributed)
+
+
+def _continue(
+    run_dir: Path,
+    config: Config,
+    data: Dataset,
+    vae: VAE,
+    resume: TrainState,
+    progress: bool,
+    stop: Callable[[], int | None] | None,
+    distributed: Distributed | None,
+) -> dict[str, Any]:
+    """Put the run folder back as the checkpoint left it, and train on."""
+    if distributed is None or distributed.is_main:
+        remove_partial_writes(run_dir)
+        atomic_write(run_dir / "config.toml", config.to_toml())
+        atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in resume.history))
+        _restore_best(run_dir, vae, config, resume)
+        if progress:
+            device = next(vae.parameters()).device
+            print(
+                f"resuming {run_dir} at epoch {resume.epoch + 1}, step {resume.step} "
+                f"of {config.train.epochs} epochs on {device}",
+                file=sys.stderr,
+            )
+    return _train_into(run_dir, config, data, vae, resume, progress, stop, distributed)
 
 
 def _resumable(run_dir: Path) -> tuple[Config, dict[str, Any]]:
@@ -339,13 +374,22 @@ def _train_into(
                 save_checkpoint(checkpoint, _state(vae, config, e.state))
             e.checkpoint = checkpoint
         raise
-    except TrainingDiverged as e:
-        kept = f"the last good checkpoint, {checkpoint}, is kept"
-        kept = kept if checkpoint.is_file() else "no checkpoint had been written yet"
-        raise TrainingDiverged(f"{e.template}; {kept}", *e.names) from None
+    except (TrainingDiverged, WriteError) as e:
+        raise _saying_what_is_kept(e, checkpoint) from None
     if not main:
         return {}
     return _summarize(out, config, data, vae, history, distributed)
+
+
+def _saying_what_is_kept(error: TrainingDiverged | WriteError, checkpoint: Path) -> PyroVAEError:
+    """``error`` again, its message ending with what is left of the run to continue from."""
+    if not checkpoint.is_file():
+        kept = "no checkpoint had been written yet"
+    elif isinstance(error, WriteError):
+        kept = f"the last checkpoint is kept: continue with pyro-vae train --resume {checkpoint.parent} then"
+    else:
+        kept = f"the last good checkpoint, {checkpoint}, is kept"
+    return type(error)(f"{error.template}; {kept}", *error.names)
 
 
 def _best(history: list[dict]) -> dict | None:

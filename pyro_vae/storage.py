@@ -7,11 +7,15 @@ Python values and are read with ``torch.load(..., weights_only=True)``, which re
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import os
 import pickle
+import socket
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,10 @@ import torch
 from pyro_vae.errors import RunError
 
 __all__ = [
+    "WriteError",
+    "hold_folder",
+    "check_not_held",
+    "LOCK_FILE",
     "atomic_write",
     "remove_partial_writes",
     "save_checkpoint",
@@ -35,14 +43,44 @@ CHECKPOINT_FORMAT = 2
 READABLE_FORMATS = (1, 2)
 
 
+class WriteError(RunError):
+    """A file could not be written (a full disk, a quota, permissions); the previous version is intact."""
+
+
+#: What to do when a write fails for want of space: the error numbers of a full disk and of a quota.
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _write_error(path: Path, error: OSError) -> WriteError:
+    reason = error.strerror or type(error).__name__
+    if error.errno in _NO_SPACE:
+        fix = f"free space in {path.parent} (or write to another folder)"
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = f"make {path.parent} writable (or write to another folder)"
+    else:
+        fix = f"check {path.parent} (or write to another folder)"
+    return WriteError(f"cannot write {path.name} in {path.parent}: {reason}; {fix}")
+
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
 def atomic_write(path: str | Path, payload: bytes | str) -> None:
-    """Write ``payload`` to ``path`` through a temporary file and an atomic rename."""
+    """Write ``payload`` to ``path`` through a temporary file and an atomic rename.
+
+    Raises:
+        WriteError: the file could not be written; ``path`` is as it was, and no temporary file is left.
+    """
     path = Path(path)
     data = payload.encode() if isinstance(payload, str) else payload
+    try:
+        _write_and_rename(path, data)
+    except OSError as e:
+        raise _write_error(path, e) from None
+
+
+def _write_and_rename(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
@@ -69,6 +107,64 @@ def _sync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+#: The lock a process writing a run folder holds: ``pid host`` of that process.
+LOCK_FILE = ".lock"
+
+
+def _holder(folder: Path) -> str | None:
+    """Who holds ``folder``'s lock, ``"process PID on HOST"``, or ``None`` when no live process does."""
+    try:
+        pid_text, _, host = (folder / LOCK_FILE).read_text().strip().partition(" ")
+        pid = int(pid_text)
+    except (OSError, ValueError):  # no lock, or one torn by a crash: nobody holds the folder
+        return None
+    if host == socket.gethostname():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None  # a stale lock: its process is gone
+        except PermissionError:
+            pass  # alive, another user's
+    return f"process {pid} on {host}"
+
+
+def check_not_held(folder: str | Path) -> None:
+    """A :class:`RunError` if another live process holds ``folder`` (see :func:`hold_folder`)."""
+    holder = _holder(Path(folder))
+    if holder is not None and holder != f"process {os.getpid()} on {socket.gethostname()}":
+        raise RunError(
+            f"{folder} is being written by {holder}; wait for that run to end or stop it, or write to another folder"
+        )
+
+
+@contextlib.contextmanager
+def hold_folder(folder: str | Path) -> Iterator[None]:
+    """Hold ``folder``'s lock file while writing it: a second writer is refused; a dead holder's lock is taken over."""
+    folder = Path(folder)
+    _take_lock(folder / LOCK_FILE)
+    try:
+        yield
+    finally:
+        (folder / LOCK_FILE).unlink(missing_ok=True)
+
+
+def _take_lock(path: Path) -> None:
+    """Create the lock file, only if none exists (atomic), after removing one whose process is gone."""
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_UMASK)
+        except FileExistsError:
+            check_not_held(path.parent)  # a live holder: refused
+            path.unlink(missing_ok=True)  # a dead one's: taken over
+            continue
+        except OSError as e:
+            raise _write_error(path, e) from None
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()} {socket.gethostname()}\n")
+        return
+    raise RunError(f"{path.parent}: another process keeps taking its lock ({path}); try again")
 
 
 def remove_partial_writes(folder: str | Path) -> list[Path]:

@@ -348,3 +348,115 @@ def test_a_run_killed_after_its_last_epoch_resumes_to_write_its_summary(tmp_path
     assert again["test_elbo_mc"] == first["test_elbo_mc"] and (tmp_path / "run" / "summary.json").is_file()
     with pytest.raises(RunError, match="has finished its 2 epochs; extend it with epochs=4"):
         resume_run(tmp_path / "run", progress=False)
+
+
+def test_a_full_disk_ends_training_in_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    from pyro_vae import storage
+
+    config = Config.from_dict(
+        {
+            "model": {"latent_dim": 2, "network": {"type": "mlp", "hidden": [8]}},
+            "train": {"epochs": 4, "batch_size": 256, "checkpoint_every": 1},
+        }
+    )
+    replace, written = storage.os.replace, []
+
+    def full_after_first_checkpoint(source, target):
+        if Path(target).name == "checkpoint.pt":
+            if written:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            written.append(target)
+        return replace(source, target)
+
+    monkeypatch.setattr(storage.os, "replace", full_after_first_checkpoint)
+    run = tmp_path / "run"
+    with pytest.raises(storage.WriteError) as info:
+        train_run(config, run, progress=False)
+    assert str(info.value) == (
+        f"cannot write checkpoint.pt in {run}: No space left on device; free space in {run} (or write to another "
+        f"folder); the last checkpoint is kept: continue with pyro-vae train --resume {run} then"
+    )
+    assert not list(run.glob(".*.tmp"))  # the half-written temporary file is gone
+    assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 1
+    monkeypatch.setattr(storage.os, "replace", replace)  # space freed
+    resume_run(run, progress=False)
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="file-size limits are POSIX")
+def test_a_file_size_limit_is_reported_by_the_command_in_one_line(tmp_path):
+    import resource
+
+    def limited():  # in the child: files of at most 100 kB, and a write past it fails instead of killing
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    run = tmp_path / "run"
+    result = subprocess.run(
+        _cli("train", "--epochs", "2", "--quiet", "--out", str(run)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limited,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"cannot write checkpoint.pt in {run}: File too large; free space in {run}" in result.stderr
+    assert not list(run.glob(".*.tmp"))
+
+
+def _lock(folder: Path, pid: int) -> None:
+    import socket
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ".lock").write_text(f"{pid} {socket.gethostname()}\n")
+
+
+def test_a_run_folder_being_written_is_refused_to_a_second_writer(tmp_path):
+    config = Config.from_dict(
+        {"model": {"latent_dim": 2, "network": {"type": "mlp", "hidden": [8]}}, "train": {"epochs": 1}}
+    )
+    run = tmp_path / "run"
+    train_run(config, run, progress=False)
+    assert not (run / ".lock").exists()  # a finished run holds nothing
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _lock(run, holder.pid)
+        before = sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir())
+        message = rf"{run} is being written by process {holder.pid} on .*; wait for that run to end or stop it"
+        with pytest.raises(RunError, match=message):
+            train_run(config, run, overwrite=True, progress=False)
+        with pytest.raises(RunError, match=message):
+            resume_run(run, progress=False, epochs=2)
+        assert sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir()) == before  # nothing touched
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock is stale and taken over
+    resume_run(run, progress=False, epochs=2)
+    assert not (run / ".lock").exists()
+    _lock(tmp_path / "fresh", holder.pid)  # a dead writer's lock alone does not make a folder a run
+    train_run(config, tmp_path / "fresh", progress=False)
+
+
+def test_a_second_command_on_a_run_being_trained_is_refused_in_one_line(tmp_path):
+    run = tmp_path / "run"
+    first = subprocess.Popen(_cli("train", "--epochs", "500", "--quiet", "--out", str(run)), stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / ".lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = subprocess.run(
+            _cli("train", "--epochs", "1", "--quiet", "--out", str(run), "--overwrite"),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert second.returncode == 2 and len(second.stderr.strip().splitlines()) == 1, second.stderr
+        assert f"{run} is being written by process {first.pid} on " in second.stderr
+        assert first.poll() is None and (run / "config.toml").exists()  # the first run goes on, its folder intact
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
