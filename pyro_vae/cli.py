@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pyro_vae.config import Config, apply_overrides, set_key
+from pyro_vae.config import Config, apply_overrides, import_modules, set_key
 from pyro_vae.errors import ConfigError, PyroVAEError, renamed_errors
 from pyro_vae.signals import exit_status
 from pyro_vae.train import TrainingInterrupted
@@ -106,6 +106,15 @@ def _parser() -> argparse.ArgumentParser:
     """The ``pyro-vae`` parser; subcommands are listed in help in the order they are added here."""
     parser = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders as Pyro programs.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first: your own priors, likelihoods, networks or estimators registered there "
+        "(repeatable; a run records it in model.imports)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _train_parser(commands)
     _compare_parser(commands)
@@ -116,6 +125,9 @@ def _parser() -> argparse.ArgumentParser:
     _config_parser(commands)
     for name, command in commands.choices.items():  # the global options work after the command too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        command.add_argument(
+            "--import", dest="imports", action="append", default=argparse.SUPPRESS, metavar="MODULE", help="see --help"
+        )
         if name in ("evaluate", "compare", "plot"):  # a run whose data have moved since it was trained
             command.add_argument("--data-root", type=Path, metavar="DIR", help="where MNIST/raw is now")
             command.add_argument("--dataset", type=Path, metavar="FILE", help="where the run's data file is now")
@@ -370,6 +382,8 @@ def _train_config(args: argparse.Namespace) -> Config:
     for option, key in _TRAIN_OPTIONS.items():
         if getattr(args, option) is not None:
             set_key(values, key, getattr(args, option))
+    recorded = values.setdefault("model", {}).get("imports", [])
+    values["model"]["imports"] = recorded + [m for m in args.imports if m not in recorded]  # evaluate needs them too
     return Config.from_dict(values)
 
 
@@ -593,6 +607,11 @@ def _lost_peer(error: RuntimeError) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pyro-vae`` and ``python -m pyro_vae``; returns the exit status."""
     args = _parser().parse_args(argv)
+    try:
+        import_modules(args.imports, "--import")
+    except PyroVAEError as e:
+        print(f"pyro-vae: error: {e}", file=sys.stderr)
+        return 2
     if getattr(args, "threads", None):
         import torch
 

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import json
 import math
+import os
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,8 +79,11 @@ class ModelConfig:
     network: dict = field(default_factory=lambda: {"type": "mlp"})
     prior: dict = field(default_factory=lambda: {"type": "standard_normal"})
     likelihood: dict = field(default_factory=lambda: {"type": "bernoulli"})
+    # modules imported before the components are looked up: the user's own, registered there (plugins)
+    imports: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        import_modules(self.imports)
         # Components are resolved with their defaults filled in, so a saved config is complete.
         for name, registry in _REGISTRIES.items():
             setattr(self, name, registry.validate(getattr(self, name), f"model.{name}"))
@@ -119,6 +125,24 @@ class TrainConfig:
         }
         for name, registry in registries.items():
             setattr(self, name, registry.validate(getattr(self, name), f"train.{name}"))
+
+
+def import_modules(names: list[str], path: str = "model.imports") -> None:
+    """Import modules that register components (a user's plugins), looking in the current folder too."""
+    for name in names:
+        added = os.getcwd() not in sys.path
+        if added:
+            sys.path.insert(0, os.getcwd())
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # whatever the module raises, the user's fix is in that module or its installation
+            raise ConfigError(
+                f"{path}: cannot import {name!r} ({type(e).__name__}: {e}); "
+                "install it, or put it on PYTHONPATH or in the current folder"
+            ) from None
+        finally:
+            if added:
+                sys.path.remove(os.getcwd())
 
 
 def _field_names(cls: type) -> list[str]:

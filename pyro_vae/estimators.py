@@ -85,7 +85,7 @@ __all__ = [
 BOUNDS: dict[str, str] = {"elbo": "ELBO", "iwae": "IWAE bound"}
 
 #: Estimators by name; each entry is an :class:`Estimator` subclass.
-ESTIMATORS: Registry = Registry("estimator", context=("num_particles",))
+ESTIMATORS: Registry = Registry("estimator", context=("num_particles",), group="pyro_vae.estimators")
 
 
 class _JitTrace_ELBO(JitTrace_ELBO):

@@ -34,7 +34,7 @@ __all__ = [
     "ContinuousBernoulli",
 ]
 
-LIKELIHOODS: Registry = Registry("likelihood", context=("event_shape",))
+LIKELIHOODS: Registry = Registry("likelihood", context=("event_shape",), group="pyro_vae.likelihoods")
 
 
 class Likelihood(nn.Module):

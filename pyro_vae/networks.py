@@ -45,7 +45,7 @@ __all__ = [
     "conv",
 ]
 
-NETWORKS: Registry = Registry("network", context=("event_shape", "latent_dim"))
+NETWORKS: Registry = Registry("network", context=("event_shape", "latent_dim"), group="pyro_vae.networks")
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,

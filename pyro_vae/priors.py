@@ -47,7 +47,7 @@ __all__ = [
     "has_closed_form_kl",
 ]
 
-PRIORS: Registry = Registry("prior", context=("latent_dim", "encoder", "event_shape"))
+PRIORS: Registry = Registry("prior", context=("latent_dim", "encoder", "event_shape"), group="pyro_vae.priors")
 
 Positive = Annotated[float, AtLeast(0, strict=True)]
 

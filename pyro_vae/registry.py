@@ -67,21 +67,52 @@ class Registry(Generic[T]):
         kind: what the registry holds, used in messages (``"prior"``, ``"likelihood"``).
         context: constructor arguments supplied by the library rather than the config
             (for example ``latent_dim``), hidden from users and listings.
+        group: the entry-point group through which installed packages add entries (``"pyro_vae.priors"``):
+            each entry point names a module (or object) whose import registers them. They are loaded
+            the first time a name is not found, or the entries are listed.
     """
 
-    def __init__(self, kind: str, context: tuple[str, ...] = ()) -> None:
+    def __init__(self, kind: str, context: tuple[str, ...] = (), group: str | None = None) -> None:
         self.kind = kind
         self.context = context
+        self.group = group
         self._entries: dict[str, T] = {}
+        self._plugins_loaded = group is None
 
-    def register(self, name: str) -> Callable[[T], T]:
-        """Decorator registering a constructor under ``name`` (re-registering replaces it)."""
+    def register(self, name: str, replace: bool = False) -> Callable[[T], T]:
+        """Decorator registering a constructor under ``name``.
+
+        A name that is taken by another constructor is refused unless ``replace=True``; registering
+        the same constructor again (a module imported twice) changes nothing.
+        """
 
         def decorator(constructor: T) -> T:
+            existing = self._entries.get(name)
+            if existing is not None and not replace and _where(existing) != _where(constructor):
+                raise ConfigError(
+                    f"{self.kind} {name!r} is already registered ({_where(existing)}); "
+                    f"choose another name, or register({name!r}, replace=True) to replace it"
+                )
             self._entries[name] = constructor
             return constructor
 
         return decorator
+
+    def load_plugins(self) -> None:
+        """Import what the installed packages' entry points of :attr:`group` name (once)."""
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        from importlib.metadata import entry_points
+
+        for point in entry_points(group=self.group):
+            try:
+                point.load()
+            except Exception as e:  # any failure of a third party's import means the same to the user
+                raise ConfigError(
+                    f"the {self.group} plugin {point.name!r} ({point.value}) failed to load: "
+                    f"{type(e).__name__}: {e}; fix or uninstall the package that provides it"
+                ) from None
 
     def unregister(self, name: str) -> None:
         """Remove an entry (a no-op if there is none)."""
@@ -91,13 +122,16 @@ class Registry(Generic[T]):
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
+        self.load_plugins()
+        return iter(list(self._entries))
 
     def names(self) -> list[str]:
-        return list(self._entries)
+        return list(self)
 
     def get(self, name: str, path: str = "type") -> T:
         """The constructor registered under ``name``; a :class:`ConfigError` naming the known ones otherwise."""
+        if isinstance(name, str) and name not in self._entries:
+            self.load_plugins()
         if not isinstance(name, str) or name not in self._entries:
             raise ConfigError(f"{path}: unknown {self.kind} type {name!r}; known: {', '.join(self._entries)}")
         return self._entries[name]
@@ -151,6 +185,11 @@ class Registry(Generic[T]):
         context = {k: v for k, v in context.items() if k in accepted}
         params = {k: v for k, v in spec.items() if k != "type"}
         return constructor(**context, **params)
+
+
+def _where(constructor: Any) -> str:
+    """Where a constructor is defined, ``module.qualname``: the same for the same code imported twice."""
+    return f"{getattr(constructor, '__module__', '?')}.{getattr(constructor, '__qualname__', repr(constructor))}"
 
 
 def _plain(value: Any) -> Any:

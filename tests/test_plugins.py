@@ -1,0 +1,97 @@
+"""A user's own components: registered from their module (--import) or their package (entry points).
+
+A run trained with a plugin records what it needs, so that evaluate, plot and compare work on it
+from the command line as on any other run; a name that is taken is never replaced silently.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from pyro_vae import PRIORS
+from pyro_vae.errors import ConfigError
+from pyro_vae.priors import StandardNormal
+
+CAUCHY = textwrap.dedent(
+    """
+    import pyro.distributions as dist
+    import torch
+
+    from pyro_vae.priors import PRIORS, Prior
+
+
+    @PRIORS.register("cauchy_plugin")
+    class Cauchy(Prior):
+        def __init__(self, latent_dim: int, scale: float = 1.0) -> None:
+            super().__init__(latent_dim)
+            self.register_buffer("loc", torch.zeros(latent_dim))
+            self.register_buffer("scale", torch.full((latent_dim,), scale))
+
+        def forward(self):
+            return dist.Cauchy(self.loc, self.scale).to_event(1)
+    """
+)
+SMALL = ["--epochs", "1", "--hidden", "16", "--latent-dim", "2", "--batch-size", "256", "--quiet"]
+
+
+def cli(*args, cwd, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "pyro_vae", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.slow  # training, then evaluate, plot and compare, each in its own interpreter
+def test_a_run_with_an_imported_prior_is_evaluated_plotted_and_compared(tmp_path):
+    (tmp_path / "my_priors.py").write_text(CAUCHY)
+    trained = cli("train", "--import", "my_priors", "--prior", "cauchy_plugin", *SMALL, "--out", "run", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert 'imports = ["my_priors"]' in (tmp_path / "run" / "config.toml").read_text()
+    for command in (["evaluate", "run"], ["plot", "run"], ["compare", "run", "--repeats", "2", "--particles", "1"]):
+        result = cli(*command, cwd=tmp_path)  # no --import: the run says what to import
+        assert result.returncode == 0, (command, result.stderr)
+    listed = cli("--import", "my_priors", "priors", cwd=tmp_path)
+    assert "cauchy_plugin" in listed.stdout
+    missing = cli("train", "--import", "no_such_module", *SMALL, cwd=tmp_path)
+    assert missing.returncode == 2 and "--import: cannot import 'no_such_module'" in missing.stderr
+
+
+@pytest.mark.slow  # five interpreters
+def test_an_installed_package_adds_a_prior_through_its_entry_point(tmp_path):
+    site = tmp_path / "site"
+    (site / "cauchy_package-1.0.dist-info").mkdir(parents=True)
+    (site / "cauchy_package.py").write_text(CAUCHY)
+    (site / "cauchy_package-1.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: cauchy-package\nVersion: 1.0\n"
+    )
+    (site / "cauchy_package-1.0.dist-info" / "entry_points.txt").write_text(
+        "[pyro_vae.priors]\ncauchy_plugin = cauchy_package\n"
+    )
+    env = {"PYTHONPATH": str(site)}
+    assert "cauchy_plugin" in cli("priors", cwd=tmp_path, env=env).stdout
+    trained = cli("train", "--prior", "cauchy_plugin", *SMALL, "--out", "run", cwd=tmp_path, env=env)
+    assert trained.returncode == 0, trained.stderr
+    assert cli("evaluate", "run", cwd=tmp_path, env=env).returncode == 0
+    without = cli("evaluate", "run", cwd=tmp_path)  # the package is gone: one line, naming the type
+    assert without.returncode == 2 and "unknown prior type 'cauchy_plugin'" in without.stderr
+
+
+def test_a_taken_name_is_refused_unless_replacing_is_asked_for():
+    class Other(StandardNormal):
+        pass
+
+    with pytest.raises(ConfigError, match=r"prior 'standard_normal' is already registered .*replace=True"):
+        PRIORS.register("standard_normal")(Other)
+    PRIORS.register("standard_normal")(StandardNormal)  # the same class again: nothing changes
+    try:
+        PRIORS.register("standard_normal", replace=True)(Other)
+        assert PRIORS.get("standard_normal") is Other
+    finally:
+        PRIORS.register("standard_normal", replace=True)(StandardNormal)
