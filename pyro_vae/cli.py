@@ -99,6 +99,7 @@ _TRAIN_OPTIONS: dict[str, str] = {
     "checkpoint_every": "train.checkpoint_every",
     "clip_grad_norm": "train.clip_grad_norm",
     "device": "train.device",
+    "log": "train.log",
 }
 
 
@@ -174,6 +175,12 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
         "with --epochs N, extend a run, finished or not, to N epochs",
     )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--log",
+        choices=["none", "tensorboard"],
+        help="tensorboard: also write the metrics and pictures as TensorBoard events into RUN_DIR/tensorboard "
+        "(pip install 'pyro-vae[tensorboard]')",
+    )
     g = train.add_argument_group("data")
     g.add_argument("--dataset", help="digits, mnist, or a .npy/.npz/.pt file")
     g.add_argument("--data-root", help="folder holding MNIST/raw")

@@ -116,6 +116,7 @@ class TrainConfig:
     snapshots: list[Annotated[int, AtLeast(1)]] = field(default_factory=list)
     clip_grad_norm: Annotated[float, AtLeast(0)] = 0.0  # largest total gradient norm of a step; 0: no clipping
     device: str = "auto"
+    log: Literal["none", "tensorboard"] = "none"  # tensorboard: metrics and pictures as TensorBoard events too
 
     def __post_init__(self) -> None:
         registries: dict[str, Registry] = {

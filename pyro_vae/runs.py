@@ -48,6 +48,7 @@ from pyro_vae.storage import (
     remove_partial_writes,
     save_checkpoint,
 )
+from pyro_vae.tensorboard import TensorBoard, check_tensorboard
 from pyro_vae.train import (
     TrainingDiverged,
     TrainingInterrupted,
@@ -142,6 +143,8 @@ def train_run(
         check_data_parallel(distributed, t.jit, t.compile)
         if t.free_bits:
             check_free_bits_prior(vae)
+        if t.log == "tensorboard":
+            check_tensorboard()
         # (in a job, the processes agree on a stop at the first step)
         signum = stop() if stop is not None and distributed is None else None
         if signum is not None:  # asked to stop before anything was written: write nothing
@@ -342,19 +345,13 @@ def _train_into(
     main = distributed is None or distributed.is_main
     lines = [json.dumps(m) for m in resume.history] if resume else []
     checkpoint = out / "checkpoint.pt"
+    board = TensorBoard(out) if main and t.log == "tensorboard" else None
 
     def on_epoch(metrics: dict, optimizer: torch.optim.Optimizer) -> None:
         lines.append(json.dumps(metrics))
         atomic_write(out / "metrics.jsonl", "\n".join(lines) + "\n")
-
-    def on_checkpoint(state: TrainState) -> None:
-        last = state.epoch == t.epochs or 0 < t.early_stopping <= state.waited
-        if last or (t.checkpoint_every and state.epoch % t.checkpoint_every == 0):
-            save_checkpoint(checkpoint, _state(vae, config, state))
-        if state.best and state.best["epoch"] == state.epoch:
-            _save_best(out, vae, config, state.best)
-        if state.epoch in t.snapshots:
-            _save_snapshot(out, vae, config, state)
+        if board is not None:
+            board.epoch(metrics)
 
     try:
         history = fit(
@@ -363,11 +360,15 @@ def _train_into(
             **_fit_options(t),
             progress=progress,
             on_epoch=on_epoch if main else None,
-            on_checkpoint=on_checkpoint if main else None,
+            on_checkpoint=_checkpointer(out, config, vae) if main else None,
             resume=resume,
             stop=stop,
             distributed=distributed,
         )
+        summary = _summarize(out, config, data, vae, history, distributed) if main else {}
+        if board is not None:
+            board.pictures(out, summary["files"], len(history))
+        return summary
     except TrainingInterrupted as e:
         if e.state is not None:
             if main:
@@ -376,9 +377,25 @@ def _train_into(
         raise
     except (TrainingDiverged, WriteError) as e:
         raise _saying_what_is_kept(e, checkpoint) from None
-    if not main:
-        return {}
-    return _summarize(out, config, data, vae, history, distributed)
+    finally:
+        if board is not None:
+            board.close()
+
+
+def _checkpointer(out: Path, config: Config, vae: VAE) -> Callable[[TrainState], None]:
+    """What a run writes after each epoch: its checkpoint as configured, its best model, its snapshots."""
+    t = config.train
+
+    def on_checkpoint(state: TrainState) -> None:
+        last = state.epoch == t.epochs or 0 < t.early_stopping <= state.waited
+        if last or (t.checkpoint_every and state.epoch % t.checkpoint_every == 0):
+            save_checkpoint(out / "checkpoint.pt", _state(vae, config, state))
+        if state.best and state.best["epoch"] == state.epoch:
+            _save_best(out, vae, config, state.best)
+        if state.epoch in t.snapshots:
+            _save_snapshot(out, vae, config, state)
+
+    return on_checkpoint
 
 
 def _saying_what_is_kept(error: TrainingDiverged | WriteError, checkpoint: Path) -> PyroVAEError:
