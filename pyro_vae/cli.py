@@ -127,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, command in commands.choices.items():  # the global options work after the command too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         command.add_argument(
-            "--import", dest="imports", action="append", default=argparse.SUPPRESS, metavar="MODULE", help="see --help"
+            "--import", dest="more_imports", action="append", default=[], metavar="MODULE", help="see pyro-vae --help"
         )
         if name in ("evaluate", "compare", "plot"):  # a run whose data have moved since it was trained
             command.add_argument("--data-root", type=Path, metavar="DIR", help="where MNIST/raw is now")
@@ -614,8 +614,9 @@ def _lost_peer(error: RuntimeError) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pyro-vae`` and ``python -m pyro_vae``; returns the exit status."""
     args = _parser().parse_args(argv)
+    args.imports += [m for m in getattr(args, "more_imports", []) if m not in args.imports]  # before or after COMMAND
     try:
-        import_modules(args.imports, "--import")
+        import_modules(args.imports, "--import", search_current_folder=True)
     except PyroVAEError as e:
         print(f"pyro-vae: error: {e}", file=sys.stderr)
         return 2

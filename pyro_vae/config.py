@@ -128,10 +128,15 @@ class TrainConfig:
             setattr(self, name, registry.validate(getattr(self, name), f"train.{name}"))
 
 
-def import_modules(names: list[str], path: str = "model.imports") -> None:
-    """Import modules that register components (a user's plugins), looking in the current folder too."""
+def import_modules(names: list[str], path: str = "model.imports", search_current_folder: bool = False) -> None:
+    """Import modules that register components (a user's plugins).
+
+    ``search_current_folder`` (``--import``, the user's own request) looks in the current folder
+    too; a config's ``model.imports`` alone does not, so that a run folder received from someone
+    else cannot make ``evaluate`` run a ``.py`` file shipped beside it.
+    """
     for name in names:
-        added = os.getcwd() not in sys.path
+        added = search_current_folder and os.getcwd() not in sys.path
         if added:
             sys.path.insert(0, os.getcwd())
         try:

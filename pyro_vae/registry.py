@@ -119,6 +119,8 @@ class Registry(Generic[T]):
         self._entries.pop(name, None)
 
     def __contains__(self, name: object) -> bool:
+        if isinstance(name, str) and name not in self._entries:
+            self.load_plugins()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:

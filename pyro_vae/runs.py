@@ -88,8 +88,14 @@ def _prepare_folder(out: Path, overwrite: bool) -> None:
                 "refusing to delete it: choose another folder",
                 "out",
             )
-        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def _clear_folder(out: Path) -> None:
+    """Delete an earlier run's files from ``out`` (its lock, which this process holds now, stays)."""
+    for path in out.iterdir():
+        if path.name != LOCK_FILE:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
 def caption(config: Config) -> str:
@@ -152,8 +158,9 @@ def train_run(
         if main:
             check_not_held(out)  # before --overwrite deletes anything of a run being written
             _prepare_folder(out, overwrite)
-        with hold_folder(out) if main else contextlib.nullcontext():
+        with hold_folder(out) if main else contextlib.nullcontext():  # then deleting is this process's alone
             if main:
+                _clear_folder(out)
                 atomic_write(out / "config.toml", config.to_toml())
             if progress and main:
                 _announce(config, data, device, out, world_size if distributed else 0)
@@ -222,6 +229,8 @@ def resume_run(
     config, state = _resumable(run_dir)
     resume = TrainState.from_dict(state["train"])
     config = _extended(run_dir, config, resume, epochs)
+    if config.train.log == "tensorboard":
+        check_tensorboard()
     with renamed_errors(config_names()), _job(config.train.device) as (device, distributed):
         check_world_size(resume, distributed.world_size if distributed else 1, run_dir)  # before anything is written
         data = load_data(config, device)
@@ -244,6 +253,7 @@ def _continue(
     """Put the run folder back as the checkpoint left it, and train on."""
     if distributed is None or distributed.is_main:
         remove_partial_writes(run_dir)
+        (run_dir / "summary.json").unlink(missing_ok=True)  # until it is written again, the run is not finished
         atomic_write(run_dir / "config.toml", config.to_toml())
         atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in resume.history))
         _restore_best(run_dir, vae, config, resume)
@@ -309,6 +319,12 @@ def _extended(run_dir: Path, config: Config, resume: TrainState, epochs: int | N
             f"{resume.best['epoch']}; train a new run to change train.early_stopping",
             "run_dir",
         )
+    if epochs is not None and t.lr_schedule["type"] == "cosine":
+        raise RunError(
+            f"{{run_dir}} {run_dir} follows a cosine learning-rate schedule shaped by its {t.epochs} epochs; "
+            "extending it would raise the learning rate again: train a new run with more epochs",
+            "run_dir",
+        )
     if epochs is not None and epochs <= resume.epoch:
         raise RunError(
             f"{{epochs}} {epochs} is not more than the {resume.epoch} epochs {run_dir} has trained; give more",
@@ -345,7 +361,7 @@ def _train_into(
     main = distributed is None or distributed.is_main
     lines = [json.dumps(m) for m in resume.history] if resume else []
     checkpoint = out / "checkpoint.pt"
-    board = TensorBoard(out) if main and t.log == "tensorboard" else None
+    board = TensorBoard(out, resume.epoch + 1 if resume else None) if main and t.log == "tensorboard" else None
 
     def on_epoch(metrics: dict, optimizer: torch.optim.Optimizer) -> None:
         lines.append(json.dumps(metrics))

@@ -14,6 +14,7 @@ import os
 import pickle
 import socket
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,11 +116,14 @@ LOCK_FILE = ".lock"
 
 def _holder(folder: Path) -> str | None:
     """Who holds ``folder``'s lock, ``"process PID on HOST"``, or ``None`` when no live process does."""
+    lock = folder / LOCK_FILE
     try:
-        pid_text, _, host = (folder / LOCK_FILE).read_text().strip().partition(" ")
+        pid_text, _, host = lock.read_text().strip().partition(" ")
         pid = int(pid_text)
-    except (OSError, ValueError):  # no lock, or one torn by a crash: nobody holds the folder
+    except OSError:  # no lock
         return None
+    except ValueError:  # being written this instant, or torn by a crash long ago
+        return "a process starting this instant" if _age(lock) < 5 else None
     if host == socket.gethostname():
         try:
             os.kill(pid, 0)
@@ -130,12 +134,20 @@ def _holder(folder: Path) -> str | None:
     return f"process {pid} on {host}"
 
 
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return float("inf")
+
+
 def check_not_held(folder: str | Path) -> None:
     """A :class:`RunError` if another live process holds ``folder`` (see :func:`hold_folder`)."""
     holder = _holder(Path(folder))
     if holder is not None and holder != f"process {os.getpid()} on {socket.gethostname()}":
         raise RunError(
-            f"{folder} is being written by {holder}; wait for that run to end or stop it, or write to another folder"
+            f"{folder} is being written by {holder}; wait for that run to end or stop it, or write to another "
+            f"folder (if that process is gone, as after a machine restarts, delete {Path(folder) / LOCK_FILE})"
         )
 
 

@@ -33,11 +33,12 @@ def check_tensorboard() -> None:
 class TensorBoard:
     """Writes a run's metrics and pictures as TensorBoard events into ``run_dir/tensorboard``."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, first_epoch: int | None = None) -> None:
+        """``first_epoch``: a resumed run's first epoch; events of it and later ones, left by the killed run, go."""
         check_tensorboard()
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(Path(run_dir) / LOG_FOLDER))
+        self.writer = SummaryWriter(str(Path(run_dir) / LOG_FOLDER), purge_step=first_epoch)
 
     def epoch(self, metrics: dict[str, Any]) -> None:
         """One epoch's metrics: numbers as scalars (``elbo/train_elbo``, ...), the KL per dimension as a histogram."""

@@ -460,3 +460,15 @@ def test_a_second_command_on_a_run_being_trained_is_refused_in_one_line(tmp_path
     finally:
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=120)
+
+
+def test_a_cosine_schedule_is_not_extended(tmp_path):
+    config = Config.from_dict(
+        {
+            "model": {"latent_dim": 2, "network": {"type": "mlp", "hidden": [8]}},
+            "train": {"epochs": 2, "batch_size": 256, "lr_schedule": {"type": "cosine"}},
+        }
+    )
+    train_run(config, tmp_path / "run", progress=False)
+    with pytest.raises(RunError, match="cosine learning-rate schedule shaped by its 2 epochs"):
+        resume_run(tmp_path / "run", progress=False, epochs=4)

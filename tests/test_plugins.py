@@ -95,3 +95,14 @@ def test_a_taken_name_is_refused_unless_replacing_is_asked_for():
         assert PRIORS.get("standard_normal") is Other
     finally:
         PRIORS.register("standard_normal", replace=True)(StandardNormal)
+
+
+def test_imports_before_and_after_the_command_are_all_imported(tmp_path, monkeypatch):
+    from pyro_vae.cli import main
+
+    for name in ("before_module", "after_module"):
+        (tmp_path / f"{name}.py").write_text("IMPORTED = True\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert main(["--import", "before_module", "config", "--import", "after_module"]) == 0
+    assert "before_module" in sys.modules and "after_module" in sys.modules
