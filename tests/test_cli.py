@@ -114,10 +114,16 @@ def test_debug_works_after_the_command_too(trained, tmp_path):
         main(["evaluate", str(copy), "--debug"])
 
 
-def test_threads_sets_torchs_threads_and_training_says_how_many(tmp_path):
-    result = run("train", *SMALL[:-1], "--epochs", "1", "--threads", "1", "--out", tmp_path / "run")
-    assert result.returncode == 0, result.stderr
-    assert "on cpu (1 CPU thread; --threads N sets it)" in result.stderr
+def test_threads_sets_torchs_threads_and_training_says_how_many(tmp_path, capsys):
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        assert main(["train", *SMALL[:-1], "--epochs", "1", "--threads", "1", "--out", str(tmp_path / "run")]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert "on cpu (1 CPU thread; --threads N sets it)" in capsys.readouterr().err
     assert "--threads N" in run("train", "--help").stdout
 
 
@@ -145,22 +151,23 @@ def test_plot_reads_what_it_can_of_a_torn_metrics_file(trained, tmp_path, capsys
     assert (copy / "curves.png").is_file()
 
 
-def test_a_run_records_its_data_from_anywhere_and_reads_moved_data(tmp_path):
+def test_a_run_records_its_data_from_anywhere_and_reads_moved_data(tmp_path, monkeypatch, capsys):
     import numpy as np
 
     work = tmp_path / "work"
     work.mkdir()
     np.save(work / "points.npy", np.random.default_rng(0).random((400, 4, 4)).astype(np.float32))
-    assert run("train", *SMALL[:-1], "--dataset", "points.npy", "--out", "run", cwd=work).returncode == 0
+    monkeypatch.chdir(work)
+    assert main(["train", *SMALL, "--dataset", "points.npy", "--out", "run"]) == 0
     recorded = (work / "run" / "config.toml").read_text()
     assert f'dataset = "{work / "points.npy"}"' in recorded and f'data_root = "{work / "data"}"' in recorded
-    assert run("evaluate", work / "run", cwd=tmp_path).returncode == 0  # from another folder
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", str(work / "run")]) == 0  # from another folder
     (work / "points.npy").rename(tmp_path / "moved.npy")
-    missing = run("evaluate", work / "run", cwd=tmp_path)
-    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    capsys.readouterr()
+    assert main(["evaluate", str(work / "run")]) == 2 and "does not exist" in capsys.readouterr().err
     for command in ("evaluate", "plot"):
-        moved = run(command, work / "run", "--dataset", tmp_path / "moved.npy", cwd=tmp_path)
-        assert moved.returncode == 0, moved.stderr
+        assert main([command, str(work / "run"), "--dataset", str(tmp_path / "moved.npy")]) == 0
 
 
 def test_config_prints_the_resolved_configuration(tmp_path, capsys):
