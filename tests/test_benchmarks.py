@@ -16,17 +16,17 @@ TABLES = [
 ]
 
 
+def run_benchmark(script, *args, cwd, timeout=300, warnings_as_errors=False):
+    """A benchmark script run as a user runs it; ``warnings_as_errors`` holds it (and its children) to the suite's."""
+    env = {**os.environ, "PYTHONWARNINGS": "error"} if warnings_as_errors else None
+    command = [sys.executable, str(SPEED.parent / script), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
+
+
 @pytest.mark.slow  # two interpreters (the memory part runs in its own) and JIT compilation: about 10 s
 def test_speed_benchmark_runs_in_smoke_mode(tmp_path):
     # PYTHONWARNINGS reaches the memory part's process too: the benchmark is held to the suite's warnings-as-errors.
-    result = subprocess.run(
-        [sys.executable, str(SPEED), "--smoke"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-        env={**os.environ, "PYTHONWARNINGS": "error"},
-    )
+    result = run_benchmark("speed.py", "--smoke", cwd=tmp_path, warnings_as_errors=True)
     assert result.returncode == 0, result.stderr
     for title in TABLES:
         assert title in result.stdout, f"missing table {title!r} in:\n{result.stdout}"
@@ -36,14 +36,7 @@ def test_speed_benchmark_runs_in_smoke_mode(tmp_path):
 
 @pytest.mark.slow  # three one-epoch runs on the digits
 def test_estimator_benchmark_runs_in_smoke_mode(tmp_path):
-    script = SPEED.parent / "estimators.py"
-    result = subprocess.run(
-        [sys.executable, str(script), "--smoke", "--out", str(tmp_path / "runs")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-    )
+    result = run_benchmark("estimators.py", "--smoke", "--out", tmp_path / "runs", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for name in ("analytic", "iwae", "dreg"):
         assert f"\n{name} " in result.stdout, result.stdout
@@ -54,16 +47,9 @@ def test_estimator_benchmark_runs_in_smoke_mode(tmp_path):
 def test_quality_benchmark_runs_every_preset_in_smoke_mode(tmp_path):
     import json
 
-    script = SPEED.parent / "quality.py"
     out = tmp_path / "quality"
-    result = subprocess.run(
-        [sys.executable, str(script), "--smoke", "--budget", "full", "--out", str(out), "--quiet"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=600,
-        env={**os.environ, "PYTHONWARNINGS": "error"},
-    )
+    options = ["--smoke", "--budget", "full", "--out", out, "--quiet"]
+    result = run_benchmark("quality.py", *options, cwd=tmp_path, timeout=600, warnings_as_errors=True)
     assert result.returncode == 0, result.stderr
     rows = json.loads((out / "results.json").read_text())
     presets = ["burda2016-vae", "burda2016-iwae5", "burda2016-iwae50", "tomczak2018-standard", "tomczak2018-vamp"]
