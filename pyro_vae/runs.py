@@ -505,7 +505,7 @@ def _summarize(
 ) -> dict[str, Any]:
     """Keep the best model, draw the pictures of a trained run, evaluate it on the test set, write its summary."""
     t = config.train
-    best = _best(history)
+    best, seconds = _best(history), sum(m["seconds"] for m in history)
     if best is not None:  # fit left the best epoch's parameters in vae; written again for a run killed after them
         _save_best(out, vae, config, {"epoch": best["epoch"], "value": best["validation_elbo"]})
     vae.eval()
@@ -519,8 +519,8 @@ def _summarize(
         "num_test": len(data.test),
         "epochs": len(history),
         **({"best_epoch": best["epoch"], "validation_elbo": best["validation_elbo"]} if best else {}),
-        "seconds": sum(m["seconds"] for m in history),  # the whole run's training, across resumes and extensions
-        "train_seconds": sum(m["seconds"] for m in history),  # the same, under the name the benchmarks use
+        "seconds": seconds,  # the whole run's training, across resumes and extensions
+        "train_seconds": seconds,  # the same, under the name the benchmarks use
         "train_elbo": (best or history[-1])["train_elbo"],  # of the epoch whose model this is
         "train_objective": training_objective(t.elbo, t.beta, t.kl_warmup, t.free_bits),
         **{f"test_{k}": v for k, v in final.items() if k != "num_examples"},
