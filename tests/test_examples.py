@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbclient  # the test extra: pip install -e '.[test]'
+import nbformat
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -36,3 +38,23 @@ def test_example_runs_in_smoke_mode(name, tmp_path):
     assert result.stdout.strip()
     # what an example writes goes under runs/ (ignored by git), or where --out says
     assert {p.name for p in tmp_path.iterdir()} <= {"runs", *SMOKE_RUNS[name][1:]}
+
+
+def test_notebook_is_stored_without_outputs():
+    notebook = nbformat.read(EXAMPLES / "tutorial.ipynb", as_version=4)
+    nbformat.validate(notebook)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
+
+
+@pytest.mark.slow  # the tutorial trains five small models on the digits: about half a minute
+def test_notebook_runs_top_to_bottom(tmp_path):
+    notebook = nbformat.read(EXAMPLES / "tutorial.ipynb", as_version=4)
+    client = nbclient.NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute()  # raises CellExecutionError, with the cell and its traceback, if any cell fails
+    pictures = {p.name for p in (tmp_path / "runs" / "tutorial").iterdir()}
+    assert pictures == {"curves.png", "latent_spaces.png", "vamp_samples.png"}
+    printed = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
+    assert "closed form - sampled" in printed and "K = 1000" in printed
