@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test test-fast bench quality lint clean
+.PHONY: demo test test-fast bench quality docs lint clean FORCE
 
 # Re-install when the package metadata changes; the stamp records a finished install.
 $(VENV)/.installed: pyproject.toml
@@ -15,17 +15,57 @@ demo: $(VENV)/.installed  ## train on the bundled digits into runs/demo and prin
 	$(BIN)/pyro-vae train --out runs/demo --overwrite
 	$(BIN)/pyro-vae evaluate runs/demo --num-particles 10
 
+# Tests run in two processes of one thread each (pytest-xdist): TEST_WORKERS=0 runs them in this one.
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.installed  ## the whole test suite
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 test-fast: $(VENV)/.installed  ## everything but the slow tier
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 bench: $(VENV)/.installed  ## speed against a hand-written PyTorch VAE: steps, epochs, memory, log-likelihood, torch.compile (about 5 minutes)
 	$(BIN)/python benchmarks/speed.py
 
 quality: $(VENV)/.installed  ## the published MNIST log-likelihoods at the CPU budget: README "How good are the models?" (hours; resumes)
 	$(BIN)/python benchmarks/quality.py --jobs 2
+
+# Every picture in docs/, drawn again by the command the README names beside it. `make docs` draws them
+# all (about 45 minutes on 2 cores, most of it MNIST); `make docs/swap_priors.png` draws one.
+DATA ?= ../shared/data
+DOCS := analytic_vs_mc compare gradient_snr_digits gradient_snr_mnist posterior_collapse \
+        latent_space_with_without_kl swap_priors mnist-2d-manifold mnist-2d-samples
+PY   := $(BIN)/python
+
+docs: $(DOCS:%=docs/%.png)  ## every picture the README shows, redrawn (about 45 minutes; MNIST from ../shared/data)
+
+docs/analytic_vs_mc.png: $(VENV)/.installed FORCE
+	$(PY) examples/analytic_vs_mc.py --out $@
+docs/compare.png: $(VENV)/.installed FORCE
+	$(BIN)/pyro-vae train --out runs/demo --overwrite
+	$(BIN)/pyro-vae compare runs/demo --estimators mc,analytic
+	cp runs/demo/compare.png $@
+docs/gradient_snr_digits.png: $(VENV)/.installed FORCE
+	$(PY) examples/gradient_snr.py --epochs 50 --out runs/gradient_snr_digits
+	cp runs/gradient_snr_digits/snr.png $@
+docs/gradient_snr_mnist.png: $(VENV)/.installed FORCE
+	$(PY) benchmarks/estimators.py --data-root $(DATA)
+	$(PY) examples/gradient_snr.py --run runs/estimators/analytic --out runs/gradient_snr
+	cp runs/gradient_snr/snr.png $@
+docs/posterior_collapse.png: $(VENV)/.installed FORCE
+	$(PY) examples/posterior_collapse.py --data-root $(DATA)
+	cp runs/posterior_collapse/collapse.png $@
+docs/latent_space_with_without_kl.png: $(VENV)/.installed FORCE
+	$(PY) examples/latent_space_with_without_kl.py --dataset mnist --data-root $(DATA) --epochs 20 --out $@
+docs/swap_priors.png: $(VENV)/.installed FORCE
+	$(PY) examples/swap_priors.py --dataset mnist --data-root $(DATA) --epochs 10 --out $@
+docs/mnist-2d-manifold.png docs/mnist-2d-samples.png &: $(VENV)/.installed FORCE
+	$(BIN)/pyro-vae train --dataset mnist --data-root $(DATA) --latent-dim 2 --hidden 512,256 --epochs 20 \
+		--out runs/mnist-2d --overwrite
+	cp runs/mnist-2d/manifold.png docs/mnist-2d-manifold.png
+	cp runs/mnist-2d/samples.png docs/mnist-2d-samples.png
+
+FORCE:
 
 lint: $(VENV)/.installed  ## ruff: style and formatting at 120 columns (installs the dev extra)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'

@@ -236,7 +236,7 @@ def plot_curves(
             if all(key in h for h in history):
                 name = _curve_label(key)
                 values = [h[key] for h in history]
-                ax.plot(epochs, values, style, color=f"C{i}", label=f"{label} ({name})" if label else name, **marks)
+                ax.plot(epochs, values, style, color=f"C{i}", label=f"{label}: {name}" if label else name, **marks)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("ELBO (nats per data point)")

@@ -1,5 +1,7 @@
 """Every test starts from the same state: empty param store, fixed seeds, validation on."""
 
+import os
+
 import pyro
 import pytest
 import torch
@@ -8,6 +10,11 @@ from hypothesis import settings
 # Property tests are reproducible: the same examples on every run and machine.
 settings.register_profile("pyro_vae", derandomize=True, deadline=None, max_examples=200)
 settings.load_profile("pyro_vae")
+
+# Under pytest-xdist (make test runs two workers) each worker takes one thread: two workers of two
+# threads each on two cores slow each other down several times over.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

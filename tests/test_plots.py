@@ -52,6 +52,14 @@ def test_draw_pictures_leaves_the_backend_alone(tmp_path, figures):
     assert "pyplot" not in inspect.getsource(plots)
 
 
+def test_curves_of_several_runs_name_the_run_then_the_metric(tmp_path, figures):
+    history = [{"epoch": e, "train_elbo": -40.0 + e, "test_elbo": -41.0 + e} for e in (1, 2)]
+    plots.plot_curves({"mc": history, "analytic": history}, tmp_path / "curves.png")
+    assert _legend(figures[-1]) == [
+        ["mc: train (training objective)", "mc: test", "analytic: train (training objective)", "analytic: test"]
+    ]
+
+
 def test_gradient_variance_has_a_line_per_estimator(tmp_path, figures):
     rows = [
         {"estimator": name, "num_particles": n, "grad_variance": {"encoder": 1.0 / n, "decoder": 2.0 / n}}
