@@ -1,6 +1,6 @@
 """Train the same VAE with the Monte Carlo and the analytic-KL ELBO from the same seed, and compare.
 
-    python examples/analytic_vs_mc.py                    # digits, 60 epochs each (about half a minute)
+    python examples/analytic_vs_mc.py                    # digits, 60 epochs each (about 20 s)
     python examples/analytic_vs_mc.py --smoke            # two epochs, seconds
     python examples/analytic_vs_mc.py --dataset mnist --data-root ../shared/data --epochs 20
 

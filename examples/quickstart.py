@@ -1,6 +1,6 @@
 """Quickstart: build, train, evaluate and sample a VAE from Python.
 
-    python examples/quickstart.py            # 50 epochs on the bundled digits (about 10 s)
+    python examples/quickstart.py            # 50 epochs on the bundled digits (about 15 s)
     python examples/quickstart.py --smoke    # one epoch, a second or two
     python examples/quickstart.py --dataset mnist --data-root ../shared/data
 
