@@ -59,7 +59,8 @@ docs/latent_space_with_without_kl.png: $(VENV)/.installed FORCE
 	$(PY) examples/latent_space_with_without_kl.py --dataset mnist --data-root $(DATA) --epochs 20 --out $@
 docs/swap_priors.png: $(VENV)/.installed FORCE
 	$(PY) examples/swap_priors.py --dataset mnist --data-root $(DATA) --epochs 10 --out $@
-docs/mnist-2d-manifold.png docs/mnist-2d-samples.png &: $(VENV)/.installed FORCE
+docs/mnist-2d-samples.png: docs/mnist-2d-manifold.png  # one training run draws both
+docs/mnist-2d-manifold.png: $(VENV)/.installed FORCE
 	$(BIN)/pyro-vae train --dataset mnist --data-root $(DATA) --latent-dim 2 --hidden 512,256 --epochs 20 \
 		--out runs/mnist-2d --overwrite
 	cp runs/mnist-2d/manifold.png docs/mnist-2d-manifold.png
