@@ -31,13 +31,13 @@ quality: $(VENV)/.installed  ## the published MNIST log-likelihoods at the CPU b
 	$(BIN)/python benchmarks/quality.py --jobs 2
 
 # Every picture in docs/, drawn again by the command the README names beside it. `make docs` draws them
-# all (about an hour on 2 cores, most of it MNIST); `make docs/swap_priors.png` draws one.
+# all (29 minutes on 2 cores, most of it MNIST; README "Pictures"); `make docs/swap_priors.png` draws one.
 DATA ?= ../shared/data
 DOCS := analytic_vs_mc compare gradient_snr_digits gradient_snr_mnist posterior_collapse \
         latent_space_with_without_kl swap_priors mnist-2d-manifold mnist-2d-samples
 PY   := $(BIN)/python
 
-docs: $(DOCS:%=docs/%.png)  ## every picture the README shows, redrawn (about an hour; MNIST from ../shared/data)
+docs: $(DOCS:%=docs/%.png)  ## every picture the README shows, redrawn (about half an hour; MNIST from ../shared/data)
 
 docs/analytic_vs_mc.png: $(VENV)/.installed FORCE
 	$(PY) examples/analytic_vs_mc.py --out $@
