@@ -272,7 +272,8 @@ def print_table(rows: list[dict]) -> None:
     images = {r["test_images"] for r in rows}
     print(
         f"test log p(x): K = {rows[0]['num_samples']} importance samples on {'/'.join(map(str, images))} test images "
-        "(binarized once with seed 0); epochs: best/trained where a validation set picks the model"
+        "(binarized once with seed 0); epochs: best/trained where a validation set picks the model; "
+        "train time: the training steps of every epoch trained (the evaluations after each epoch not counted)"
     )
 
 

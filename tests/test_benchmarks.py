@@ -77,3 +77,21 @@ def test_quality_refuses_a_run_folder_of_another_protocol(tmp_path):
     config.write_text(config.read_text().replace("latent_dim = 50", "latent_dim = 5"))
     with pytest.raises(SystemExit, match=r"burda2016-vae: .* was trained with another configuration than"):
         quality.main(options)
+
+
+def test_the_committed_quality_table_is_that_of_the_committed_runs():
+    """Each row of benchmarks/quality/results.json (the README table) names a committed run and its model."""
+    import hashlib
+    import json
+
+    repo = SPEED.parents[1]
+    rows = json.loads((repo / "benchmarks" / "quality" / "results.json").read_text())
+    assert rows
+    for r in rows:
+        run = repo / r["run"]
+        model = run / "best.pt" if (run / "best.pt").is_file() else run / "checkpoint.pt"
+        assert (run / "config.toml").is_file() and model.is_file(), r["run"]
+        assert hashlib.sha256(model.read_bytes()).hexdigest()[:16] == r["model_digest"], r["run"]
+        summary = json.loads((run / "summary.json").read_text())
+        assert (summary["epochs"], summary["train_seconds"]) == (r["epochs"], r["train_seconds"]), r["run"]
+        assert r["test_images"] == 10_000 and r["num_samples"] == 5000, r["run"]
