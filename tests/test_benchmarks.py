@@ -65,12 +65,18 @@ def test_quality_benchmark_runs_every_preset_in_smoke_mode(tmp_path):
     assert (out / "tomczak2018-vamp-full" / "best.pt").is_file() and tomczak["best_epoch"] <= tomczak["epochs"]
 
 
-def test_quality_refuses_a_run_folder_of_another_protocol(tmp_path):
+def load_quality():
+    """benchmarks/quality.py as a module (it is a script, not part of the package)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("quality", SPEED.parent / "quality.py")
     quality = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(quality)
+    return quality
+
+
+def test_quality_refuses_a_run_folder_of_another_protocol(tmp_path):
+    quality = load_quality()
     options = ["--smoke", "--presets", "burda2016-vae", "--out", str(tmp_path), "--train-only", "--quiet"]
     quality.main(options)
     config = tmp_path / "burda2016-vae-cpu" / "config.toml"
@@ -81,17 +87,16 @@ def test_quality_refuses_a_run_folder_of_another_protocol(tmp_path):
 
 def test_the_committed_quality_table_is_that_of_the_committed_runs():
     """Each row of benchmarks/quality/results.json (the README table) names a committed run and its model."""
-    import hashlib
     import json
 
-    repo = SPEED.parents[1]
-    rows = json.loads((repo / "benchmarks" / "quality" / "results.json").read_text())
+    quality = load_quality()
+    rows = json.loads((quality.OUT / "results.json").read_text())
     assert rows
     for r in rows:
-        run = repo / r["run"]
-        model = run / "best.pt" if (run / "best.pt").is_file() else run / "checkpoint.pt"
+        run = quality.REPO / r["run"]
+        model = quality._model_file(run)
         assert (run / "config.toml").is_file() and model.is_file(), r["run"]
-        assert hashlib.sha256(model.read_bytes()).hexdigest()[:16] == r["model_digest"], r["run"]
+        assert quality._digest(model) == r["model_digest"], r["run"]
         summary = json.loads((run / "summary.json").read_text())
         assert (summary["epochs"], summary["train_seconds"]) == (r["epochs"], r["train_seconds"]), r["run"]
         assert r["test_images"] == 10_000 and r["num_samples"] == 5000, r["run"]
