@@ -85,9 +85,28 @@ def test_quality_refuses_a_run_folder_of_another_protocol(tmp_path):
         quality.main(options)
 
 
-def test_the_committed_quality_table_is_that_of_the_committed_runs():
-    """Each row of benchmarks/quality/results.json (the README table) names a committed run and its model."""
+def test_quality_reuses_a_curve_point_only_for_the_snapshot_it_was_computed_from(tmp_path):
     import json
+
+    quality = load_quality()
+    options = ["--smoke", "--presets", "burda2016-vae", "--out", str(tmp_path), "--quiet"]
+    quality.main(options)
+    results = tmp_path / "results.json"
+    rows = json.loads(results.read_text())
+    first, second = rows[0]["curve"]
+    first["log_likelihood"] = second["log_likelihood"] = 1.0  # a point that is reused keeps this mark
+    second["train_seconds"] += 1.0  # as if it had been computed from another run's snapshot of that epoch
+    results.write_text(json.dumps(rows))
+    curve = quality.main(options)[0]["curve"]
+    assert [p["epoch"] for p in curve] == [1, 2]
+    assert curve[0]["log_likelihood"] == 1.0 and curve[1]["log_likelihood"] < 0
+
+
+def test_the_committed_quality_table_is_that_of_the_committed_runs():
+    """Each row of results.json (the README table) names a committed run of its preset, and its model."""
+    import json
+
+    from pyro_vae import Config
 
     quality = load_quality()
     rows = json.loads((quality.OUT / "results.json").read_text())
@@ -96,6 +115,8 @@ def test_the_committed_quality_table_is_that_of_the_committed_runs():
         run = quality.REPO / r["run"]
         model = quality._model_file(run)
         assert (run / "config.toml").is_file() and model.is_file(), r["run"]
+        preset = quality.preset_config(r["preset"], r["budget"], quality.REPO)
+        assert quality._same_protocol(Config.from_toml(run / "config.toml"), preset), r["run"]
         assert quality._digest(model) == r["model_digest"], r["run"]
         summary = json.loads((run / "summary.json").read_text())
         assert (summary["epochs"], summary["train_seconds"]) == (r["epochs"], r["train_seconds"]), r["run"]
