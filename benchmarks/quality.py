@@ -255,7 +255,8 @@ def curve(run: Path, config: Config, x: torch.Tensor, previous: dict | None, arg
     for epoch in config.train.snapshots:
         point = known.get((epoch, len(x), args.num_samples))
         if not snapshot_path(run, epoch).is_file():
-            points.extend([point] if point is not None else [])
+            if point is not None:
+                points.append(point)
             continue
         vae, info = load_snapshot(run, epoch, x.device)
         if point is not None and not args.reevaluate and point["train_seconds"] == info["train_seconds"]:

@@ -1,5 +1,6 @@
 """The benchmark command (make bench) runs end to end in --smoke mode and prints every table."""
 
+import json
 import os
 import subprocess
 import sys
@@ -45,8 +46,6 @@ def test_estimator_benchmark_runs_in_smoke_mode(tmp_path):
 
 @pytest.mark.slow  # every preset of the published protocols: two epochs of two steps each on the digits, K = 20
 def test_quality_benchmark_runs_every_preset_in_smoke_mode(tmp_path):
-    import json
-
     out = tmp_path / "quality"
     options = ["--smoke", "--budget", "full", "--out", out, "--quiet"]
     result = run_benchmark("quality.py", *options, cwd=tmp_path, timeout=600, warnings_as_errors=True)
@@ -86,8 +85,6 @@ def test_quality_refuses_a_run_folder_of_another_protocol(tmp_path):
 
 
 def test_quality_reuses_a_curve_point_only_for_the_snapshot_it_was_computed_from(tmp_path):
-    import json
-
     quality = load_quality()
     options = ["--smoke", "--presets", "burda2016-vae", "--out", str(tmp_path), "--quiet"]
     quality.main(options)
@@ -104,8 +101,6 @@ def test_quality_reuses_a_curve_point_only_for_the_snapshot_it_was_computed_from
 
 def test_the_committed_quality_table_is_that_of_the_committed_runs():
     """Each row of results.json (the README table) names a committed run of its preset, and its model."""
-    import json
-
     from pyro_vae import Config
 
     quality = load_quality()
