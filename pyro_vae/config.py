@@ -115,6 +115,10 @@ class TrainConfig:
     # epochs after which the model's parameters are kept as snapshots/epoch-NNNNN.pt (learning curves)
     snapshots: list[Annotated[int, AtLeast(1)]] = field(default_factory=list)
     clip_grad_norm: Annotated[float, AtLeast(0)] = 0.0  # largest total gradient norm of a step; 0: no clipping
+    # the networks' starting weights: PyTorch's, or Glorot-uniform weights and zero biases (pyro_vae.initialization)
+    weight_init: Literal["default", "glorot"] = "default"
+    # "data_mean": the decoder's last bias starts where p(x|z) has the training data's mean (Burda et al. 2016)
+    output_bias_init: Literal["default", "data_mean"] = "default"
     device: str = "auto"
     log: Literal["none", "tensorboard"] = "none"  # tensorboard: metrics and pictures as TensorBoard events too
 

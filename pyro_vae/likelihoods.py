@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import pyro.distributions as dist
+import torch
 import torch.nn.functional as F
 from pyro.distributions import constraints
 from torch import Tensor, nn
@@ -64,6 +65,13 @@ class Likelihood(nn.Module):
         """One line saying why the ELBO and log p(x) of ``x`` are not those of a density of the data, or ``None``."""
         return None
 
+    def output_for_mean(self, mean: Tensor) -> Tensor | None:
+        """The decoder output whose distribution has mean ``mean``; ``None`` where there is no closed form.
+
+        Used to start the decoder's last bias at the training data's mean (``train.output_bias_init``).
+        """
+        return None
+
 
 @LIKELIHOODS.register("bernoulli")
 class Bernoulli(Likelihood):
@@ -99,6 +107,10 @@ class Bernoulli(Likelihood):
             )
         return None
 
+    def output_for_mean(self, mean: Tensor) -> Tensor:
+        # logits of the mean, clamped to [1e-4, 1 - 1e-4] so pixels never on (MNIST's border) get a finite bias
+        return torch.logit(mean, eps=1e-4)
+
 
 @LIKELIHOODS.register("gaussian")
 class Gaussian(Likelihood):
@@ -128,6 +140,9 @@ class Gaussian(Likelihood):
 
     def forward(self, output: Tensor) -> dist.TorchDistribution:
         return dist.Normal(output, self.scale().expand(output.shape)).to_event(len(self.event_shape))
+
+    def output_for_mean(self, mean: Tensor) -> Tensor:
+        return mean
 
 
 @LIKELIHOODS.register("continuous_bernoulli")

@@ -36,6 +36,7 @@ from pyro_vae.config import Config, TrainConfig, build_vae, config_names, load_d
 from pyro_vae.data import FILE_SUFFIXES, Dataset
 from pyro_vae.distributed import Distributed, from_env
 from pyro_vae.errors import PyroVAEError, RunError, renamed_errors
+from pyro_vae.initialization import initialize
 from pyro_vae.objectives import check_free_bits_prior, evaluate_bounds
 from pyro_vae.plots import draw_pictures
 from pyro_vae.storage import (
@@ -144,6 +145,7 @@ def train_run(
         data = load_data(config, device)
         pyro.set_rng_seed(t.seed)  # the initial weights are part of what the seed fixes
         vae = build_vae(config, data.event_shape).to(device)
+        initialize(vae, t.weight_init, t.output_bias_init, data.train)
         world_size = distributed.world_size if distributed else 1
         check_batch_size(t.batch_size, len(data.train) // world_size)
         check_data_parallel(distributed, t.jit, t.compile)

@@ -1,0 +1,82 @@
+r"""How a new model's parameters start, beyond each layer's PyTorch default.
+
+Two choices, both from the published code of Burda, Grosse & Salakhutdinov (2016), set in the
+config's ``[train]`` table and applied once, before the first step of a new run (a resumed run
+continues from its checkpoint):
+
+- ``weight_init = "glorot"``: every linear and convolutional layer of the encoder and decoder gets
+  Glorot-uniform weights, :math:`W_{ij} \sim \mathcal U(-a, a)` with
+  :math:`a = \sqrt{6 / (n_\text{in} + n_\text{out})}`, and zero biases (PyTorch's default draws
+  :math:`\mathcal U(-1/\sqrt{n_\text{in}}, 1/\sqrt{n_\text{in}})`, a narrower range for these layers).
+- ``output_bias_init = "data_mean"``: the bias of the decoder's last layer starts at the output
+  whose :math:`p(x \mid z)` has the training data's mean, e.g. the logits of the mean training image
+  for Bernoulli pixels, so training does not spend its first steps learning the average image.
+
+Example:
+    >>> import torch
+    >>> from pyro_vae.vae import make_vae
+    >>> vae = make_vae((8, 8), 2)
+    >>> initialize(vae, weights="glorot", output_bias="data_mean", train=torch.full((10, 8, 8), 0.25))
+    >>> round(vae.decoder.net[-1].bias[0].item(), 4)  # logit(0.25)
+    -1.0986
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from pyro_vae.errors import ConfigError
+
+__all__ = ["initialize", "glorot_", "output_bias_"]
+
+_LAYERS = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+
+
+def initialize(
+    vae: nn.Module, weights: str = "default", output_bias: str = "default", train: Tensor | None = None
+) -> None:
+    """Set the starting parameters of ``vae`` as ``train.weight_init`` and ``train.output_bias_init`` ask."""
+    if weights == "glorot":
+        glorot_(vae.encoder)
+        glorot_(vae.decoder)
+    if output_bias == "data_mean":
+        if train is None:
+            raise ValueError("output_bias='data_mean' needs the training data")
+        output_bias_(vae, train.float().mean(0))
+
+
+def glorot_(module: nn.Module) -> None:
+    """Glorot-uniform weights and zero biases in every linear and convolutional layer of ``module``."""
+    for layer in module.modules():
+        if isinstance(layer, _LAYERS):
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
+def output_bias_(vae: nn.Module, mean: Tensor) -> None:
+    """Start the decoder's last bias at the output whose likelihood has mean ``mean`` (one value per data dimension)."""
+    output = vae.likelihood.output_for_mean(mean)
+    if output is None:
+        raise ConfigError(
+            f"train.output_bias_init: 'data_mean' is not available for the "
+            f"{type(vae.likelihood).__name__} likelihood (its mean has no closed-form inverse); use 'default'"
+        )
+    layer = _output_layer(vae.decoder, math.prod(mean.shape))
+    with torch.no_grad():
+        layer.bias.copy_(output.reshape(layer.bias.shape))
+
+
+def _output_layer(decoder: nn.Module, size: int) -> nn.Module:
+    """The decoder's last layer, which must have one bias per data dimension (as ``mlp`` and ``gated_mlp`` do)."""
+    layers = [m for m in decoder.modules() if isinstance(m, _LAYERS) and m.bias is not None]
+    if not layers or layers[-1].bias.numel() != size:
+        raise ConfigError(
+            f"train.output_bias_init: 'data_mean' needs a decoder whose last layer has one bias per data "
+            f"dimension ({size}), but {type(decoder).__name__}'s does not (the mlp and gated_mlp networks do); "
+            f"use 'default'"
+        )
+    return layers[-1]
