@@ -34,6 +34,7 @@ from pyro_vae.annealing import KL_SCHEDULES, check_kl_schedule, make_kl_schedule
 from pyro_vae.data import Dataset, load_dataset
 from pyro_vae.errors import ConfigError, renamed_errors
 from pyro_vae.estimators import ESTIMATORS, check_estimator
+from pyro_vae.initialization import OutputBiasInit, WeightInit
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.networks import NETWORKS
 from pyro_vae.optim import LR_SCHEDULES, OPTIMIZERS
@@ -116,9 +117,9 @@ class TrainConfig:
     snapshots: list[Annotated[int, AtLeast(1)]] = field(default_factory=list)
     clip_grad_norm: Annotated[float, AtLeast(0)] = 0.0  # largest total gradient norm of a step; 0: no clipping
     # the networks' starting weights: PyTorch's, or Glorot-uniform weights and zero biases (pyro_vae.initialization)
-    weight_init: Literal["default", "glorot"] = "default"
+    weight_init: WeightInit = "default"
     # "data_mean": the decoder's last bias starts where p(x|z) has the training data's mean (Burda et al. 2016)
-    output_bias_init: Literal["default", "data_mean"] = "default"
+    output_bias_init: OutputBiasInit = "default"
     device: str = "auto"
     log: Literal["none", "tensorboard"] = "none"  # tensorboard: metrics and pictures as TensorBoard events too
 

@@ -1,22 +1,27 @@
 r"""How a new model's parameters start, beyond each layer's PyTorch default.
 
-Two choices, both from the published code of Burda, Grosse & Salakhutdinov (2016), set in the
-config's ``[train]`` table and applied once, before the first step of a new run (a resumed run
-continues from its checkpoint):
+Two choices, both from the published code of *Importance Weighted Autoencoders* (Burda, Grosse &
+Salakhutdinov, 2016), set in the config's ``[train]`` table and applied once, before the first
+step of a new run (a resumed run continues from its checkpoint):
 
 - ``weight_init = "glorot"``: every linear and convolutional layer of the encoder and decoder gets
-  Glorot-uniform weights, :math:`W_{ij} \sim \mathcal U(-a, a)` with
+  the Glorot-uniform weights of *Understanding the difficulty of training deep feedforward neural
+  networks* (Glorot & Bengio, 2010), :math:`W_{ij} \sim \mathcal U(-a, a)` with
   :math:`a = \sqrt{6 / (n_\text{in} + n_\text{out})}`, and zero biases (PyTorch's default draws
-  :math:`\mathcal U(-1/\sqrt{n_\text{in}}, 1/\sqrt{n_\text{in}})`, a narrower range for these layers).
+  from :math:`\mathcal U(-1/\sqrt{n_\text{in}}, 1/\sqrt{n_\text{in}})`, a narrower range for these
+  layers). A layer is counted as the module it is: the encoder's last layer, which gives both the
+  location and the scale, has :math:`n_\text{out} = 2 \cdot` ``latent_dim``. The prior's
+  parameters (a VampPrior's pseudo-inputs, say) keep their own initialisation.
 - ``output_bias_init = "data_mean"``: the bias of the decoder's last layer starts at the output
-  whose :math:`p(x \mid z)` has the training data's mean, e.g. the logits of the mean training image
-  for Bernoulli pixels, so training does not spend its first steps learning the average image.
+  whose :math:`p(x \mid z)` has the training data's mean (:meth:`Likelihood.output_for_mean
+  <pyro_vae.likelihoods.Likelihood.output_for_mean>`), e.g. the logits of the mean training image
+  for Bernoulli pixels, so that training does not spend its first steps learning the average image.
 
 Example:
     >>> import torch
     >>> from pyro_vae.vae import make_vae
     >>> vae = make_vae((8, 8), 2)
-    >>> initialize(vae, weights="glorot", output_bias="data_mean", train=torch.full((10, 8, 8), 0.25))
+    >>> initialize(vae, weight_init="glorot", output_bias_init="data_mean", train=torch.full((10, 8, 8), 0.25))
     >>> round(vae.decoder.net[-1].bias[0].item(), 4)  # logit(0.25)
     -1.0986
 """
@@ -24,27 +29,40 @@ Example:
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
 from pyro_vae.errors import ConfigError
 
-__all__ = ["initialize", "glorot_", "output_bias_"]
+__all__ = ["WeightInit", "OutputBiasInit", "initialize", "glorot_", "output_bias_"]
+
+#: The choices of ``train.weight_init``: PyTorch's defaults, or Glorot-uniform weights and zero biases.
+WeightInit = Literal["default", "glorot"]
+#: The choices of ``train.output_bias_init``: PyTorch's default, or at the training data's mean.
+OutputBiasInit = Literal["default", "data_mean"]
 
 _LAYERS = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
 
 
 def initialize(
-    vae: nn.Module, weights: str = "default", output_bias: str = "default", train: Tensor | None = None
+    vae: nn.Module, weight_init: WeightInit = "default", output_bias_init: OutputBiasInit = "default", train=None
 ) -> None:
-    """Set the starting parameters of ``vae`` as ``train.weight_init`` and ``train.output_bias_init`` ask."""
-    if weights == "glorot":
+    """Set the starting parameters of ``vae``; ``train``, the training data, is needed for ``"data_mean"``."""
+    for name, value, allowed in (
+        ("weight_init", weight_init, get_args(WeightInit)),
+        ("output_bias_init", output_bias_init, get_args(OutputBiasInit)),
+    ):
+        if value not in allowed:
+            raise ConfigError(f"{{{name}}}: unknown value {value!r}; use one of {', '.join(allowed)}", name)
+    if weight_init == "glorot":
         glorot_(vae.encoder)
         glorot_(vae.decoder)
-    if output_bias == "data_mean":
+    if output_bias_init == "data_mean":
         if train is None:
-            raise ValueError("output_bias='data_mean' needs the training data")
+            message = "{output_bias_init}: 'data_mean' needs the training data; pass train="
+            raise ConfigError(message, "output_bias_init")
         output_bias_(vae, train.float().mean(0))
 
 
@@ -62,8 +80,9 @@ def output_bias_(vae: nn.Module, mean: Tensor) -> None:
     output = vae.likelihood.output_for_mean(mean)
     if output is None:
         raise ConfigError(
-            f"train.output_bias_init: 'data_mean' is not available for the "
-            f"{type(vae.likelihood).__name__} likelihood (its mean has no closed-form inverse); use 'default'"
+            f"{{output_bias_init}}: 'data_mean' is not available for the {type(vae.likelihood).__name__} "
+            f"likelihood (its mean has no closed-form inverse); use {{output_bias_init=}}'default'",
+            "output_bias_init",
         )
     layer = _output_layer(vae.decoder, math.prod(mean.shape))
     with torch.no_grad():
@@ -75,8 +94,9 @@ def _output_layer(decoder: nn.Module, size: int) -> nn.Module:
     layers = [m for m in decoder.modules() if isinstance(m, _LAYERS) and m.bias is not None]
     if not layers or layers[-1].bias.numel() != size:
         raise ConfigError(
-            f"train.output_bias_init: 'data_mean' needs a decoder whose last layer has one bias per data "
-            f"dimension ({size}), but {type(decoder).__name__}'s does not (the mlp and gated_mlp networks do); "
-            f"use 'default'"
+            f"{{output_bias_init}}: 'data_mean' needs a decoder whose last layer has one bias per data dimension "
+            f"({size}), but {type(decoder).__name__}'s does not (the mlp and gated_mlp networks' do); "
+            f"use {{output_bias_init=}}'default'",
+            "output_bias_init",
         )
     return layers[-1]

@@ -108,8 +108,8 @@ class Bernoulli(Likelihood):
         return None
 
     def output_for_mean(self, mean: Tensor) -> Tensor:
-        # logits of the mean, clamped to [1e-4, 1 - 1e-4] so pixels never on (MNIST's border) get a finite bias
-        return torch.logit(mean, eps=1e-4)
+        # logits of the mean clamped to [0.001, 0.999], as Burda et al.'s code: pixels never on get a finite bias
+        return torch.logit(mean, eps=1e-3)
 
 
 @LIKELIHOODS.register("gaussian")

@@ -35,7 +35,7 @@ def test_glorot_weights_fill_their_range_uniformly_and_biases_are_zero(network):
 def test_data_mean_bias_makes_the_likelihood_mean_that_of_the_data(name):
     vae = make_vae(EVENT_SHAPE, 2, network={"type": "mlp", "hidden": [8]}, likelihood={"type": name})
     train = torch.bernoulli(MEAN.expand(20000, *EVENT_SHAPE), generator=torch.Generator().manual_seed(1))
-    initialize(vae, output_bias="data_mean", train=train)
+    initialize(vae, output_bias_init="data_mean", train=train)
     decoder = vae.decoder.net[-1]
     decoder.weight.data.zero_()  # the output is then the bias alone
     mean = vae.likelihood(vae.decoder(torch.zeros(1, 2))).mean[0]
@@ -46,23 +46,45 @@ def test_data_mean_bias_stays_finite_for_pixels_never_on():
     vae = make_vae(EVENT_SHAPE, 2, network={"type": "mlp", "hidden": [8]})
     train = torch.zeros(10, *EVENT_SHAPE)
     train[:, 0, 0] = 1.0
-    initialize(vae, output_bias="data_mean", train=train)
+    initialize(vae, output_bias_init="data_mean", train=train)
     bias = vae.decoder.net[-1].bias
-    assert torch.isfinite(bias).all() and bias.max() > 9 and bias.min() < -9
+    assert torch.isfinite(bias).all()
+    logit = math.log(0.999 / 1e-3)  # the means clamped to [0.001, 0.999]
+    assert (bias.min().item(), bias.max().item()) == pytest.approx((-logit, logit), rel=1e-5)  # float32
 
 
 def test_likelihoods_without_a_closed_form_inverse_mean_are_refused():
     assert LIKELIHOODS.build({"type": "continuous_bernoulli"}, event_shape=EVENT_SHAPE).output_for_mean(MEAN) is None
     vae = make_vae(EVENT_SHAPE, 2, likelihood={"type": "continuous_bernoulli"})
-    message = r"train.output_bias_init: 'data_mean' .* ContinuousBernoulli .* use 'default'"
+    message = r"^output_bias_init: 'data_mean' .* ContinuousBernoulli .* use output_bias_init='default'$"
     with pytest.raises(ConfigError, match=message):
-        initialize(vae, output_bias="data_mean", train=MEAN[None])
+        initialize(vae, output_bias_init="data_mean", train=MEAN[None])
 
 
 def test_a_decoder_without_one_output_bias_per_dimension_is_refused():
     vae = make_vae((8, 8), 2, network={"type": "conv"})
-    with pytest.raises(ConfigError, match=r"train.output_bias_init: .* one bias per data dimension \(64\)"):
-        initialize(vae, output_bias="data_mean", train=torch.rand(3, 8, 8))
+    with pytest.raises(ConfigError, match=r"^output_bias_init: .* one bias per data dimension \(64\)"):
+        initialize(vae, output_bias_init="data_mean", train=torch.rand(3, 8, 8))
+
+
+def test_unknown_choices_and_missing_data_are_refused_when_called_directly():
+    vae = make_vae(EVENT_SHAPE, 2)
+    with pytest.raises(ConfigError, match=r"^weight_init: unknown value 'xavier'; use one of default, glorot$"):
+        initialize(vae, weight_init="xavier")
+    with pytest.raises(ConfigError, match=r"^output_bias_init: 'data_mean' needs the training data"):
+        initialize(vae, output_bias_init="data_mean")
+
+
+def test_a_run_refuses_an_impossible_output_bias_naming_the_config_key_and_writes_nothing(tmp_path):
+    values = {
+        "model": {"latent_dim": 2, "network": {"type": "mlp", "hidden": [8]}},
+        "train": {"epochs": 1, "output_bias_init": "data_mean"},
+    }
+    values["model"]["likelihood"] = {"type": "continuous_bernoulli"}
+    message = r"^train.output_bias_init: .* ContinuousBernoulli .* use train.output_bias_init = 'default'$"
+    with pytest.raises(ConfigError, match=message):
+        train_run(Config.from_dict(values), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_defaults_leave_pytorch_initialisation_alone():
@@ -85,7 +107,8 @@ def test_a_run_starts_from_the_configured_initialisation(tmp_path):
     first = vae.encoder.net[0]
     assert first.weight.abs().max() <= math.sqrt(6 / (first.in_features + first.out_features)) + 1e-6
     assert first.bias.abs().max() < 1e-6  # zero, moved at most by lr per step
-    assert vae.decoder.net[-1].bias.min() < -9  # the digits' corners are never on: logit(1e-4)
+    corner = vae.decoder.net[-1].bias.min().item()  # the digits' corners are never on
+    assert corner == pytest.approx(math.log(1e-3 / 0.999))
 
 
 @pytest.mark.parametrize(("key", "value"), [("weight_init", "xavier"), ("output_bias_init", "mean")])
