@@ -65,6 +65,9 @@ _BURDA = {
         "epochs": staged_epochs(),
         "checkpoint_every": 10,
         "seed": 0,
+        # the authors' code: Glorot-uniform weights, the decoder's output bias at the logits of the mean image
+        "weight_init": "glorot",
+        "output_bias_init": "data_mean",
     },
 }
 
