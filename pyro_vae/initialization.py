@@ -29,12 +29,13 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.registry import check_value
 
 __all__ = ["WeightInit", "OutputBiasInit", "initialize", "glorot_", "output_bias_"]
 
@@ -50,12 +51,8 @@ def initialize(
     vae: nn.Module, weight_init: WeightInit = "default", output_bias_init: OutputBiasInit = "default", train=None
 ) -> None:
     """Set the starting parameters of ``vae``; ``train``, the training data, is needed for ``"data_mean"``."""
-    for name, value, allowed in (
-        ("weight_init", weight_init, get_args(WeightInit)),
-        ("output_bias_init", output_bias_init, get_args(OutputBiasInit)),
-    ):
-        if value not in allowed:
-            raise ConfigError(f"{{{name}}}: unknown value {value!r}; use one of {', '.join(allowed)}", name)
+    check_value(weight_init, WeightInit, "weight_init")  # a config is checked already; a direct call here
+    check_value(output_bias_init, OutputBiasInit, "output_bias_init")
     if weight_init == "glorot":
         glorot_(vae.encoder)
         glorot_(vae.decoder)

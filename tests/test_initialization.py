@@ -69,7 +69,7 @@ def test_a_decoder_without_one_output_bias_per_dimension_is_refused():
 
 def test_unknown_choices_and_missing_data_are_refused_when_called_directly():
     vae = make_vae(EVENT_SHAPE, 2)
-    with pytest.raises(ConfigError, match=r"^weight_init: unknown value 'xavier'; use one of default, glorot$"):
+    with pytest.raises(ConfigError, match=r"^weight_init must be one of 'default', 'glorot' \(got 'xavier'\)$"):
         initialize(vae, weight_init="xavier")
     with pytest.raises(ConfigError, match=r"^output_bias_init: 'data_mean' needs the training data"):
         initialize(vae, output_bias_init="data_mean")
