@@ -84,6 +84,19 @@ def test_quality_refuses_a_run_folder_of_another_protocol(tmp_path):
         quality.main(options)
 
 
+@pytest.mark.slow  # compiles a loss (seconds)
+def test_quality_times_each_presets_step_eager_and_compiled(tmp_path):
+    options = ["--step-times", "--smoke", "--presets", "burda2016-vae", "burda2016-iwae5", "--threads", "1"]
+    result = run_benchmark("quality.py", *options, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.startswith("burda")}
+    assert rows["burda2016-vae"][2:4] == ["analytic", "k=1"] and rows["burda2016-vae"][-1] == "eager"
+    assert rows["burda2016-iwae5"][2:4] == ["dreg", "k=5"] and rows["burda2016-iwae5"][-1] == "compiled"
+    for row in rows.values():
+        assert float(row[5]) > 0 and float(row[6]) > 0, row
+    assert not list(tmp_path.iterdir())  # it trains nothing
+
+
 def test_quality_reuses_a_curve_point_only_for_the_snapshot_it_was_computed_from(tmp_path):
     quality = load_quality()
     options = ["--smoke", "--presets", "burda2016-vae", "--out", str(tmp_path), "--quiet"]
@@ -115,4 +128,5 @@ def test_the_committed_quality_table_is_that_of_the_committed_runs():
         assert quality._digest(model) == r["model_digest"], r["run"]
         summary = json.loads((run / "summary.json").read_text())
         assert (summary["epochs"], summary["train_seconds"]) == (r["epochs"], r["train_seconds"]), r["run"]
+        assert (summary["path"], r["epoch_seconds"]) == (r["path"], quality._median_epoch_seconds(run)), r["run"]
         assert r["test_images"] == 10_000 and r["num_samples"] == 5000, r["run"]
