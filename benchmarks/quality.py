@@ -313,9 +313,9 @@ def step_times(names: list[str], args: argparse.Namespace, rounds: int = 5, step
     """Print ms per training step of each preset's loss, eager and compiled, in interleaved rounds (medians)."""
     steps, rounds = (2, 1) if args.smoke else (steps, rounds)
     print(f"\n{'preset':<22} {'budget':<6} {'loss':<10} {'batch':>5} {'eager ms':>8} {'compiled ms':>11}  trains")
+    device = resolve_device(args.device)
     for name in names:
         config = preset_config(name, args.budget, args.data_root, smoke=args.smoke)
-        device = resolve_device(args.device)
         timers = [_step_timer(config, compile, device, steps, args.smoke) for compile in (False, True)]
         times = [[timer() for timer in timers] for _ in range(rounds)]
         eager, compiled = (1000 * statistics.median(column) for column in zip(*times))
