@@ -43,6 +43,7 @@ import torch
 import pyro_vae
 from pyro_vae import Config
 from pyro_vae.config import build_vae, load_data, resolve_device
+from pyro_vae.evaluation import read_metrics
 from pyro_vae.marginal import log_likelihood
 from pyro_vae.objectives import Objective
 from pyro_vae.optim import make_optimizer, staged_epochs
@@ -221,8 +222,7 @@ def _digest(path: Path) -> str:
 
 def _median_epoch_seconds(run: Path) -> float:
     """The median training time of the run's epochs (``seconds`` in ``metrics.jsonl``)."""
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return statistics.median(json.loads(line)["seconds"] for line in lines if line.strip())
+    return statistics.median(m["seconds"] for m in read_metrics(run / "metrics.jsonl"))
 
 
 def _log_likelihood(vae: pyro_vae.VAE, x: torch.Tensor, num_samples: int) -> tuple[float, float]:
