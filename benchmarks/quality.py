@@ -34,7 +34,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +48,7 @@ from pyro_vae.objectives import Objective
 from pyro_vae.optim import make_optimizer, staged_epochs
 from pyro_vae.runs import load_snapshot, resume_run, snapshot_path, train_run
 from pyro_vae.signals import StopSignals
-from pyro_vae.train import TrainingInterrupted, svi_step
+from pyro_vae.train import TrainingInterrupted
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "quality"
@@ -128,9 +127,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: rate starts at 2e-3 instead of 1e-3 (ending at 2e-4), which gained 3 nats on a 73-epoch trial.
 #: IWAE's bound trains with DReG's encoder gradient (the same bound; 0.25 nats better in 10% fewer
 #: epochs than with IWAE's own), as the VAE's ELBO trains with the closed-form KL. IWAE's loss is
-#: compiled (``compile``): ``--step-times`` gives 0.74-0.75 of the eager step (10.98 ms against
-#: 14.66, one thread), 0.82 of the eager epoch in training beside the VAE. The VAE's loss stays
-#: eager, as in every earlier pair (compiled, its step is 0.87-0.91 of the eager one; see README).
+#: compiled (``compile``): ``--step-times`` gives 0.67-0.77 of the eager step (one thread), 0.82
+#: of the eager epoch in training beside the VAE. The VAE's loss stays eager, as in every earlier
+#: pair (compiled, its epoch was 0.93 of the eager one in a trial; see README).
 #: Tomczak: a KL warm-up of 20 epochs instead of 100, and at most 600 epochs for the standard
 #: prior, 200 for the VampPrior, whose 500 pseudo-inputs go through the encoder at every step
 #: (three times the cost of an epoch).
@@ -289,41 +288,41 @@ def curve(run: Path, config: Config, x: torch.Tensor, previous: dict | None, arg
     return points
 
 
-def _step_timer(config: Config, compile: bool, device: torch.device, steps: int, smoke: bool) -> Callable[[], float]:
-    """A function timing ``steps`` training steps of the preset's loss (eager or compiled); the first call compiles."""
+def _training_step(
+    config: Config, compile: bool, device: str, shape: tuple[int, ...]
+) -> tuple[Objective, torch.optim.Optimizer]:
+    """The preset's loss (eager or compiled) and optimiser, for a new VAE of its network."""
     t = config.train
     torch.manual_seed(0)
-    shape = (8, 8) if smoke else (28, 28)  # the digits or MNIST
     vae = build_vae(config, shape).to(device)
     objective = Objective(vae, t.elbo, t.num_particles, fused="auto", compile=compile, free_bits=t.free_bits)
-    optimizer = make_optimizer(vae.parameters(), t.lr, t.optimizer)
-    x = torch.rand(t.batch_size, *shape, device=device).bernoulli()
-    svi_step(objective, optimizer, x, 60_000)
-
-    def measure() -> float:
-        start = time.perf_counter()
-        for _ in range(steps):
-            svi_step(objective, optimizer, x, 60_000)
-        return (time.perf_counter() - start) / steps
-
-    return measure
+    return objective, make_optimizer(vae.parameters(), t.lr, t.optimizer)
 
 
-def step_times(names: list[str], args: argparse.Namespace, rounds: int = 5, steps: int = 50) -> None:
-    """Print ms per training step of each preset's loss, eager and compiled, in interleaved rounds (medians)."""
-    steps, rounds = (2, 1) if args.smoke else (steps, rounds)
+def step_times(names: list[str], args: argparse.Namespace) -> None:
+    """Print ms per training step of each preset's loss, eager and compiled, as ``make bench`` times steps."""
+    from speed import Sizes, interleaved, step_timer  # benchmarks/speed.py, beside this script
+
+    sizes = Sizes(steps=2, warmup=1, repeats=1) if args.smoke else Sizes(steps=50, repeats=5)
+    device = str(resolve_device(args.device))
+    shape = (8, 8) if args.smoke else (28, 28)  # the digits or MNIST
     print(f"\n{'preset':<22} {'budget':<6} {'loss':<10} {'batch':>5} {'eager ms':>8} {'compiled ms':>11}  trains")
-    device = resolve_device(args.device)
     for name in names:
         config = preset_config(name, args.budget, args.data_root, smoke=args.smoke)
-        timers = [_step_timer(config, compile, device, steps, args.smoke) for compile in (False, True)]
-        times = [[timer() for timer in timers] for _ in range(rounds)]
-        eager, compiled = (1000 * statistics.median(column) for column in zip(*times))
+        x = torch.rand(config.train.batch_size, *shape, device=device).bernoulli()
+        pairs = {path: _training_step(config, path == "compiled", device, shape) for path in ("eager", "compiled")}
+        # the same loss every round: compiling again would take seconds each time
+        timers = {path: step_timer(lambda pair=pair: pair, x, sizes, device) for path, pair in pairs.items()}
+        rounds = interleaved(timers, sizes.repeats)
+        eager, compiled = (1000 * statistics.median(rounds[path]) for path in ("eager", "compiled"))
         loss = f"{config.train.elbo} k={config.train.num_particles}"
         trains = "compiled" if config.train.compile else "eager"
         batch = config.train.batch_size
         print(f"{name:<22} {args.budget:<6} {loss:<10} {batch:>5} {eager:8.2f} {compiled:11.2f}  {trains}")
-    print(f"torch threads: {torch.get_num_threads()}; random binary images; medians of {rounds} interleaved rounds")
+    print(
+        f"torch threads: {torch.get_num_threads()}; random binary images; the median over {sizes.repeats} "
+        f"interleaved rounds (shuffled order) of the median of {sizes.steps} steps, after {sizes.warmup} untimed"
+    )
 
 
 def print_table(rows: list[dict]) -> None:
