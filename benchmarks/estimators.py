@@ -22,8 +22,8 @@ import torch
 
 import pyro_vae
 from pyro_vae import Config
-from pyro_vae.config import load_data
-from pyro_vae.marginal import log_likelihood
+from pyro_vae.infer.marginal import log_likelihood
+from pyro_vae.runs.config import load_data
 
 REPO = Path(__file__).resolve().parents[1]
 #: (estimator, particles) of the table.
@@ -50,7 +50,9 @@ def train(name: str, particles: int, args: argparse.Namespace) -> Path:
 
 def row(run: Path, name: str, particles: int, args: argparse.Namespace) -> dict:
     vae, cfg = pyro_vae.load(run)
-    data = load_data(cfg)  # the test set binarized once, with pyro_vae.data.BINARIZATION_SEED, as training evaluated it
+    data = load_data(
+        cfg
+    )  # the test set binarized once, with pyro_vae.training.data.BINARIZATION_SEED, as training evaluated it
     x = data.test[: args.test_images]
     torch.manual_seed(0)
     ll = log_likelihood(vae, x, num_samples=args.num_samples).double()

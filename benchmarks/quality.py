@@ -13,7 +13,7 @@ a 2-core machine (:data:`CPU_BUDGETS` says what changes). A preset trains into
 ``benchmarks/quality/<preset>-<budget>/`` (resuming it when it was interrupted), then its model
 (the best by validation ELBO where the protocol holds out a validation set) is evaluated: test
 log p(x) by importance sampling with K = 5000 on all 10,000 test images, which dynamic
-binarization draws once with ``pyro_vae.data.BINARIZATION_SEED`` (0), the same for every run.
+binarization draws once with ``pyro_vae.training.data.BINARIZATION_SEED`` (0), the same for every run.
 
 The table (preset, budget, epochs, training seconds, log p(x) ± SE, the published number, the
 difference) is printed and written to ``benchmarks/quality/results.json``; ``log_likelihood.png``
@@ -41,14 +41,14 @@ import torch
 
 import pyro_vae
 from pyro_vae import Config
-from pyro_vae.config import build_vae, load_data, resolve_device
-from pyro_vae.evaluation import read_metrics
-from pyro_vae.marginal import log_likelihood
-from pyro_vae.objectives import Objective
-from pyro_vae.optim import make_optimizer, staged_epochs
-from pyro_vae.runs import load_snapshot, resume_run, snapshot_path, train_run
-from pyro_vae.signals import StopSignals
-from pyro_vae.train import TrainingInterrupted
+from pyro_vae.cli.signals import StopSignals
+from pyro_vae.infer.marginal import log_likelihood
+from pyro_vae.infer.objectives import Objective
+from pyro_vae.runs.config import build_vae, load_data, resolve_device
+from pyro_vae.runs.evaluation import read_metrics
+from pyro_vae.runs.folders import load_snapshot, resume_run, snapshot_path, train_run
+from pyro_vae.training.loop import TrainingInterrupted
+from pyro_vae.training.optim import make_optimizer, staged_epochs
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "quality"

@@ -62,8 +62,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import pyro_vae
 from pyro_vae import VAE, DataError, Dataset, Objective
-from pyro_vae.marginal import MAX_ELEMENTS
-from pyro_vae.optim import make_optimizer
+from pyro_vae.infer.marginal import MAX_ELEMENTS
+from pyro_vae.training.optim import make_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = (28, 28)

@@ -18,7 +18,7 @@ import pyro
 import torch
 
 import pyro_vae
-from pyro_vae.plots import plot_curves
+from pyro_vae.runs.plots import plot_curves
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -18,7 +18,7 @@ import pyro.distributions as dist
 import torch
 
 from pyro_vae import PRIORS, Config, train_run
-from pyro_vae.priors import Prior
+from pyro_vae.models.priors import Prior
 from pyro_vae.registry import AtLeast
 
 

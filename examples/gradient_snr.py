@@ -19,8 +19,8 @@ from pathlib import Path
 import pyro
 
 import pyro_vae
-from pyro_vae.compare import compare_estimators, format_comparison, snr_slopes
-from pyro_vae.plots import plot_gradient_snr
+from pyro_vae.infer.compare import compare_estimators, format_comparison, snr_slopes
+from pyro_vae.runs.plots import plot_gradient_snr
 
 
 def trained_model(args: argparse.Namespace):

@@ -17,7 +17,7 @@ import pyro
 import torch
 
 import pyro_vae
-from pyro_vae.plots import latent_grid, plot_latent_spaces, posterior_means
+from pyro_vae.runs.plots import latent_grid, plot_latent_spaces, posterior_means
 
 
 def grid_test(vae, data) -> tuple[float, int]:

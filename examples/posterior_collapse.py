@@ -6,7 +6,7 @@
 Trains one VAE per setting (MLP 784-400-32, Bernoulli likelihood on dynamically binarized images,
 analytic ELBO, Adam 1e-3, batch 128): beta in {0.5, 1, 2, 4, 8}, then beta = 4 with a KL warm-up
 and with free bits. For each it reports, on the test set, the diagnostics of
-:func:`pyro_vae.diagnostics`: active units (Burda et al., 2016), the KL per latent dimension, and
+:func:`pyro_vae.infer.diagnostics`: active units (Burda et al., 2016), the KL per latent dimension, and
 the average KL split into the mutual information I(x; z) and the marginal KL (Hoffman & Johnson,
 2016). It prints a table, writes ``collapse.json`` and draws ``collapse.png``: each setting's KL
 per dimension, sorted.

@@ -10,7 +10,7 @@ It prints the test ELBO by both estimators and draws samples from the prior into
 import argparse
 
 import pyro_vae
-from pyro_vae.plots import plot_samples
+from pyro_vae.runs.plots import plot_samples
 
 
 def main(argv: list[str] | None = None) -> dict:

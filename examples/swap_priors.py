@@ -16,8 +16,8 @@ import pyro
 import torch
 
 import pyro_vae
-from pyro_vae.objectives import kl_methods
-from pyro_vae.plots import plot_latent_spaces
+from pyro_vae.infer.objectives import kl_methods
+from pyro_vae.runs.plots import plot_latent_spaces
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

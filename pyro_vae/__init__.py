@@ -6,24 +6,27 @@ registry entries chosen by name; the ELBO is estimated by Monte Carlo (``Trace_E
 the closed-form Gaussian KL (``TraceMeanField_ELBO``), on Pyro's path or a fused, exact one.
 """
 
-from pyro_vae.annealing import KL_SCHEDULES
-from pyro_vae.compare import compare_estimators
-from pyro_vae.config import Config
-from pyro_vae.data import Dataset, load_dataset
-from pyro_vae.diagnostics import diagnostics
+import importlib
+import sys
+
 from pyro_vae.errors import ConfigError, DataError, PyroVAEError, RunError
-from pyro_vae.estimators import ESTIMATORS, Estimator
-from pyro_vae.evaluation import compare_run, evaluate_run, plot_run
-from pyro_vae.kl import gaussian_kl
-from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.marginal import iwae_bound, log_likelihood
-from pyro_vae.networks import NETWORKS
-from pyro_vae.objectives import Objective, elbo_per_example, evaluate_elbo, fused_loss, make_elbo
-from pyro_vae.optim import LR_SCHEDULES, OPTIMIZERS
-from pyro_vae.priors import PRIORS
-from pyro_vae.runs import load, resume_run, train_run
-from pyro_vae.train import fit
-from pyro_vae.vae import VAE, make_vae
+from pyro_vae.infer.compare import compare_estimators
+from pyro_vae.infer.diagnostics import diagnostics
+from pyro_vae.infer.estimators import ESTIMATORS, Estimator
+from pyro_vae.infer.marginal import iwae_bound, log_likelihood
+from pyro_vae.infer.objectives import Objective, elbo_per_example, evaluate_elbo, fused_loss, make_elbo
+from pyro_vae.models.kl import gaussian_kl
+from pyro_vae.models.likelihoods import LIKELIHOODS
+from pyro_vae.models.networks import NETWORKS
+from pyro_vae.models.priors import PRIORS
+from pyro_vae.models.vae import VAE, make_vae
+from pyro_vae.runs.config import Config
+from pyro_vae.runs.evaluation import compare_run, evaluate_run, plot_run
+from pyro_vae.runs.folders import load, resume_run, train_run
+from pyro_vae.training.annealing import KL_SCHEDULES
+from pyro_vae.training.data import Dataset, load_dataset
+from pyro_vae.training.loop import fit
+from pyro_vae.training.optim import LR_SCHEDULES, OPTIMIZERS
 
 __all__ = [
     "VAE",
@@ -63,3 +66,19 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# Where each module lived before the package was grouped into rooms (0.1): the old paths stay importable,
+# so that a plugin's ``from pyro_vae.priors import Prior`` keeps working.
+_MOVED = {
+    **{name: f"models.{name}" for name in ("vae", "priors", "likelihoods", "networks", "kl", "scale")},
+    "continuous_bernoulli": "models.continuous_bernoulli",
+    **{name: f"infer.{name}" for name in ("estimators", "references", "objectives", "marginal", "compare")},
+    "diagnostics": "infer.diagnostics",
+    **{name: f"training.{name}" for name in ("optim", "annealing", "initialization", "distributed", "data")},
+    "train": "training.loop",
+    **{name: f"runs.{name}" for name in ("config", "storage", "evaluation", "plots", "tensorboard")},
+    "signals": "cli.signals",
+}
+for _old, _new in _MOVED.items():
+    sys.modules.setdefault(f"{__name__}.{_old}", importlib.import_module(f"{__name__}.{_new}"))
+del _old, _new

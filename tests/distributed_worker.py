@@ -11,9 +11,9 @@ import torch
 from torch.distributions import Normal
 
 from pyro_vae import make_vae
-from pyro_vae.data import Dataset
-from pyro_vae.distributed import from_env
-from pyro_vae.train import fit
+from pyro_vae.training.data import Dataset
+from pyro_vae.training.distributed import from_env
+from pyro_vae.training.loop import fit
 
 CASES = [dict(elbo="mc"), dict(elbo="analytic", fused=True), dict(elbo="mc", beta=0.0, fused=True)]
 

@@ -6,7 +6,7 @@ folder, a checkpoint. Each must give exactly one line ``pyro-vae: error: ...`` (
 status 2, show no traceback, and write nothing: the case's whole folder (which is also the working
 directory) is the same, file by file, in name, size and modification time, before and after.
 
-Most rows call :func:`pyro_vae.cli.main` in-process; the rows marked ``subprocess=True`` run
+Most rows call :func:`pyro_vae.cli.main.main` in-process; the rows marked ``subprocess=True`` run
 ``python -m pyro_vae`` as a user would, to prove that no traceback reaches the terminal. Adding a
 case is adding a row.
 """
@@ -28,8 +28,8 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae.cli import main
-from pyro_vae.storage import CHECKPOINT_FORMAT
+from pyro_vae.cli.main import main
+from pyro_vae.runs.storage import CHECKPOINT_FORMAT
 
 #: Settings that make a ``train`` case fast should the library wrongly accept it. Given as
 #: ``--set`` (applied first, in order) so that every option and ``--set`` of a case overrides them.

@@ -16,10 +16,10 @@ from pyro.infer import RenyiELBO
 from torch import nn
 
 from pyro_vae import LIKELIHOODS, PRIORS, VAE, Config, Objective, fit
-from pyro_vae.compare import compare_estimators, parameter_groups
-from pyro_vae.data import Dataset
 from pyro_vae.errors import ConfigError
-from pyro_vae.objectives import evaluate_bounds, evaluate_elbo, make_elbo
+from pyro_vae.infer.compare import compare_estimators, parameter_groups
+from pyro_vae.infer.objectives import evaluate_bounds, evaluate_elbo, make_elbo
+from pyro_vae.training.data import Dataset
 
 from helpers import tiny_batch, tiny_vae
 
@@ -207,7 +207,7 @@ def test_an_iwae_run_reports_its_bound_with_its_particles():
 
 
 def test_compare_reports_the_gradient_snr_and_its_slopes():
-    from pyro_vae.compare import format_comparison, snr_slopes
+    from pyro_vae.infer.compare import format_comparison, snr_slopes
 
     pyro.set_rng_seed(0)
     result = compare_estimators(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pyro_vae import ESTIMATORS
-from pyro_vae.cli import main
+from pyro_vae.cli.main import main
 from pyro_vae.errors import RunError
 
 SMALL = ["--epochs", "2", "--hidden", "32", "--latent-dim", "2", "--batch-size", "256", "--quiet"]
@@ -184,7 +184,7 @@ def test_config_prints_the_resolved_configuration(tmp_path, capsys):
 
 
 def test_component_shortcuts_set_the_type_with_its_defaults():
-    from pyro_vae.cli import _parser, _train_config
+    from pyro_vae.cli.main import _parser, _train_config
 
     args = _parser().parse_args(["train", "--prior", "laplace", "--likelihood", "gaussian", "--network", "gated_mlp"])
     config = _train_config(args)
@@ -199,7 +199,7 @@ def test_help_explains_every_option_and_shows_defaults(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
     text = capsys.readouterr().out
-    from pyro_vae.cli import _parser
+    from pyro_vae.cli.main import _parser
 
     parser = _parser()._subparsers._group_actions[0].choices[command]
     for action in parser._actions:

@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from pyro_vae.compare import compare_estimators, format_comparison
+from pyro_vae.infer.compare import compare_estimators, format_comparison
 
 from helpers import tiny_batch, tiny_vae
 

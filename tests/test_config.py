@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from pyro_vae import PRIORS, Config
-from pyro_vae.config import apply_overrides
 from pyro_vae.errors import ConfigError
+from pyro_vae.runs.config import apply_overrides
 
 CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"
 

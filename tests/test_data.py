@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.distributions import constraints
 
-from pyro_vae.data import SPLIT_SEED, load_dataset
 from pyro_vae.errors import DataError
+from pyro_vae.training.data import SPLIT_SEED, load_dataset
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 UNIT = dict(support=constraints.unit_interval, support_text="[0, 1]")

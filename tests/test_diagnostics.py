@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from pyro_vae import ConfigError, make_vae
-from pyro_vae.diagnostics import (
+from pyro_vae.infer.diagnostics import (
     _log_aggregate,
     activity,
     diagnostics,
@@ -35,7 +35,7 @@ from pyro_vae.diagnostics import (
 from helpers import EVENT_SHAPE, numerical_kl_from_normal, tiny_vae
 
 # the module itself: the package exports its function diagnostics under the same name
-diagnostics_module = importlib.import_module("pyro_vae.diagnostics")
+diagnostics_module = importlib.import_module("pyro_vae.infer.diagnostics")
 
 UNUSED = (1, 3)
 

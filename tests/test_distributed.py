@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pyro_vae import evaluate_run, load
-from pyro_vae.storage import load_checkpoint
+from pyro_vae.runs.storage import load_checkpoint
 
 HERE = Path(__file__).parent
 pytestmark = pytest.mark.slow

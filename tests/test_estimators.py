@@ -1,6 +1,6 @@
 """Every registered estimator: its fused loss is its Pyro reference, its per-example value is its loss.
 
-The tests iterate over :data:`pyro_vae.estimators.ESTIMATORS`, so a new estimator is covered by
+The tests iterate over :data:`pyro_vae.infer.estimators.ESTIMATORS`, so a new estimator is covered by
 registering it (one row of each parametrized test).
 """
 
@@ -10,9 +10,9 @@ import torch
 from pyro.infer import ELBO
 
 from pyro_vae import ESTIMATORS, LIKELIHOODS, PRIORS, Estimator, Objective, make_elbo
-from pyro_vae.cli import main
+from pyro_vae.cli.main import main
 from pyro_vae.errors import ConfigError
-from pyro_vae.objectives import choose_path, elbo_per_example, evaluate_elbo, kl_methods
+from pyro_vae.infer.objectives import choose_path, elbo_per_example, evaluate_elbo, kl_methods
 
 from helpers import tiny_batch, tiny_vae
 

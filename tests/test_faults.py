@@ -20,13 +20,13 @@ import pytest
 import torch
 
 from pyro_vae import Config, make_vae, train_run
-from pyro_vae.cli import main
-from pyro_vae.data import Dataset
+from pyro_vae.cli.main import main
 from pyro_vae.errors import ConfigError, RunError
-from pyro_vae.objectives import Objective
-from pyro_vae.runs import resume_run
-from pyro_vae.storage import load_checkpoint, save_checkpoint
-from pyro_vae.train import TrainingDiverged, TrainingInterrupted, TrainState, fit, svi_step
+from pyro_vae.infer.objectives import Objective
+from pyro_vae.runs.folders import resume_run
+from pyro_vae.runs.storage import load_checkpoint, save_checkpoint
+from pyro_vae.training.data import Dataset
+from pyro_vae.training.loop import TrainingDiverged, TrainingInterrupted, TrainState, fit, svi_step
 
 EPOCHS = 3
 

@@ -12,7 +12,7 @@ import torch
 
 from pyro_vae import LIKELIHOODS, PRIORS, VAE, Objective, fused_loss, make_vae
 from pyro_vae.errors import ConfigError
-from pyro_vae.train import fit
+from pyro_vae.training.loop import fit
 
 from helpers import tiny_batch, tiny_vae
 
@@ -73,7 +73,7 @@ def test_training_follows_the_same_path_as_pyro():
 
     Equal up to float32 rounding.
     """
-    from pyro_vae.data import Dataset
+    from pyro_vae.training.data import Dataset
 
     x = torch.rand(64, 4, 4, generator=torch.Generator().manual_seed(2))
     data = Dataset("toy", x[:48], x[48:])

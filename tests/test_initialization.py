@@ -7,7 +7,7 @@ import torch
 
 from pyro_vae import LIKELIHOODS, Config, load, make_vae, train_run
 from pyro_vae.errors import ConfigError
-from pyro_vae.initialization import glorot_, initialize
+from pyro_vae.training.initialization import glorot_, initialize
 
 from helpers import EVENT_SHAPE
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torch.distributions import Normal, kl_divergence
 
 from pyro_vae import gaussian_kl
-from pyro_vae.kl import gaussian_kl_elementwise
+from pyro_vae.models.kl import gaussian_kl_elementwise
 
 from helpers import numerical_kl_from_normal
 

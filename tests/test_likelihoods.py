@@ -9,7 +9,7 @@ import torch
 from torch.distributions import constraints, kl_divergence
 
 from pyro_vae import ESTIMATORS, LIKELIHOODS, Objective
-from pyro_vae.continuous_bernoulli import StableContinuousBernoulli, continuous_bernoulli_log_norm
+from pyro_vae.models.continuous_bernoulli import StableContinuousBernoulli, continuous_bernoulli_log_norm
 
 from helpers import EVENT_SHAPE, tiny_vae
 

@@ -5,7 +5,7 @@ import torch
 
 from pyro_vae import NETWORKS
 from pyro_vae.errors import ConfigError
-from pyro_vae.networks import GatedLinear
+from pyro_vae.models.networks import GatedLinear
 
 SPECS = [{"type": name} for name in NETWORKS] + [
     {"type": "mlp", "hidden": [16, 8], "activation": "tanh"},

@@ -14,7 +14,7 @@ from pyro import poutine
 
 from pyro_vae import Objective, elbo_per_example, evaluate_elbo, gaussian_kl, make_elbo
 from pyro_vae.errors import ConfigError
-from pyro_vae.objectives import kl_methods
+from pyro_vae.infer.objectives import kl_methods
 
 from helpers import tiny_batch, tiny_vae
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from pyro_vae import LR_SCHEDULES, OPTIMIZERS, Config, make_vae
-from pyro_vae.data import Dataset
 from pyro_vae.errors import ConfigError
-from pyro_vae.optim import fused_if_supported, make_lr_schedule, make_optimizer, staged_epochs
-from pyro_vae.train import TrainingInterrupted, TrainState, fit
+from pyro_vae.training.data import Dataset
+from pyro_vae.training.loop import TrainingInterrupted, TrainState, fit
+from pyro_vae.training.optim import fused_if_supported, make_lr_schedule, make_optimizer, staged_epochs
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
@@ -126,8 +126,8 @@ def test_a_scheduled_run_folder_resumes_through_its_checkpoint(tmp_path):
     import json
 
     from pyro_vae import train_run
-    from pyro_vae.runs import resume_run
-    from pyro_vae.storage import load_checkpoint
+    from pyro_vae.runs.folders import resume_run
+    from pyro_vae.runs.storage import load_checkpoint
 
     train = {
         "epochs": 3,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pyro_vae import make_vae, plots
-from pyro_vae.data import Dataset
+from pyro_vae.training.data import Dataset
 
 PNG = b"\x89PNG"
 

@@ -13,14 +13,14 @@ import pytest
 
 from pyro_vae import PRIORS
 from pyro_vae.errors import ConfigError
-from pyro_vae.priors import StandardNormal
+from pyro_vae.models.priors import StandardNormal
 
 CAUCHY = textwrap.dedent(
     """
     import pyro.distributions as dist
     import torch
 
-    from pyro_vae.priors import PRIORS, Prior
+    from pyro_vae.models.priors import PRIORS, Prior
 
 
     @PRIORS.register("cauchy_plugin")
@@ -50,7 +50,7 @@ def cli(*args, cwd, env=None):
 
 @pytest.mark.slow  # training in its own interpreter, as a user runs it
 def test_a_run_with_an_imported_prior_is_evaluated_plotted_and_compared(tmp_path, monkeypatch):
-    from pyro_vae.cli import main
+    from pyro_vae.cli.main import main
 
     (tmp_path / "my_priors.py").write_text(CAUCHY)
     trained = cli("train", "--import", "my_priors", "--prior", "cauchy_plugin", *SMALL, "--out", "run", cwd=tmp_path)
@@ -96,7 +96,7 @@ def test_a_taken_name_is_refused_unless_replacing_is_asked_for():
 
 
 def test_imports_before_and_after_the_command_are_all_imported(tmp_path, monkeypatch):
-    from pyro_vae.cli import main
+    from pyro_vae.cli.main import main
 
     for name in ("before_module", "after_module"):
         (tmp_path / f"{name}.py").write_text("IMPORTED = True\n")

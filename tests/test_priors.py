@@ -13,7 +13,7 @@ import torch
 from torch.distributions import kl_divergence
 
 from pyro_vae import ESTIMATORS, PRIORS, Objective
-from pyro_vae.priors import has_closed_form_kl
+from pyro_vae.models.priors import has_closed_form_kl
 
 from helpers import numerical_kl_from_normal, tiny_batch, tiny_vae
 
@@ -156,7 +156,7 @@ def test_diagonal_normal_mixture_is_mixture_same_family(batch):
     """Its matrix-product density and gradients equal the broadcast form's, expanded or not (float64)."""
     from pyro.distributions import Categorical, MixtureSameFamily, Normal
 
-    from pyro_vae.priors import DiagonalNormalMixture
+    from pyro_vae.models.priors import DiagonalNormalMixture
 
     logits, loc, scale, z = _mixture(torch.float64)
     fast = DiagonalNormalMixture(logits, loc, scale).expand(batch)
@@ -174,7 +174,7 @@ def test_diagonal_normal_mixture_is_mixture_same_family(batch):
 
 def test_diagonal_normal_mixture_is_accurate_in_float32():
     """Forming the quadratic terms in float64 keeps float32 densities as close to the truth as float32 allows."""
-    from pyro_vae.priors import DiagonalNormalMixture
+    from pyro_vae.models.priors import DiagonalNormalMixture
 
     logits, loc, scale, z = (t.detach().float() for t in _mixture(torch.float64, components=500, dim=40))
     truth = DiagonalNormalMixture(logits.double(), loc.double(), scale.double()).log_prob(z.double())

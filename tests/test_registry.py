@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from pyro_vae import PRIORS, Config, train_run
-from pyro_vae.cli import main
+from pyro_vae.cli.main import main
 from pyro_vae.errors import ConfigError
-from pyro_vae.priors import Prior
+from pyro_vae.models.priors import Prior
 from pyro_vae.registry import AtLeast, Registry
 
 

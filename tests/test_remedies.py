@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from pyro_vae import KL_SCHEDULES, Config, Objective, fit
-from pyro_vae.cli import main
-from pyro_vae.data import Dataset
+from pyro_vae.cli.main import main
 from pyro_vae.errors import ConfigError
-from pyro_vae.train import TrainingInterrupted, training_objective
+from pyro_vae.training.data import Dataset
+from pyro_vae.training.loop import TrainingInterrupted, training_objective
 
 from helpers import tiny_batch, tiny_vae
 

@@ -10,8 +10,8 @@ import torch
 
 from pyro_vae import Config, evaluate_run, load, train_run
 from pyro_vae.errors import PyroVAEError, RunError
-from pyro_vae.runs import anchored
-from pyro_vae.storage import CHECKPOINT_FORMAT, load_checkpoint
+from pyro_vae.runs.folders import anchored
+from pyro_vae.runs.storage import CHECKPOINT_FORMAT, load_checkpoint
 
 TINY = {
     "model": {"latent_dim": 2, "network": {"type": "mlp", "hidden": [16]}},

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from pyro_vae import elbo_per_example, fit, load_dataset, make_vae
-from pyro_vae.cli import main
+from pyro_vae.cli.main import main
 from pyro_vae.errors import ConfigError
-from pyro_vae.train import TrainingDiverged
+from pyro_vae.training.loop import TrainingDiverged
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

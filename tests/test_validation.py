@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from pyro_vae import Config, load, load_dataset, make_vae, train_run
-from pyro_vae.data import Dataset
 from pyro_vae.errors import ConfigError, DataError
-from pyro_vae.runs import load_snapshot, resume_run, snapshot_path
-from pyro_vae.storage import load_checkpoint
-from pyro_vae.train import TrainingInterrupted, fit
+from pyro_vae.runs.folders import load_snapshot, resume_run, snapshot_path
+from pyro_vae.runs.storage import load_checkpoint
+from pyro_vae.training.data import Dataset
+from pyro_vae.training.loop import TrainingInterrupted, fit
 
 
 def test_the_validation_split_is_fixed_disjoint_and_held_out_of_training():

@@ -2,8 +2,8 @@ r"""Pyro ELBOs for the estimators Pyro does not ship, or does not compute per da
 
 Each class runs the model and the guide through Pyro's traces, with vectorized particles, exactly
 as :class:`~pyro.infer.Trace_ELBO` does, and forms its estimate from the sample sites: they are the
-references that the fused estimators of :mod:`pyro_vae.estimators` are tested against, and they
-evaluate any model/guide pair (a subclass of :class:`~pyro_vae.vae.VAE` that redefines its program too).
+references that the fused estimators of :mod:`pyro_vae.infer.estimators` are tested against, and they
+evaluate any model/guide pair (a subclass of :class:`~pyro_vae.models.vae.VAE` that redefines its program too).
 
 - :class:`TraceIWAE_ELBO`, the importance-weighted bound. Pyro's ``RenyiELBO(alpha=0)`` is this
   bound for a full batch, but under minibatch scaling it multiplies each data point's log-weights
@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.kl import free_bits_kl, kl_per_dim
+from pyro_vae.models.kl import free_bits_kl, kl_per_dim
 
 __all__ = ["TraceIWAE_ELBO", "TraceDReG_ELBO", "TraceSTL_ELBO", "TraceFreeBits_ELBO", "stopped", "square_weights"]
 
@@ -160,7 +160,7 @@ class TraceFreeBits_ELBO(Trace_ELBO):
 
     scaled by :math:`N/B` like every site. :math:`\mathrm{KL}_{nj}` is the closed form where
     ``closed_form_kl`` and one is registered between the guide's and the prior's coordinates, else
-    the sampled :math:`\log q_j(z_j) - \log p_j(z_j)` (:func:`~pyro_vae.kl.kl_per_dim`).
+    the sampled :math:`\log q_j(z_j) - \log p_j(z_j)` (:func:`~pyro_vae.models.kl.kl_per_dim`).
 
     Reference:
         Improved Variational Inference with Inverse Autoregressive Flow (Kingma et al., 2016).

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from pyro.distributions import constraints
 from torch import Tensor, nn
 
-from pyro_vae.continuous_bernoulli import StableContinuousBernoulli, continuous_bernoulli_log_norm
+from pyro_vae.models.continuous_bernoulli import StableContinuousBernoulli, continuous_bernoulli_log_norm
+from pyro_vae.models.scale import Scale
 from pyro_vae.registry import AtLeast, Registry
-from pyro_vae.scale import Scale
 
 __all__ = [
     "LIKELIHOODS",

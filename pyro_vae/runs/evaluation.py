@@ -1,6 +1,6 @@
 r"""Evaluate, compare and draw a finished run: the questions asked of a trained model.
 
-Each function opens a run folder (:func:`pyro_vae.runs.load`), reloads its data set, seeds torch
+Each function opens a run folder (:func:`pyro_vae.runs.folders.load`), reloads its data set, seeds torch
 from the run's config (so the same command gives the same numbers), and reports in nats per data
 point with standard errors.
 
@@ -21,18 +21,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pyro_vae.compare import compare_estimators
-from pyro_vae.config import Config, load_data, resolve_device
-from pyro_vae.data import Dataset
-from pyro_vae.diagnostics import diagnostics
+from pyro_vae.infer.compare import compare_estimators
+from pyro_vae.runs.config import Config, load_data, resolve_device
+from pyro_vae.training.data import Dataset
+from pyro_vae.infer.diagnostics import diagnostics
 from pyro_vae.errors import RunError
-from pyro_vae.estimators import ESTIMATORS, check_estimator
-from pyro_vae.marginal import log_likelihood
-from pyro_vae.objectives import evaluate_bounds
-from pyro_vae.plots import draw_pictures, plot_gradient_snr, plot_gradient_variance
-from pyro_vae.runs import caption, load
-from pyro_vae.storage import atomic_write
-from pyro_vae.vae import VAE
+from pyro_vae.infer.estimators import ESTIMATORS, check_estimator
+from pyro_vae.infer.marginal import log_likelihood
+from pyro_vae.infer.objectives import evaluate_bounds
+from pyro_vae.runs.plots import draw_pictures, plot_gradient_snr, plot_gradient_variance
+from pyro_vae.runs.folders import caption, load
+from pyro_vae.runs.storage import atomic_write
+from pyro_vae.models.vae import VAE
 
 __all__ = ["evaluate_run", "compare_run", "plot_run", "open_run"]
 
@@ -85,12 +85,12 @@ def evaluate_run(
 ) -> dict[str, Any]:
     r"""ELBO of a split of a run's data set under each reported estimator, with standard errors (nats per point).
 
-    The estimators are :data:`~pyro_vae.estimators.REPORTED` and the one the run trained with,
+    The estimators are :data:`~pyro_vae.infer.estimators.REPORTED` and the one the run trained with,
     from the same draws; an importance-weighted bound is evaluated with the particles it was
-    trained with (:func:`~pyro_vae.objectives.evaluate_bounds`). With ``num_samples = K > 0`` it
+    trained with (:func:`~pyro_vae.infer.objectives.evaluate_bounds`). With ``num_samples = K > 0`` it
     adds ``log_likelihood``, the importance-sampled :math:`\log p(x)` with ``K`` samples per point
-    (see :func:`pyro_vae.marginal.log_likelihood`), and its standard error over the data points.
-    It reports whether the latent code is used, the keys of :func:`~pyro_vae.diagnostics.diagnostics`
+    (see :func:`pyro_vae.infer.marginal.log_likelihood`), and its standard error over the data points.
+    It reports whether the latent code is used, the keys of :func:`~pyro_vae.infer.diagnostics.diagnostics`
     (``active_units``, ``kl_per_dim``, ``mutual_information``, ``marginal_kl``, ...) on the first
     :data:`DIAGNOSTIC_POINTS` points (``diagnostic_points``). ``data``: where the run's data are now
     (see :func:`open_run`).
@@ -121,7 +121,7 @@ DIAGNOSTIC_POINTS = 10_000
 
 
 def _usage(vae: VAE, x: Tensor) -> dict[str, Any]:
-    """Is the latent code used? :func:`~pyro_vae.diagnostics.diagnostics` of the first points of ``x``."""
+    """Is the latent code used? :func:`~pyro_vae.infer.diagnostics.diagnostics` of the first points of ``x``."""
     if len(x) < 2:
         return {}
     report = diagnostics(vae, x[:DIAGNOSTIC_POINTS])
@@ -140,7 +140,7 @@ def compare_run(
     estimators: Sequence[str] | None = None,
     data: dict | None = None,
 ) -> dict[str, Any]:
-    """Compare estimators on a fixed batch of a run's data (:func:`pyro_vae.compare.compare_estimators`).
+    """Compare estimators on a fixed batch of a run's data (:func:`pyro_vae.infer.compare.compare_estimators`).
 
     ``estimators`` defaults to every registered one. Writes ``compare.json``, ``compare.png``
     (gradient variance against particles) and ``snr.png`` (the gradient's signal-to-noise ratio)

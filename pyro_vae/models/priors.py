@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.kl import UnitNormal, closed_form_kl
+from pyro_vae.models.kl import UnitNormal, closed_form_kl
+from pyro_vae.models.scale import Scale
 from pyro_vae.registry import AtLeast, Registry
-from pyro_vae.scale import Scale
 
 __all__ = [
     "PRIORS",

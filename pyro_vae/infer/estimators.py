@@ -1,6 +1,6 @@
 r"""Estimators of the ELBO as registry entries: one class each, chosen by name (``train.elbo``).
 
-An estimator knows three things about the bound it estimates for :class:`~pyro_vae.vae.VAE`:
+An estimator knows three things about the bound it estimates for :class:`~pyro_vae.models.vae.VAE`:
 
 - its **Pyro reference**: the :class:`~pyro.infer.ELBO` that runs ``vae.model`` / ``vae.guide``
   (:meth:`Estimator.pyro_elbo`, with a JIT-compiled variant);
@@ -17,7 +17,7 @@ Three entries target the evidence lower bound
 - ``"mc"`` (:class:`~pyro.infer.Trace_ELBO`) estimates all of it from samples
   :math:`z^{(l)} \sim q`: :math:`\frac1L\sum_l \log p(x\mid z^{(l)}) + \log p(z^{(l)}) - \log q(z^{(l)}\mid x)`.
 - ``"analytic"`` (:class:`~pyro.infer.TraceMeanField_ELBO`) samples only the reconstruction term
-  and uses the closed-form KL (:func:`pyro_vae.kl.gaussian_kl`) wherever one is registered.
+  and uses the closed-form KL (:func:`pyro_vae.models.kl.gaussian_kl`) wherever one is registered.
 - ``"stl"``: ``mc``'s value with the sticking-the-landing gradient (no score term).
 
 Two target the importance-weighted bound :math:`\mathcal L_K(x) = \mathbb E[\log\frac1K\sum_k
@@ -26,7 +26,7 @@ p(x, z_k)/q(z_k\mid x)]` of :math:`K` = ``num_particles`` draws:
 - ``"iwae"``, its value and reparameterised gradient;
 - ``"dreg"``, the same value with the doubly reparameterized gradient for the encoder.
 
-The references of the last three are in :mod:`pyro_vae.references` (Pyro ships no such estimators,
+The references of the last three are in :mod:`pyro_vae.infer.references` (Pyro ships no such estimators,
 and its ``RenyiELBO`` is not the per-data-point IWAE bound under minibatch scaling).
 
 Adding an estimator is one subclass, one ``@ESTIMATORS.register`` and one row in the parametrized
@@ -54,15 +54,15 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.kl import (  # importing kl also registers the Gaussian closed form
+from pyro_vae.infer.references import TraceDReG_ELBO, TraceFreeBits_ELBO, TraceIWAE_ELBO, TraceSTL_ELBO, square_weights
+from pyro_vae.models.kl import (  # importing kl also registers the Gaussian closed form
     UnitNormal,
     closed_form_kl,
     free_bits_kl,
     kl_per_dim,
 )
-from pyro_vae.references import TraceDReG_ELBO, TraceFreeBits_ELBO, TraceIWAE_ELBO, TraceSTL_ELBO, square_weights
+from pyro_vae.models.vae import VAE
 from pyro_vae.registry import Registry
-from pyro_vae.vae import VAE
 
 __all__ = [
     "ESTIMATORS",
@@ -173,7 +173,7 @@ class Estimator:
     def pyro_elbo(self, jit: bool = False, free_bits: float = 0.0) -> ELBO:
         """Pyro's estimator for ``vae.model`` / ``vae.guide`` (JIT-compiled with ``jit``: fixed batch shapes then).
 
-        With ``free_bits`` > 0 it is :class:`~pyro_vae.references.TraceFreeBits_ELBO`, the ELBO with a floor
+        With ``free_bits`` > 0 it is :class:`~pyro_vae.infer.references.TraceFreeBits_ELBO`, the ELBO with a floor
         of ``free_bits`` nats under each latent dimension's KL term.
         """
         options: dict[str, Any] = dict(num_particles=self.num_particles, vectorize_particles=True, max_plate_nesting=1)
@@ -226,7 +226,7 @@ class Estimator:
         return latent if beta == 1 else beta * latent
 
     def per_example(self, terms: dict[str, Tensor | None]) -> Tensor:
-        """The estimate for each data point, shape ``(batch,)``, from :func:`pyro_vae.objectives.elbo_terms`."""
+        """The estimate for each data point, shape ``(batch,)``, from :func:`pyro_vae.infer.objectives.elbo_terms`."""
         kl = terms["kl"] if self.closed_form_kl else None
         if kl is not None:
             return terms["log_likelihood"].mean(0) - kl

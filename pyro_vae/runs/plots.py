@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pyro_vae.data import Dataset
-from pyro_vae.storage import atomic_write
-from pyro_vae.vae import VAE
+from pyro_vae.training.data import Dataset
+from pyro_vae.runs.storage import atomic_write
+from pyro_vae.models.vae import VAE
 
 __all__ = [
     "draw_pictures",
@@ -148,7 +148,7 @@ def plot_gradient_snr(result: dict, path: str | Path, caption: str = "") -> None
     coordinates of |mean| / std); each legend entry gives the least-squares slope of log SNR
     against log K (Rainforth et al., 2018: about -1/2 for IWAE's encoder, +1/2 for its decoder).
     """
-    from pyro_vae.compare import snr_slopes
+    from pyro_vae.infer.compare import snr_slopes
 
     title = "Gradient signal-to-noise ratio against the number of particles"
     slopes = {g: snr_slopes(result, g) for g in result["rows"][0]["grad_snr"]}

@@ -161,7 +161,7 @@ def free_bits_kl(kl: Tensor, free_bits: float) -> Tensor:
     r"""The KL term of a batch under free bits: :math:`B\sum_j \max(\lambda, \overline{\mathrm{KL}}_j)`.
 
     ``kl`` holds the KL term of each draw, data point and latent dimension, shape ``(..., B, latent_dim)``
-    (:func:`~pyro_vae.kl.kl_per_dim`); :math:`\overline{\mathrm{KL}}_j` is its mean over the draws and the
+    (:func:`~pyro_vae.models.kl.kl_per_dim`); :math:`\overline{\mathrm{KL}}_j` is its mean over the draws and the
     batch. A dimension whose average KL is below :math:`\lambda` nats counts :math:`\lambda` and gets no
     gradient pushing its KL further down (the floor is per data point, averaged over the minibatch).
 

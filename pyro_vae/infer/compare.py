@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pyro_vae.estimators import ESTIMATORS, check_estimator
-from pyro_vae.objectives import Objective, kl_methods
-from pyro_vae.vae import VAE
+from pyro_vae.infer.estimators import ESTIMATORS, check_estimator
+from pyro_vae.infer.objectives import Objective, kl_methods
+from pyro_vae.models.vae import VAE
 
 __all__ = ["compare_estimators", "parameter_groups", "format_comparison", "snr_slopes"]
 
@@ -141,7 +141,7 @@ def compare_estimators(
         particles: numbers of particles :math:`L` to compare.
         repeats: independent estimates per estimator and :math:`L`; standard errors and
             variances are over these.
-        estimators: names from :data:`~pyro_vae.estimators.ESTIMATORS` (default: all of them).
+        estimators: names from :data:`~pyro_vae.infer.estimators.ESTIMATORS` (default: all of them).
 
     Returns:
         ``{"kl": {site: "closed_form" | "sampled"}, "rows": [...], "agreement": [...]}``: ``kl``

@@ -19,10 +19,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pyro_vae.config import Config, apply_overrides, import_modules, set_key
+from pyro_vae.cli.signals import exit_status
 from pyro_vae.errors import ConfigError, PyroVAEError, renamed_errors
-from pyro_vae.signals import exit_status
-from pyro_vae.train import TrainingInterrupted
+from pyro_vae.runs.config import Config, apply_overrides, import_modules, set_key
+from pyro_vae.training.loop import TrainingInterrupted
 
 __all__ = ["main"]
 
@@ -395,8 +395,8 @@ def _train_config(args: argparse.Namespace) -> Config:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pyro_vae.runs import resume_run, train_run
-    from pyro_vae.signals import StopSignals
+    from pyro_vae.cli.signals import StopSignals
+    from pyro_vae.runs.folders import resume_run, train_run
 
     with StopSignals() as stop:  # from here on, SIGINT and SIGTERM stop at the next step with a checkpoint
         if args.resume is not None:
@@ -443,7 +443,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _reported(result: dict[str, Any], prefix: str = "") -> list[tuple[str, str, str]]:
     """``(estimator, key, bound)`` per registered estimator whose value ``result`` holds as ``<prefix>elbo_<name>``."""
-    from pyro_vae.estimators import BOUNDS, ESTIMATORS
+    from pyro_vae.infer.estimators import BOUNDS, ESTIMATORS
 
     return [
         (name, f"elbo_{name}", BOUNDS[ESTIMATORS.get(name).bound])
@@ -458,7 +458,7 @@ def _moved_data(args: argparse.Namespace) -> dict[str, Path]:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from pyro_vae.evaluation import evaluate_run
+    from pyro_vae.runs.evaluation import evaluate_run
 
     result = evaluate_run(
         args.run_dir, args.split, args.num_particles, args.batch_size, args.device, args.num_samples, _moved_data(args)
@@ -470,7 +470,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         f"{result['run']} ({result['split']} split, {result['num_examples']} points, "
         f"{result['num_particles']} particle(s))"
     )
-    from pyro_vae.estimators import ESTIMATORS
+    from pyro_vae.infer.estimators import ESTIMATORS
 
     for name, key, bound in _reported(result):
         k = f", K={result['train_particles']}" if ESTIMATORS.get(name).particles_define_bound else ""
@@ -508,8 +508,8 @@ def _print_usage(result: dict[str, Any]) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from pyro_vae.compare import format_comparison
-    from pyro_vae.evaluation import compare_run
+    from pyro_vae.infer.compare import format_comparison
+    from pyro_vae.runs.evaluation import compare_run
 
     result = compare_run(
         args.run_dir,
@@ -533,7 +533,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from pyro_vae.evaluation import plot_run
+    from pyro_vae.runs.evaluation import plot_run
 
     for path in plot_run(args.run_dir, args.device, _moved_data(args)):
         print(path)
@@ -546,20 +546,20 @@ def _summary(constructor: Any) -> str:
 
 #: Listing commands: ``command -> (module, registry name, config key)``.
 _LISTINGS: dict[str, tuple[str, str, str]] = {
-    "priors": ("pyro_vae.priors", "PRIORS", "model.prior.type"),
-    "likelihoods": ("pyro_vae.likelihoods", "LIKELIHOODS", "model.likelihood.type"),
-    "networks": ("pyro_vae.networks", "NETWORKS", "model.network.type"),
-    "estimators": ("pyro_vae.estimators", "ESTIMATORS", "train.elbo"),
-    "optimizers": ("pyro_vae.optim", "OPTIMIZERS", "train.optimizer.type"),
-    "schedules": ("pyro_vae.optim", "LR_SCHEDULES", "train.lr_schedule.type"),
-    "kl-schedules": ("pyro_vae.annealing", "KL_SCHEDULES", "train.kl_warmup.type"),
+    "priors": ("pyro_vae.models.priors", "PRIORS", "model.prior.type"),
+    "likelihoods": ("pyro_vae.models.likelihoods", "LIKELIHOODS", "model.likelihood.type"),
+    "networks": ("pyro_vae.models.networks", "NETWORKS", "model.network.type"),
+    "estimators": ("pyro_vae.infer.estimators", "ESTIMATORS", "train.elbo"),
+    "optimizers": ("pyro_vae.training.optim", "OPTIMIZERS", "train.optimizer.type"),
+    "schedules": ("pyro_vae.training.optim", "LR_SCHEDULES", "train.lr_schedule.type"),
+    "kl-schedules": ("pyro_vae.training.annealing", "KL_SCHEDULES", "train.kl_warmup.type"),
 }
 
 
 def _notes(registry: Any, name: str) -> list[str]:
     """What a listing says of an entry beyond its parameters."""
-    from pyro_vae.priors import PRIORS, has_closed_form_kl
-    from pyro_vae.vae import make_vae
+    from pyro_vae.models.priors import PRIORS, has_closed_form_kl
+    from pyro_vae.models.vae import make_vae
 
     constructor = registry.get(name)
     if registry is PRIORS:
@@ -578,8 +578,8 @@ def _notes(registry: Any, name: str) -> list[str]:
 def _list(args: argparse.Namespace) -> int:
     import importlib
 
-    from pyro_vae.config import toml_value
     from pyro_vae.registry import type_name
+    from pyro_vae.runs.config import toml_value
 
     module, attribute, key = _LISTINGS[args.command]
     registry = getattr(importlib.import_module(module), attribute)

@@ -6,7 +6,7 @@ The **model** (decoder) is the generative program
 
 and the **guide** (encoder) is the amortised variational posterior
 :math:`q_\phi(z_n \mid x_n) = \mathcal N(\mu_\phi(x_n), \operatorname{diag}\sigma_\phi(x_n)^2)`.
-Neither computes a loss: the ELBO estimators in :mod:`pyro_vae.objectives` do.
+Neither computes a loss: the ELBO estimators in :mod:`pyro_vae.infer.objectives` do.
 
 Reference:
     Auto-Encoding Variational Bayes (Kingma & Welling, 2014).
@@ -31,9 +31,9 @@ import torch
 from pyro import poutine
 from torch import Tensor, nn
 
-from pyro_vae.likelihoods import LIKELIHOODS, Likelihood
-from pyro_vae.networks import NETWORKS
-from pyro_vae.priors import PRIORS, Prior
+from pyro_vae.models.likelihoods import LIKELIHOODS, Likelihood
+from pyro_vae.models.networks import NETWORKS
+from pyro_vae.models.priors import PRIORS, Prior
 
 __all__ = ["VAE", "make_vae", "is_standard_program"]
 
@@ -167,9 +167,9 @@ def make_vae(
     Args:
         event_shape: shape of one data point, e.g. ``(28, 28)``.
         latent_dim: size of the latent code.
-        network: encoder/decoder pair from :data:`~pyro_vae.networks.NETWORKS` (default ``mlp``).
-        prior: from :data:`~pyro_vae.priors.PRIORS` (default ``standard_normal``).
-        likelihood: from :data:`~pyro_vae.likelihoods.LIKELIHOODS` (default ``bernoulli``).
+        network: encoder/decoder pair from :data:`~pyro_vae.models.networks.NETWORKS` (default ``mlp``).
+        prior: from :data:`~pyro_vae.models.priors.PRIORS` (default ``standard_normal``).
+        likelihood: from :data:`~pyro_vae.models.likelihoods.LIKELIHOODS` (default ``bernoulli``).
     """
     event_shape = tuple(event_shape)
     encoder, decoder = NETWORKS.build(

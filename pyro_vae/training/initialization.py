@@ -14,12 +14,12 @@ step of a new run (a resumed run continues from its checkpoint):
   parameters (a VampPrior's pseudo-inputs, say) keep their own initialisation.
 - ``output_bias_init = "data_mean"``: the bias of the decoder's last layer starts at the output
   whose :math:`p(x \mid z)` has the training data's mean (:meth:`Likelihood.output_for_mean
-  <pyro_vae.likelihoods.Likelihood.output_for_mean>`), e.g. the logits of the mean training image
+  <pyro_vae.models.likelihoods.Likelihood.output_for_mean>`), e.g. the logits of the mean training image
   for Bernoulli pixels, so that training does not spend its first steps learning the average image.
 
 Example:
     >>> import torch
-    >>> from pyro_vae.vae import make_vae
+    >>> from pyro_vae.models.vae import make_vae
     >>> vae = make_vae((8, 8), 2)
     >>> initialize(vae, weight_init="glorot", output_bias_init="data_mean", train=torch.full((10, 8, 8), 0.25))
     >>> round(vae.decoder.net[-1].bias[0].item(), 4)  # logit(0.25)

@@ -29,7 +29,7 @@ posterior that does not match the prior. Both are estimated from the same draws
 log-sum-exp over all :math:`N` components; so per draw, the sampled KL is exactly their sum.
 
 Standard errors are those of a mean over the data points, ``std(per-point term) / sqrt(N)``, each
-term averaged over its ``num_samples`` draws (as :func:`~pyro_vae.objectives.evaluate_elbo` does).
+term averaged over its ``num_samples`` draws (as :func:`~pyro_vae.infer.objectives.evaluate_elbo` does).
 Given :math:`x`, the points' draws are independent, so this covers the Monte-Carlo error of the
 draws; it overstates it by the spread of the per-point expectations, which it also counts. When
 :math:`x` is an i.i.d. sample of the data distribution, that spread is the sampling error of
@@ -63,8 +63,8 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.kl import closed_form_kl, per_dimension
-from pyro_vae.vae import VAE
+from pyro_vae.models.kl import closed_form_kl, per_dimension
+from pyro_vae.models.vae import VAE
 
 __all__ = [
     "Estimate",
@@ -217,7 +217,7 @@ def kl_per_dim(vae: VAE, x: Tensor, num_samples: int = 1, batch_size: int = 100)
     r"""The average KL of each latent dimension, :math:`\frac1N\sum_n \mathrm{KL}(q(z_j\mid x_n)\,\|\,p(z_j))`.
 
     In closed form where one is registered between the guide's Normal and the prior's factor
-    (:func:`~pyro_vae.kl.closed_form_kl`), else the average of :math:`\log q(z_j\mid x_n) - \log p(z_j)`
+    (:func:`~pyro_vae.models.kl.closed_form_kl`), else the average of :math:`\log q(z_j\mid x_n) - \log p(z_j)`
     over ``num_samples`` draws per point. ``None`` for a prior that does not factorise over the
     dimensions (a mixture, the VampPrior, a flow), whose per-dimension KL is not defined.
     """

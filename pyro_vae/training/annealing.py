@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.estimators import ESTIMATORS
+from pyro_vae.infer.estimators import ESTIMATORS
 from pyro_vae.registry import AtLeast, AtMost, Registry
 
 __all__ = ["KL_SCHEDULES", "KLSchedule", "Constant", "LinearWarmup", "make_kl_schedule", "check_kl_schedule"]

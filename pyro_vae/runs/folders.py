@@ -5,7 +5,7 @@ A run folder holds
 - ``config.toml`` — the resolved configuration (every default filled in);
 - ``metrics.jsonl`` — one JSON object per epoch (``epoch``, ``train_elbo``, ``test_elbo``, ``seconds``);
 - ``checkpoint.pt`` — model, optimiser, random number generators, data order and position
-  (a :class:`~pyro_vae.train.TrainState`), written every ``train.checkpoint_every`` epochs, at
+  (a :class:`~pyro_vae.training.loop.TrainState`), written every ``train.checkpoint_every`` epochs, at
   the end, and when training is asked to stop; read with ``torch.load(weights_only=True)``;
 - ``best.pt`` — with a validation set (``data.validation``), the parameters of the epoch with the
   best validation ELBO, written whenever it improves; :func:`load` returns this model;
@@ -16,7 +16,7 @@ A run folder holds
 
 Every file is written atomically. Nothing is written before the config, the data and the model
 have all been checked. :func:`resume_run` continues a stopped or killed run from its checkpoint.
-Evaluating, comparing and drawing a finished run is :mod:`pyro_vae.evaluation`'s work.
+Evaluating, comparing and drawing a finished run is :mod:`pyro_vae.runs.evaluation`'s work.
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ from typing import Any
 import pyro
 import torch
 
-from pyro_vae.config import Config, TrainConfig, build_vae, config_names, load_data, resolve_device
-from pyro_vae.data import FILE_SUFFIXES, Dataset
-from pyro_vae.distributed import Distributed, from_env
+from pyro_vae.runs.config import Config, TrainConfig, build_vae, config_names, load_data, resolve_device
+from pyro_vae.training.data import FILE_SUFFIXES, Dataset
+from pyro_vae.training.distributed import Distributed, from_env
 from pyro_vae.errors import PyroVAEError, RunError, renamed_errors
-from pyro_vae.initialization import initialize
-from pyro_vae.objectives import check_free_bits_prior, evaluate_bounds
-from pyro_vae.plots import draw_pictures
-from pyro_vae.storage import (
+from pyro_vae.training.initialization import initialize
+from pyro_vae.infer.objectives import check_free_bits_prior, evaluate_bounds
+from pyro_vae.runs.plots import draw_pictures
+from pyro_vae.runs.storage import (
     LOCK_FILE,
     WriteError,
     atomic_write,
@@ -49,8 +49,8 @@ from pyro_vae.storage import (
     remove_partial_writes,
     save_checkpoint,
 )
-from pyro_vae.tensorboard import TensorBoard, check_tensorboard
-from pyro_vae.train import (
+from pyro_vae.runs.tensorboard import TensorBoard, check_tensorboard
+from pyro_vae.training.loop import (
     TrainingDiverged,
     TrainingInterrupted,
     TrainState,
@@ -60,7 +60,7 @@ from pyro_vae.train import (
     fit,
     training_objective,
 )
-from pyro_vae.vae import VAE
+from pyro_vae.models.vae import VAE
 
 __all__ = ["train_run", "resume_run", "load", "load_snapshot", "snapshot_path", "caption", "RUN_FILES"]
 
@@ -130,9 +130,9 @@ def train_run(
 ) -> dict[str, Any]:
     """Train the VAE of ``config`` into the run folder ``out`` and return the summary.
 
-    ``stop`` is polled after every step (see :func:`~pyro_vae.train.fit`); when it asks, the
+    ``stop`` is polled after every step (see :func:`~pyro_vae.training.loop.fit`); when it asks, the
     run writes a checkpoint that :func:`resume_run` continues, and raises
-    :class:`~pyro_vae.train.TrainingInterrupted`.
+    :class:`~pyro_vae.training.loop.TrainingInterrupted`.
 
     Raises:
         PyroVAEError: for a bad config, data set or output folder, before anything is written.
@@ -476,7 +476,7 @@ def load_snapshot(run_dir: str | Path, epoch: int, device: str | torch.device = 
 
 
 def _fit_options(t: TrainConfig) -> dict[str, Any]:
-    """The settings of ``[train]`` that :func:`~pyro_vae.train.fit` takes as keyword arguments."""
+    """The settings of ``[train]`` that :func:`~pyro_vae.training.loop.fit` takes as keyword arguments."""
     return {
         "epochs": t.epochs,
         "batch_size": t.batch_size,

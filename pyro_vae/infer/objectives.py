@@ -1,7 +1,7 @@
 r"""The loss SVI minimises, and ELBOs per data point for evaluation.
 
 :class:`Objective` is the negative (beta-weighted) estimate of one estimator of
-:mod:`pyro_vae.estimators`, on one of three paths that compute the same value and gradient from
+:mod:`pyro_vae.infer.estimators`, on one of three paths that compute the same value and gradient from
 the same draws: Pyro's traced ELBO (the reference), Pyro's JIT-compiled ELBO (``jit=True``), or
 the estimator's fused loss, straight-line tensor code (``fused=True``, the fastest; see ``make bench``).
 :func:`evaluate_elbo` reports the ELBO of a data set under several estimators from the same draws.
@@ -22,10 +22,10 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.estimators import ESTIMATORS, REPORTED, check_estimator, evaluation_plan, make_estimator
-from pyro_vae.kl import closed_form_kl, per_dimension
-from pyro_vae.priors import PRIORS
-from pyro_vae.vae import VAE, is_standard_program
+from pyro_vae.infer.estimators import ESTIMATORS, REPORTED, check_estimator, evaluation_plan, make_estimator
+from pyro_vae.models.kl import closed_form_kl, per_dimension
+from pyro_vae.models.priors import PRIORS
+from pyro_vae.models.vae import VAE, is_standard_program
 
 __all__ = [
     "ESTIMATORS",
@@ -83,12 +83,12 @@ def make_elbo(estimator: str = "mc", num_particles: int = 1, jit: bool = False, 
     """Pyro's ELBO for the VAE's model/guide pair: the reference of the estimator registered as ``estimator``.
 
     Args:
-        estimator: a name in :data:`~pyro_vae.estimators.ESTIMATORS`: ``"mc"`` (Monte Carlo,
+        estimator: a name in :data:`~pyro_vae.infer.estimators.ESTIMATORS`: ``"mc"`` (Monte Carlo,
             ``Trace_ELBO``) or ``"analytic"`` (closed-form KL, ``TraceMeanField_ELBO``).
         num_particles: samples of :math:`z` per data point, drawn in one vectorized pass.
         jit: compile the estimator (Pyro's ``JitTrace_ELBO`` / ``JitTraceMeanField_ELBO``).
             The batch shape is fixed at the first call, so give it equal-sized batches.
-        free_bits: a floor under each latent dimension's KL term (:class:`~pyro_vae.references.TraceFreeBits_ELBO`).
+        free_bits: a floor under each latent dimension's KL term (``TraceFreeBits_ELBO``).
     """
     return make_estimator(estimator, num_particles).pyro_elbo(jit, free_bits)
 
@@ -105,11 +105,11 @@ def fused_loss(
     """The negative ELBO that Pyro's estimator computes for ``vae.model`` / ``vae.guide``, as plain tensor code.
 
     From the same random state the value and the gradient equal those of :func:`make_elbo`'s
-    ELBO to float rounding (see :meth:`~pyro_vae.estimators.Estimator.fused_loss`); the tests
+    ELBO to float rounding (see :meth:`~pyro_vae.infer.estimators.Estimator.fused_loss`); the tests
     hold it to that. What it saves is Pyro's per-step bookkeeping (traces, messengers, the param
     store), which costs a few milliseconds a step whatever the batch size.
 
-    It is valid for the model and guide of :class:`~pyro_vae.vae.VAE` itself; a subclass that
+    It is valid for the model and guide of :class:`~pyro_vae.models.vae.VAE` itself; a subclass that
     redefines either is a different program, and :class:`Objective` refuses to fuse it.
     """
     if free_bits:
@@ -130,11 +130,11 @@ class Objective:
         estimator, num_particles, jit: see :func:`make_elbo`.
         beta: weight of the KL term (1 is the ELBO; 0 drops the KL).
         fused: compute the estimator as plain tensor code (the estimator's
-            :meth:`~pyro_vae.estimators.Estimator.fused_loss`), the fastest exact path; not with
+            :meth:`~pyro_vae.infer.estimators.Estimator.fused_loss`), the fastest exact path; not with
             ``jit``. ``"auto"`` fuses wherever that is exact (see :func:`choose_path`); the default,
             ``False``, runs Pyro's ELBO, the reference.
         free_bits: a floor, in nats per data point, under each latent dimension's KL term
-            (:func:`~pyro_vae.kl.free_bits_kl`; 0: off); with ``mc`` and ``analytic`` and a prior that is a
+            (:func:`~pyro_vae.models.kl.free_bits_kl`; 0: off); with ``mc`` and ``analytic`` and a prior that is a
             product over dimensions.
         compile: compile the fused path with :func:`torch.compile` (the first call takes seconds;
             about 6% faster a step on ``make bench``'s machine). Its draws are torch's, as on the
@@ -145,7 +145,7 @@ class Objective:
 
     Example:
         >>> import torch
-        >>> from pyro_vae.vae import make_vae
+        >>> from pyro_vae.models.vae import make_vae
         >>> vae = make_vae((8, 8), latent_dim=2, network={"type": "mlp", "hidden": [16]})
         >>> objective = Objective(vae, "analytic", fused="auto")
         >>> objective.path
@@ -295,7 +295,7 @@ def evaluate_elbo(
 
     Returns:
         ``{"elbo_<name>", "elbo_<name>_se", ..., "num_examples"}``, a pair per estimator named in
-        ``estimators`` (by default :data:`~pyro_vae.estimators.REPORTED`: ``elbo_mc``,
+        ``estimators`` (by default :data:`~pyro_vae.infer.estimators.REPORTED`: ``elbo_mc``,
         ``elbo_analytic``), in nats per data point.
     """
     chosen = {e: make_estimator(e, num_particles) for e in estimators}
@@ -331,7 +331,7 @@ def evaluate_bounds(
     batch_size: int = 1000,
     reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, float]:
-    """What an evaluation of a run trained with ``estimator`` reports (:func:`~pyro_vae.estimators.evaluation_plan`).
+    """What an evaluation of a run trained with ``estimator`` reports (``evaluation_plan``).
 
     The ELBO by each reported estimator with ``num_particles`` draws and, for a bound defined by its
     particles (IWAE), that bound with the ``train_particles`` it was trained with. Same keys as

@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from pyro_vae.objectives import elbo_terms
-from pyro_vae.vae import VAE, is_standard_program
+from pyro_vae.infer.objectives import elbo_terms
+from pyro_vae.models.vae import VAE, is_standard_program
 
 __all__ = ["log_weights", "log_likelihood", "iwae_bound"]
 
@@ -52,8 +52,8 @@ def log_weights(vae: VAE, x: Tensor, num_samples: int) -> Tensor:
 
     .. math:: \log w_k = \log p(x\mid z_k) + \log p(z_k) - \log q(z_k\mid x)
 
-    The terms are those of the model and guide (:meth:`~pyro_vae.vae.VAE.encode`, ``prior``,
-    :meth:`~pyro_vae.vae.VAE.decode`), evaluated without recording Pyro traces; a subclass that
+    The terms are those of the model and guide (:meth:`~pyro_vae.models.vae.VAE.encode`, ``prior``,
+    :meth:`~pyro_vae.models.vae.VAE.decode`), evaluated without recording Pyro traces; a subclass that
     redefines ``model`` or ``guide`` is evaluated through Pyro traces of its own program.
     """
     return _log_weights(vae, vae.encode(x), vae.prior(), x, num_samples)

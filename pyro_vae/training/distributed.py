@@ -5,7 +5,7 @@ r"""Data-parallel SVI on PyTorch's distributed engine: the same ``train`` comman
 them into one process group (gloo on the CPU, NCCL on CUDA, each process on GPU ``LOCAL_RANK``).
 Every process holds the whole VAE and the whole data set in memory and, at every step, its own
 shard of the epoch's permutation (every process draws the same permutation, process ``r`` takes
-points ``r, r + N, r + 2N, ...``). The loss, the ELBO of an :class:`~pyro_vae.objectives.Objective`,
+points ``r, r + N, r + 2N, ...``). The loss, the ELBO of an :class:`~pyro_vae.infer.objectives.Objective`,
 is wrapped in :class:`~torch.nn.parallel.DistributedDataParallel`, which all-reduces the
 gradients and averages them. Since each process scales its minibatch of ``B`` points by
 ``num_data / B``,
@@ -110,7 +110,7 @@ class _Loss(nn.Module):
     """The loss as a module over the VAE's parameters: the form DistributedDataParallel wraps.
 
     It is Pyro's ELBO-as-a-module idea (``Trace_ELBO()(model, guide)``) for an
-    :class:`~pyro_vae.objectives.Objective`, whose model and guide are methods of one module.
+    :class:`~pyro_vae.infer.objectives.Objective`, whose model and guide are methods of one module.
     """
 
     def __init__(self, vae: nn.Module, objective: object) -> None:

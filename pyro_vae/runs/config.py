@@ -30,17 +30,17 @@ from typing import Annotated, Any, Literal
 import tomllib
 import torch
 
-from pyro_vae.annealing import KL_SCHEDULES, check_kl_schedule, make_kl_schedule
-from pyro_vae.data import Dataset, load_dataset
+from pyro_vae.training.annealing import KL_SCHEDULES, check_kl_schedule, make_kl_schedule
+from pyro_vae.training.data import Dataset, load_dataset
 from pyro_vae.errors import ConfigError, renamed_errors
-from pyro_vae.estimators import ESTIMATORS, check_estimator
-from pyro_vae.initialization import OutputBiasInit, WeightInit
-from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.networks import NETWORKS
-from pyro_vae.optim import LR_SCHEDULES, OPTIMIZERS
-from pyro_vae.priors import PRIORS
+from pyro_vae.infer.estimators import ESTIMATORS, check_estimator
+from pyro_vae.training.initialization import OutputBiasInit, WeightInit
+from pyro_vae.models.likelihoods import LIKELIHOODS
+from pyro_vae.models.networks import NETWORKS
+from pyro_vae.training.optim import LR_SCHEDULES, OPTIMIZERS
+from pyro_vae.models.priors import PRIORS
 from pyro_vae.registry import AtLeast, AtMost, Registry, check_value
-from pyro_vae.vae import VAE, make_vae
+from pyro_vae.models.vae import VAE, make_vae
 
 __all__ = [
     "Config",
@@ -62,7 +62,7 @@ _REGISTRIES = {"network": NETWORKS, "prior": PRIORS, "likelihood": LIKELIHOODS}
 
 @dataclass
 class DataConfig:
-    """Where the data come from and how they are prepared (see :func:`pyro_vae.data.load_dataset`)."""
+    """Where the data come from and how they are prepared (see :func:`pyro_vae.training.data.load_dataset`)."""
 
     dataset: str = "digits"
     data_root: str = "data"
@@ -103,10 +103,10 @@ class TrainConfig:
     # The estimator as plain tensor code (exact, fastest); "auto": wherever it is exact and jit is not asked for.
     fused: bool | Literal["auto"] = "auto"
     compile: bool = False  # compile the fused estimator with torch.compile (seconds to start, a few % a step)
-    optimizer: dict = field(default_factory=lambda: {"type": "adam"})  # an entry of pyro_vae.optim.OPTIMIZERS
-    lr_schedule: dict = field(default_factory=lambda: {"type": "constant"})  # an entry of pyro_vae.optim.LR_SCHEDULES
+    optimizer: dict = field(default_factory=lambda: {"type": "adam"})  # an entry of pyro_vae.training.optim.OPTIMIZERS
+    lr_schedule: dict = field(default_factory=lambda: {"type": "constant"})  # an entry of pyro_vae.training.optim.LR_SCHEDULES
     beta: Annotated[float, AtLeast(0)] = 1.0
-    # the KL weight's schedule, an entry of pyro_vae.annealing.KL_SCHEDULES: {type = "linear", epochs = 10} warms up
+    # the KL weight's schedule, an entry of pyro_vae.training.annealing.KL_SCHEDULES: {type = "linear", epochs = 10} warms up
     kl_warmup: dict = field(default_factory=lambda: {"type": "constant"})
     free_bits: Annotated[float, AtLeast(0)] = 0.0  # a floor in nats under each latent dimension's KL term; 0: off
     # stop after this many epochs (after the KL warm-up) without a better validation ELBO; needs data.validation
@@ -116,7 +116,7 @@ class TrainConfig:
     # epochs after which the model's parameters are kept as snapshots/epoch-NNNNN.pt (learning curves)
     snapshots: list[Annotated[int, AtLeast(1)]] = field(default_factory=list)
     clip_grad_norm: Annotated[float, AtLeast(0)] = 0.0  # largest total gradient norm of a step; 0: no clipping
-    # the networks' starting weights: PyTorch's, or Glorot-uniform weights and zero biases (pyro_vae.initialization)
+    # the networks' starting weights: PyTorch's, or Glorot-uniform weights and zero biases (pyro_vae.training.initialization)
     weight_init: WeightInit = "default"
     # "data_mean": the decoder's last bias starts where p(x|z) has the training data's mean (Burda et al. 2016)
     output_bias_init: OutputBiasInit = "default"

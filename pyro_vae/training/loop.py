@@ -1,7 +1,7 @@
 """Stochastic variational inference: fit a VAE to a data set, epoch by epoch, resumably.
 
 One SVI step draws a minibatch, evaluates the differentiable negative ELBO of
-:class:`~pyro_vae.objectives.Objective` (a Pyro ELBO applied to the model/guide pair),
+:class:`~pyro_vae.infer.objectives.Objective` (a Pyro ELBO applied to the model/guide pair),
 back-propagates, checks that the loss and the gradient are finite, and takes an optimiser step
 over the VAE's parameters.
 
@@ -12,7 +12,7 @@ the CPU it ends with bit-identical parameters and metrics. ``stop`` lets a calle
 line, on SIGINT or SIGTERM) end training at the next step boundary with
 :class:`TrainingInterrupted`, which carries that state.
 
-In a data-parallel job (``distributed``, see :mod:`pyro_vae.distributed`) each process trains on
+In a data-parallel job (``distributed``, see :mod:`pyro_vae.training.distributed`) each process trains on
 its shard of every batch of ``batch_size`` points, the gradient is averaged over processes, the
 test set is evaluated in shards summed over processes, and each process's draws are seeded with
 ``seed + rank``. Only process 0 shows progress; every process calls the callbacks.
@@ -51,15 +51,15 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from pyro_vae.annealing import KL_SCHEDULES, Constant, KLSchedule, check_kl_schedule, make_kl_schedule
-from pyro_vae.data import Dataset
-from pyro_vae.diagnostics import latent_usage
-from pyro_vae.distributed import Distributed, data_parallel
 from pyro_vae.errors import ConfigError, PyroVAEError
-from pyro_vae.estimators import BOUNDS, ESTIMATORS, reported_with, value_name
-from pyro_vae.objectives import Objective, evaluate_bounds, kl_methods
-from pyro_vae.optim import load_schedule_state, make_lr_schedule, make_optimizer, schedule_state
-from pyro_vae.vae import VAE
+from pyro_vae.infer.diagnostics import latent_usage
+from pyro_vae.infer.estimators import BOUNDS, ESTIMATORS, reported_with, value_name
+from pyro_vae.infer.objectives import Objective, evaluate_bounds, kl_methods
+from pyro_vae.models.vae import VAE
+from pyro_vae.training.annealing import KL_SCHEDULES, Constant, KLSchedule, check_kl_schedule, make_kl_schedule
+from pyro_vae.training.data import Dataset
+from pyro_vae.training.distributed import Distributed, data_parallel
+from pyro_vae.training.optim import load_schedule_state, make_lr_schedule, make_optimizer, schedule_state
 
 __all__ = [
     "fit",
@@ -264,8 +264,8 @@ def svi_step(
 ) -> float:
     """One SVI step on minibatch ``x``; returns the loss (negative ELBO estimate of all ``num_data`` points).
 
-    ``objective`` is an :class:`~pyro_vae.objectives.Objective`, or one wrapped by
-    :func:`~pyro_vae.distributed.data_parallel`, whose backward pass averages the gradient over processes.
+    ``objective`` is an :class:`~pyro_vae.infer.objectives.Objective`, or one wrapped by
+    :func:`~pyro_vae.training.distributed.data_parallel`, whose backward pass averages the gradient over processes.
 
     The loss and the gradient are checked before the parameters move (``where`` = (epoch, step)
     names the step in the message), so a diverging step never corrupts them. ``clip_grad_norm > 0``
@@ -623,11 +623,11 @@ def fit(
     Args:
         epochs, batch_size, lr, optimizer, lr_schedule: each epoch is a random permutation of the training
             set in batches of exactly ``batch_size``; ``optimizer`` and ``lr_schedule`` are ``{"type": name,
-            ...}`` of :mod:`pyro_vae.optim` (default Adam, constant), the schedule stepped after each epoch.
+            ...}`` of :mod:`pyro_vae.training.optim` (default Adam, constant), the schedule stepped after each epoch.
         elbo, num_particles, jit, beta, fused, compile, free_bits: the objective (:class:`~pyro_vae.Objective`);
             ``fused="auto"`` takes the fastest exact eager path; ``free_bits``: a floor in nats under each
-            latent dimension's KL term (:func:`~pyro_vae.kl.free_bits_kl`).
-        kl_warmup: ``{"type": name, ...}`` of :data:`~pyro_vae.annealing.KL_SCHEDULES` (``{"type": "linear",
+            latent dimension's KL term (:func:`~pyro_vae.models.kl.free_bits_kl`).
+        kl_warmup: ``{"type": name, ...}`` of :data:`~pyro_vae.training.annealing.KL_SCHEDULES` (``{"type": "linear",
             "epochs": 10}``): a step's KL weight is ``beta`` times the schedule's (default: constant).
         early_stopping: stop after this many epochs (after the KL warm-up) without a better ELBO of ``data.validation``
             (0: off); with a validation set ``vae`` ends with its best epoch's parameters (``TrainState.best``).

@@ -1,0 +1,1 @@
+"""The ``pyro-vae`` command line (:func:`pyro_vae.cli.main.main`)."""
