@@ -62,7 +62,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import pyro_vae
 from pyro_vae import VAE, DataError, Dataset, Objective
-from pyro_vae.infer.marginal import MAX_ELEMENTS
+from pyro_vae.infer.marginal import DECODER_ELEMENTS
 from pyro_vae.training.optim import make_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -698,12 +698,12 @@ def memory_in_subprocess(args: argparse.Namespace) -> None:
 def decoder_rows(num_points: int, num_samples: int, batch_size: int = 100) -> list[int]:
     """Rows of each decoder call that ``log_likelihood`` makes.
 
-    Points in batches, samples in chunks of at most MAX_ELEMENTS outputs.
+    Points in batches, samples in chunks of at most DECODER_ELEMENTS outputs.
     """
     rows = []
     for start in range(0, num_points, batch_size):
         points = min(batch_size, num_points - start)
-        chunk = max(1, MAX_ELEMENTS // (points * math.prod(IMAGE)))
+        chunk = max(1, DECODER_ELEMENTS // (points * math.prod(IMAGE)))
         rows += [points * min(chunk, num_samples - s) for s in range(0, num_samples, chunk)]
     return rows
 

@@ -281,7 +281,7 @@ def test_chunking_does_not_change_the_values(monkeypatch):
     vae, x = partly_unused(), data(60)
     pyro.set_rng_seed(1)
     whole = diagnostics(vae, x, num_samples=3)
-    monkeypatch.setattr(diagnostics_module, "MAX_ELEMENTS", 7)
+    monkeypatch.setattr(diagnostics_module, "AGGREGATE_ELEMENTS", 7)
     pyro.set_rng_seed(1)
     chunked = diagnostics(vae, x, num_samples=3, batch_size=7)
     assert chunked.keys() == whole.keys()

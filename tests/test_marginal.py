@@ -136,7 +136,7 @@ def test_chunks_do_not_change_the_estimate(monkeypatch):
     """With the exact posterior every weight is p(x), so any chunking must return log p(x) exactly."""
     vae, marginal = ppca()
     x = data(marginal)
-    monkeypatch.setattr("pyro_vae.infer.marginal.MAX_ELEMENTS", 2 * 3 * 7)  # chunks of 7 samples for batches of 2
+    monkeypatch.setattr("pyro_vae.infer.marginal.DECODER_ELEMENTS", 2 * 3 * 7)  # chunks of 7 samples for batches of 2
     torch.testing.assert_close(
         log_likelihood(vae, x, num_samples=64, batch_size=2), marginal.log_prob(x), rtol=0, atol=1e-10
     )

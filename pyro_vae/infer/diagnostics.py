@@ -37,6 +37,14 @@ draws; it overstates it by the spread of the per-point expectations, which it al
 mutual information and marginal KL to first order in :math:`1/N`, whose finite-:math:`N` bias it
 does not cover). Closed forms are exact given :math:`x`: their standard error is ``None``.
 
+**Any program.** Each measure is taken per latent site, from Pyro traces of the program (a site's
+:math:`\mathbb E_q[z]` averaged over the draws of the sites it is conditioned on); a program with a fused form,
+:class:`~pyro_vae.models.vae.VAE`, is read from its encoder directly. The mutual information and the marginal KL
+are defined for a site whose guide and model distributions depend on :math:`x` alone, with a diagonal-Normal
+guide; elsewhere they are ``None``. With several latent sites the report's top level combines them (units and
+dimensions added up, KL terms summed, per-dimension lists joined in the guide's order) and ``sites`` holds each
+site's own report.
+
 References:
     Importance Weighted Autoencoders (Burda, Grosse & Salakhutdinov, 2016), section 5.2: active units.
     ELBO surgery: yet another way to carve up the variational evidence lower bound
@@ -59,12 +67,13 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor
-from torch.distributions import Distribution
+from torch import Tensor, nn
+from torch.distributions import Distribution, Independent, Normal
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.infer.estimators import has_fused_form
+from pyro_vae.infer.program import closed_form_sites, conditioned_sites, kept_rng, latent_sites, traces
 from pyro_vae.models.kl import closed_form_kl, per_dimension
-from pyro_vae.models.vae import VAE
 
 __all__ = [
     "Estimate",
@@ -75,12 +84,12 @@ __all__ = [
     "kl_total",
     "mutual_information",
     "marginal_kl",
-    "MAX_ELEMENTS",
+    "AGGREGATE_ELEMENTS",
 ]
 
 #: Entries of the (draws, N) block of guide log-densities held at once when :math:`\log q(z)` is
 #: summed over all N components: 2**22 is 32 MB in float64 (about 420 draws at N = 10,000).
-MAX_ELEMENTS = 2**22
+AGGREGATE_ELEMENTS = 2**22
 
 
 class Estimate(NamedTuple):
@@ -92,6 +101,15 @@ class Estimate(NamedTuple):
     value: Tensor
     se: Tensor | None
     method: str
+
+
+class _Site(NamedTuple):
+    """What the measures of one latent site are made of, over all the data points."""
+
+    means: Tensor  # (N, latent_dim): the posterior mean of each point
+    kl_per_dim: Estimate | None  # None: the distributions are not products over dimensions
+    kl_total: Estimate
+    surgery: tuple[Estimate, Estimate] | None  # mutual information and marginal KL, where defined
 
 
 def _check(x: Tensor, num_samples: int = 1, batch_size: int = 1, threshold: float = 0.0) -> None:
@@ -107,7 +125,7 @@ def _check(x: Tensor, num_samples: int = 1, batch_size: int = 1, threshold: floa
 
 
 @contextlib.contextmanager
-def _evaluating(vae: VAE) -> Iterator[None]:
+def _evaluating(vae: nn.Module) -> Iterator[None]:
     """Eval mode and no gradients inside; the module's mode as it was afterwards."""
     was_training = vae.training
     vae.eval()
@@ -118,7 +136,7 @@ def _evaluating(vae: VAE) -> Iterator[None]:
         vae.train(was_training)
 
 
-def _encode(vae: VAE, x: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+def _encode(vae: nn.Module, x: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
     """The guide's ``(loc, scale)``, each ``(N, latent_dim)``, encoding ``batch_size`` points of ``x`` at a time.
 
     Each batch moves to the model's device, so a large ``x`` may stay in host memory.
@@ -142,7 +160,7 @@ def _factors(prior: Distribution, latent_dim: int) -> Distribution | None:
     return factors if factorised else None
 
 
-def _draw(vae: VAE, loc: Tensor, scale: Tensor, num_samples: int) -> Tensor:
+def _draw(vae: nn.Module, loc: Tensor, scale: Tensor, num_samples: int) -> Tensor:
     """``num_samples`` draws from each point's guide, shape ``(num_samples, N, latent_dim)``, by torch's global RNG."""
     return vae.posterior(loc, scale).sample((num_samples,))
 
@@ -155,7 +173,7 @@ def _log_aggregate(loc: Tensor, scale: Tensor, z: Tensor) -> Tensor:
 
     Exact over all N components. The square is expanded, :math:`z_j^2\sigma_{nj}^{-2} - 2z_j\mu_{nj}\sigma_{nj}^{-2}
     + \mu_{nj}^2\sigma_{nj}^{-2}`, so a chunk of draws costs one matrix product into a (draws, N) block rather
-    than a (draws, N, latent_dim) one, at most :data:`MAX_ELEMENTS` entries at once: memory is bounded whatever N
+    than a (draws, N, latent_dim) one, at most :data:`AGGREGATE_ELEMENTS` entries at once: memory is bounded whatever N
     is, time grows as N squared. The expansion cancels, with a rounding error of a few
     :math:`\epsilon\sum_j (|z_j| + |\mu_{nj}|)^2/\sigma_{nj}^2`; in float64 (:math:`\epsilon \approx 2\cdot 10^{-16}`)
     that is about 1e-6 nats at :math:`|z| + |\mu| = 10` and :math:`\sigma = 10^{-4}`.
@@ -166,12 +184,12 @@ def _log_aggregate(loc: Tensor, scale: Tensor, z: Tensor) -> Tensor:
     const = -scale.log().sum(-1) - (loc * shift).sum(-1) / 2 - loc.shape[-1] * math.log(2 * math.pi) / 2
     const = const - math.log(len(loc))
     weights = torch.cat([-precision / 2, shift], -1).T  # (2 latent_dim, N)
-    rows = max(1, MAX_ELEMENTS // len(loc))
+    rows = max(1, AGGREGATE_ELEMENTS // len(loc))
     blocks = (torch.addmm(const, torch.cat([c.square(), c], -1), weights) for c in flat.split(rows))
     return torch.cat([torch.logsumexp(block, -1) for block in blocks]).reshape(z.shape[:-1])
 
 
-def _kl_per_dim(vae: VAE, loc: Tensor, scale: Tensor, prior: Distribution, z: Tensor) -> Estimate | None:
+def _kl_per_dim(vae: nn.Module, loc: Tensor, scale: Tensor, prior: Distribution, z: Tensor) -> Estimate | None:
     factors = _factors(prior, loc.shape[-1])
     if factors is None:
         return None
@@ -182,7 +200,7 @@ def _kl_per_dim(vae: VAE, loc: Tensor, scale: Tensor, prior: Distribution, z: Te
     return _mean((q.log_prob(z) - factors.log_prob(z)).mean(0))
 
 
-def _kl_total(vae: VAE, loc: Tensor, scale: Tensor, prior: Distribution, z: Tensor) -> Estimate:
+def _kl_total(vae: nn.Module, loc: Tensor, scale: Tensor, prior: Distribution, z: Tensor) -> Estimate:
     q = vae.posterior(loc, scale)
     kl = closed_form_kl(q, prior)
     if kl is not None:
@@ -190,86 +208,211 @@ def _kl_total(vae: VAE, loc: Tensor, scale: Tensor, prior: Distribution, z: Tens
     return _mean((q.log_prob(z) - prior.log_prob(z)).mean(0))
 
 
-def _surgery(vae: VAE, loc: Tensor, scale: Tensor, prior: Distribution, z: Tensor) -> tuple[Estimate, Estimate]:
+def _surgery(vae: nn.Module, loc: Tensor, scale: Tensor, prior: Distribution, z: Tensor) -> tuple[Estimate, Estimate]:
     """Mutual information and marginal KL from the same draws ``z``; per draw they add up to the sampled KL."""
     log_aggregate = _log_aggregate(loc, scale, z)
     information = vae.posterior(loc, scale).log_prob(z) - log_aggregate
     return _mean(information.mean(0)), _mean((log_aggregate - prior.log_prob(z)).mean(0))
 
 
-def activity(vae: VAE, x: Tensor, batch_size: int = 100) -> Tensor:
+def _encoded_sites(vae: nn.Module, x: Tensor, num_samples: int, batch_size: int, surgery: bool) -> dict[str, _Site]:
+    """The VAE's one latent site, read from its encoder: ``(loc, scale)`` of every point, then one set of draws."""
+    loc, scale = _encode(vae, x, batch_size)
+    prior, z = vae.prior(), _draw(vae, loc, scale, num_samples)
+    return {
+        vae.latent_site: _Site(
+            loc,
+            _kl_per_dim(vae, loc, scale, prior, z),
+            _kl_total(vae, loc, scale, prior, z),
+            _surgery(vae, loc, scale, prior, z) if surgery else None,
+        )
+    }
+
+
+class _Parts:
+    """Per-point terms of one latent site, gathered batch by batch from traces."""
+
+    def __init__(self) -> None:
+        self.means, self.kl, self.dims, self.normal = [], [], [], []
+
+    def add(self, guide_site: dict, model_site: dict, closed_form: bool) -> None:
+        q, p, v = guide_site["fn"], model_site["fn"], guide_site["value"]
+        draws, batch = v.shape[:2]
+        self.means.append(_posterior_mean(q, v).reshape(draws, batch, -1).mean(0))
+        kl = closed_form_kl(q, p) if closed_form else None
+        kl = q.log_prob(v) - p.log_prob(v) if kl is None else kl
+        self.kl.append(torch.broadcast_to(kl, (draws, batch)).mean(0))
+        self.dims.append(_kl_dims(q, p, v, closed_form))
+        base = _diagonal_normal(q)
+        if base is not None:  # for the aggregate posterior: q's loc and scale, the draws and their densities
+            loc, scale = (torch.broadcast_to(t, v.shape)[0] for t in (base.loc, base.scale))
+            self.normal.append((loc, scale, v, q.log_prob(v), p.log_prob(v)))
+
+    def site(self, closed_form: bool, given_x: bool, surgery: bool) -> _Site:
+        exact = closed_form and given_x  # a closed form that depends on no other draw: exact given x
+        kl = torch.cat(self.kl)
+        total = Estimate(kl.double().mean(0), None, "closed_form") if exact else _mean(kl)
+        if closed_form and not exact:
+            total = total._replace(method="closed_form")
+        dims = None if any(d is None for d in self.dims) else torch.cat(self.dims)
+        per_dim = None if dims is None else (Estimate(dims.mean(0), None, "closed_form") if exact else _mean(dims))
+        if per_dim is not None and closed_form:
+            per_dim = per_dim._replace(method="closed_form")
+        defined = surgery and given_x and len(self.normal) == len(self.kl)
+        return _Site(torch.cat(self.means), per_dim, total, _traced_surgery(self.normal) if defined else None)
+
+
+def _traced_sites(vae: nn.Module, x: Tensor, num_samples: int, batch_size: int, surgery: bool) -> dict[str, _Site]:
+    """Every latent site of any program, from Pyro traces of ``batch_size`` points at a time."""
+    device = _device(vae, x)
+    first = x[:2].to(device)
+    with kept_rng(first):
+        closed, conditioned = (f(vae.model, vae.guide, first) for f in (closed_form_sites, conditioned_sites))
+        closed, conditioned = dict(closed), dict(conditioned)
+    parts = {name: _Parts() for name in closed}
+    for xb in x.split(batch_size):
+        guide_trace, model_trace = traces(vae, xb.to(device), num_particles=num_samples)
+        for name in latent_sites(guide_trace):
+            parts[name].add(guide_trace.nodes[name], model_trace.nodes[name], closed[name])
+    return {name: part.site(closed[name], not conditioned[name], surgery) for name, part in parts.items()}
+
+
+def _sites(vae: nn.Module, x: Tensor, num_samples: int, batch_size: int, surgery: bool = True) -> dict[str, _Site]:
+    reader = _encoded_sites if has_fused_form(vae) else _traced_sites
+    return reader(vae, x, num_samples, batch_size, surgery)
+
+
+def _device(vae: nn.Module, x: Tensor) -> torch.device:
+    tensor = next(iter([*vae.parameters(), *vae.buffers()]), None)
+    return x.device if tensor is None else tensor.device
+
+
+def _posterior_mean(q: Distribution, value: Tensor) -> Tensor:
+    """The guide's mean at each draw, or the draw itself where the distribution has no finite mean (a label)."""
+    try:
+        mean = q.mean
+    except NotImplementedError:
+        mean = None
+    if mean is None or not torch.isfinite(mean).all():
+        mean = value
+    return torch.broadcast_to(mean, value.shape).to(
+        torch.get_default_dtype() if not mean.is_floating_point() else mean.dtype
+    )
+
+
+def _kl_dims(q: Distribution, p: Distribution, value: Tensor, closed_form: bool) -> Tensor | None:
+    """Each point's KL term per coordinate, ``(batch, latent_dim)``, averaged over the draws; ``None`` unfactorised."""
+    q_j, p_j = per_dimension(q), per_dimension(p)
+    if q_j is None or p_j is None:
+        return None
+    kl = closed_form_kl(q_j, p_j) if closed_form else None
+    kl = q_j.log_prob(value) - p_j.log_prob(value) if kl is None else kl
+    draws, batch = value.shape[:2]
+    return torch.broadcast_to(kl, value.shape).reshape(draws, batch, -1).mean(0)
+
+
+def _diagonal_normal(q: Distribution) -> Normal | None:
+    """The Normal a diagonal-Normal guide is made of, or ``None``."""
+    while isinstance(q, Independent):
+        q = q.base_dist
+    return q if isinstance(q, Normal) else None
+
+
+def _traced_surgery(normal: list[tuple[Tensor, ...]]) -> tuple[Estimate, Estimate]:
+    """Mutual information and marginal KL of a site whose guide is a diagonal Normal given x alone."""
+    loc, scale, z, log_q, log_p = (torch.cat(parts, dim=0 if i < 2 else 1) for i, parts in enumerate(zip(*normal)))
+    log_aggregate = _log_aggregate(loc, scale, z)
+    return _mean((log_q - log_aggregate).mean(0)), _mean((log_aggregate - log_p).mean(0))
+
+
+def _one_site(vae: nn.Module, x: Tensor, num_samples: int, batch_size: int, surgery: bool = False) -> _Site:
+    """The measures of a program with one latent site; a :class:`ConfigError` for several (use :func:`diagnostics`)."""
+    with _evaluating(vae):
+        sites = _sites(vae, x, num_samples, batch_size, surgery)
+    if len(sites) != 1:
+        raise ConfigError(
+            f"this measure is of one latent site, and the program has {len(sites)} ({', '.join(sites)}); "
+            "diagnostics() reports each site under 'sites'"
+        )
+    return next(iter(sites.values()))
+
+
+def activity(vae: nn.Module, x: Tensor, batch_size: int = 100) -> Tensor:
     r"""The activity of each latent dimension, shape ``(latent_dim,)``: the variance of its posterior mean over ``x``.
 
     .. math:: A_j = \frac1{N-1}\sum_{n=1}^N (\mu_j(x_n) - \bar\mu_j)^2
 
-    The unbiased sample variance (divisor :math:`N - 1`), as the sample covariance of the reference.
+    The unbiased sample variance (divisor :math:`N - 1`), as the sample covariance of the reference. For a
+    program with one latent site (:func:`diagnostics` reports each site of any program).
 
     Reference:
         Importance Weighted Autoencoders (Burda, Grosse & Salakhutdinov, 2016), section 5.2.
     """
     _check(x, batch_size=batch_size)
-    with _evaluating(vae):
-        loc, _ = _encode(vae, x, batch_size)
-        return loc.var(0)
+    if has_fused_form(vae):
+        with _evaluating(vae):
+            return _encode(vae, x, batch_size)[0].var(0)
+    return _one_site(vae, x, 1, batch_size).means.var(0)
 
 
-def kl_per_dim(vae: VAE, x: Tensor, num_samples: int = 1, batch_size: int = 100) -> Estimate | None:
+def kl_per_dim(vae: nn.Module, x: Tensor, num_samples: int = 1, batch_size: int = 100) -> Estimate | None:
     r"""The average KL of each latent dimension, :math:`\frac1N\sum_n \mathrm{KL}(q(z_j\mid x_n)\,\|\,p(z_j))`.
 
-    In closed form where one is registered between the guide's Normal and the prior's factor
-    (:func:`~pyro_vae.models.kl.closed_form_kl`), else the average of :math:`\log q(z_j\mid x_n) - \log p(z_j)`
-    over ``num_samples`` draws per point. ``None`` for a prior that does not factorise over the
-    dimensions (a mixture, the VampPrior, a flow), whose per-dimension KL is not defined.
+    In closed form where one is registered between the guide's and the prior's factors (and exact,
+    :func:`~pyro_vae.infer.program.closed_form_sites`), else the average of
+    :math:`\log q(z_j\mid x_n) - \log p(z_j)` over ``num_samples`` draws per point. ``None`` for a prior that
+    does not factorise over the dimensions (a mixture, the VampPrior, a flow), whose per-dimension KL is not
+    defined. For a program with one latent site.
     """
     _check(x, num_samples, batch_size)
-    with _evaluating(vae):
-        loc, scale = _encode(vae, x, batch_size)
-        return _kl_per_dim(vae, loc, scale, vae.prior(), _draw(vae, loc, scale, num_samples))
+    return _one_site(vae, x, num_samples, batch_size).kl_per_dim
 
 
-def kl_total(vae: VAE, x: Tensor, num_samples: int = 1, batch_size: int = 100) -> Estimate:
+def kl_total(vae: nn.Module, x: Tensor, num_samples: int = 1, batch_size: int = 100) -> Estimate:
     r"""The average KL term of the ELBO, :math:`\frac1N\sum_n \mathrm{KL}(q(z\mid x_n)\,\|\,p(z))`.
 
-    In closed form where one is registered, else sampled with ``num_samples`` draws per point.
+    In closed form where one is registered and exact, else sampled with ``num_samples`` draws per point. For a
+    program with one latent site.
     """
     _check(x, num_samples, batch_size)
-    with _evaluating(vae):
-        loc, scale = _encode(vae, x, batch_size)
-        return _kl_total(vae, loc, scale, vae.prior(), _draw(vae, loc, scale, num_samples))
+    return _one_site(vae, x, num_samples, batch_size).kl_total
 
 
-def mutual_information(vae: VAE, x: Tensor, num_samples: int = 1, batch_size: int = 100) -> Estimate:
+def mutual_information(vae: nn.Module, x: Tensor, num_samples: int = 1, batch_size: int = 100) -> Estimate | None:
     r"""The mutual information :math:`I_q(x; z)` under the aggregate posterior of ``x``, in nats.
 
     .. math:: \hat I = \frac1{NS}\sum_{i=1}^N\sum_{s=1}^S \Big[\log q(z_{is}\mid x_i)
         - \log\frac1N\sum_{n=1}^N q(z_{is}\mid x_n)\Big], \qquad z_{is} \sim q(z\mid x_i),
 
-    with :math:`S` = ``num_samples``. The cost is :math:`O(S N^2 \cdot \text{latent\_dim})`.
+    with :math:`S` = ``num_samples``. The cost is :math:`O(S N^2 \cdot \text{latent\_dim})`. ``None`` where it
+    is not defined (see the module). For a program with one latent site.
 
     Reference:
         ELBO surgery: yet another way to carve up the variational evidence lower bound (Hoffman & Johnson, 2016).
     """
-    return _surgery_of(vae, x, num_samples, batch_size)[0]
+    surgery = _surgery_of(vae, x, num_samples, batch_size)
+    return None if surgery is None else surgery[0]
 
 
-def marginal_kl(vae: VAE, x: Tensor, num_samples: int = 1, batch_size: int = 100) -> Estimate:
+def marginal_kl(vae: nn.Module, x: Tensor, num_samples: int = 1, batch_size: int = 100) -> Estimate | None:
     r"""The KL from the aggregate posterior of ``x`` to the prior, :math:`\mathrm{KL}(q(z)\,\|\,p(z))`, in nats.
 
     .. math:: \widehat{\mathrm{KL}} = \frac1{NS}\sum_{i,s} \Big[\log\frac1N\sum_n q(z_{is}\mid x_n)
         - \log p(z_{is})\Big], \qquad z_{is} \sim q(z\mid x_i).
 
+    ``None`` where it is not defined (see the module). For a program with one latent site.
+
     Reference:
         ELBO surgery: yet another way to carve up the variational evidence lower bound (Hoffman & Johnson, 2016).
     """
-    return _surgery_of(vae, x, num_samples, batch_size)[1]
+    surgery = _surgery_of(vae, x, num_samples, batch_size)
+    return None if surgery is None else surgery[1]
 
 
-def _surgery_of(vae: VAE, x: Tensor, num_samples: int, batch_size: int) -> tuple[Estimate, Estimate]:
+def _surgery_of(vae: nn.Module, x: Tensor, num_samples: int, batch_size: int) -> tuple[Estimate, Estimate] | None:
     """Mutual information and marginal KL of ``x``: checked, encoded, sampled."""
     _check(x, num_samples, batch_size)
-    with _evaluating(vae):
-        loc, scale = _encode(vae, x, batch_size)
-        return _surgery(vae, loc, scale, vae.prior(), _draw(vae, loc, scale, num_samples))
+    return _one_site(vae, x, num_samples, batch_size, surgery=True).surgery
 
 
 def _listed(t: Tensor | None) -> list[float] | None:
@@ -280,23 +423,82 @@ def _scalar(t: Tensor | None) -> float | None:
     return None if t is None else t.double().item()
 
 
-def latent_usage(vae: VAE, x: Tensor, batch_size: int = 1000, threshold: float = 0.01) -> dict[str, Any]:
-    """``active_units`` and ``kl_per_dim`` of ``x`` from one pass of the encoder: what training records each epoch.
+def latent_usage(vae: nn.Module, x: Tensor, batch_size: int = 1000, threshold: float = 0.01) -> dict[str, Any]:
+    """``active_units`` and ``kl_per_dim`` of ``x``, from one draw per point: what training records each epoch.
 
-    A sampled per-dimension KL takes one draw per point from torch's generator; wrap the call in
-    :func:`torch.random.fork_rng` to leave a run's random stream as it was.
+    With several latent sites, units are added up, ``kl_per_dim`` joins the sites' lists (``None`` if one is
+    not factorised), and ``sites`` holds each site's pair. A sampled per-dimension KL takes one draw per point
+    from torch's generator; wrap the call in :func:`torch.random.fork_rng` to leave a run's random stream as it was.
     """
     _check(x, batch_size=batch_size, threshold=threshold)
     with _evaluating(vae):
-        loc, scale = _encode(vae, x, batch_size)
-        per_dim = _kl_per_dim(vae, loc, scale, vae.prior(), _draw(vae, loc, scale, 1))
-        spread = loc.var(0)
-    kl = None if per_dim is None else _listed(per_dim.value)
-    return {"active_units": int((spread > threshold).sum()), "kl_per_dim": kl}
+        sites = _sites(vae, x, 1, batch_size, surgery=False)
+    usage = {
+        name: {
+            "active_units": int((site.means.var(0) > threshold).sum()),
+            "kl_per_dim": None if site.kl_per_dim is None else _listed(site.kl_per_dim.value),
+        }
+        for name, site in sites.items()
+    }
+    combined = {
+        "active_units": sum(u["active_units"] for u in usage.values()),
+        "kl_per_dim": _joined([u["kl_per_dim"] for u in usage.values()]),
+    }
+    return combined if len(usage) == 1 else {**combined, "sites": usage}
+
+
+def _joined(lists: list[list[float] | None]) -> list[float] | None:
+    return None if any(v is None for v in lists) else [x for v in lists for x in v]
+
+
+def _site_report(site: _Site, threshold: float) -> dict[str, Any]:
+    """The JSON-ready measures of one latent site."""
+    spread = site.means.var(0)
+    per_dim, total = site.kl_per_dim, site.kl_total
+    information, marginal = site.surgery if site.surgery is not None else (None, None)
+    return {
+        "latent_dim": spread.shape[-1],
+        "activity": _listed(spread),
+        "active_units": int((spread > threshold).sum()),
+        "kl_per_dim": None if per_dim is None else _listed(per_dim.value),
+        "kl_per_dim_se": None if per_dim is None else _listed(per_dim.se),
+        "kl_method": "not_factorised" if per_dim is None else per_dim.method,
+        "kl_total": _scalar(total.value),
+        "kl_total_se": _scalar(total.se),
+        "kl_total_method": total.method,
+        "mutual_information": None if information is None else _scalar(information.value),
+        "mutual_information_se": None if information is None else _scalar(information.se),
+        "marginal_kl": None if marginal is None else _scalar(marginal.value),
+        "marginal_kl_se": None if marginal is None else _scalar(marginal.se),
+    }
+
+
+def _combined(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The top level of a report of several sites: units and dimensions added up, KLs summed, lists joined."""
+    parts = list(reports.values())
+    methods = {r["kl_method"] for r in parts}
+    total_methods = {r["kl_total_method"] for r in parts}
+    ses = [r["kl_total_se"] for r in parts if r["kl_total_se"] is not None]
+    return {
+        "latent_dim": sum(r["latent_dim"] for r in parts),
+        "activity": [a for r in parts for a in r["activity"]],
+        "active_units": sum(r["active_units"] for r in parts),
+        "kl_per_dim": _joined([r["kl_per_dim"] for r in parts]),
+        "kl_per_dim_se": None,
+        "kl_method": methods.pop() if len(methods) == 1 else "mixed",
+        "kl_total": sum(r["kl_total"] for r in parts),
+        "kl_total_se": math.sqrt(sum(se * se for se in ses)) if ses else None,  # sites taken as independent
+        "kl_total_method": total_methods.pop() if len(total_methods) == 1 else "mixed",
+        "mutual_information": None,
+        "mutual_information_se": None,
+        "marginal_kl": None,
+        "marginal_kl_se": None,
+        "sites": reports,
+    }
 
 
 def diagnostics(
-    vae: VAE, x: Tensor, num_samples: int = 1, batch_size: int = 100, threshold: float = 0.01
+    vae: nn.Module, x: Tensor, num_samples: int = 1, batch_size: int = 100, threshold: float = 0.01
 ) -> dict[str, Any]:
     r"""Every measure of this module for ``x``, as plain Python values (JSON-ready), from one set of draws.
 
@@ -306,43 +508,28 @@ def diagnostics(
     draw ``sum(kl_per_dim) == kl_total == mutual_information + marginal_kl`` when sampled.
 
     Args:
-        vae: the model; its guide is ``vae.posterior(*vae.encoder(x))``.
+        vae: any program (:mod:`pyro_vae.infer.program`).
         x: data, shape ``(N, *event_shape)``, ``N >= 2``; the aggregate posterior is over these points.
-        num_samples: draws of :math:`z` per data point; the time grows as ``num_samples * N**2 * latent_dim``.
-        batch_size: data points per pass of the encoder.
+        num_samples: draws of the latent sites per data point; the time grows as ``num_samples * N**2 * latent_dim``.
+        batch_size: data points per pass of the guide.
         threshold: a dimension is active when its activity exceeds it.
 
     Returns:
-        ``num_points``, ``latent_dim``, ``num_samples``, ``threshold``;
-        ``activity`` (per dimension) and ``active_units`` (how many exceed ``threshold``);
+        ``num_points``, ``num_samples``, ``threshold``, ``latent_site`` (the name of a program's one latent site);
+        ``latent_dim``; ``activity`` (per dimension) and ``active_units`` (how many exceed ``threshold``);
         ``kl_per_dim`` (per dimension, ``None`` when the prior does not factorise), ``kl_per_dim_se``
         (``None`` unless sampled), ``kl_method`` (``"closed_form"``, ``"sampled"`` or ``"not_factorised"``);
         ``kl_total``, ``kl_total_se``, ``kl_total_method``; ``mutual_information``,
-        ``mutual_information_se``, ``marginal_kl``, ``marginal_kl_se``. KLs and information in nats.
+        ``mutual_information_se``, ``marginal_kl``, ``marginal_kl_se`` (``None`` where not defined). KLs and
+        information in nats. With several latent sites these combine the sites' and ``sites`` holds each one's
+        report, by name in the guide's order (and there is no ``latent_site``).
     """
     _check(x, num_samples, batch_size, threshold)
     with _evaluating(vae):
-        loc, scale = _encode(vae, x, batch_size)
-        prior, z = vae.prior(), _draw(vae, loc, scale, num_samples)
-        per_dim = _kl_per_dim(vae, loc, scale, prior, z)
-        total = _kl_total(vae, loc, scale, prior, z)
-        information, marginal = _surgery(vae, loc, scale, prior, z)
-        spread = loc.var(0)
-    return {
-        "num_points": len(x),
-        "latent_dim": loc.shape[-1],
-        "num_samples": int(num_samples),
-        "threshold": float(threshold),
-        "activity": _listed(spread),
-        "active_units": int((spread > threshold).sum()),
-        "kl_per_dim": None if per_dim is None else _listed(per_dim.value),
-        "kl_per_dim_se": None if per_dim is None else _listed(per_dim.se),
-        "kl_method": "not_factorised" if per_dim is None else per_dim.method,
-        "kl_total": _scalar(total.value),
-        "kl_total_se": _scalar(total.se),
-        "kl_total_method": total.method,
-        "mutual_information": _scalar(information.value),
-        "mutual_information_se": _scalar(information.se),
-        "marginal_kl": _scalar(marginal.value),
-        "marginal_kl_se": _scalar(marginal.se),
-    }
+        sites = _sites(vae, x, num_samples, batch_size)
+    reports = {name: _site_report(site, threshold) for name, site in sites.items()}
+    header = {"num_points": len(x), "num_samples": int(num_samples), "threshold": float(threshold)}
+    if len(reports) == 1:
+        ((name, report),) = reports.items()
+        return {**header, "latent_site": name, **report}
+    return {**header, **_combined(reports)}

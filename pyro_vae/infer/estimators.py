@@ -16,8 +16,9 @@ Three entries target the evidence lower bound
 
 - ``"mc"`` (:class:`~pyro.infer.Trace_ELBO`) estimates all of it from samples
   :math:`z^{(l)} \sim q`: :math:`\frac1L\sum_l \log p(x\mid z^{(l)}) + \log p(z^{(l)}) - \log q(z^{(l)}\mid x)`.
-- ``"analytic"`` (:class:`~pyro.infer.TraceMeanField_ELBO`) samples only the reconstruction term
-  and uses the closed-form KL (:func:`pyro_vae.models.kl.gaussian_kl`) wherever one is registered.
+- ``"analytic"`` (:class:`~pyro_vae.infer.references.TraceAnalytic_ELBO`, Pyro's ``TraceMeanField_ELBO`` where it
+  is exact) samples the reconstruction term and uses the closed-form KL (:func:`pyro_vae.models.kl.gaussian_kl`)
+  of each latent site whose closed form is registered and exact.
 - ``"stl"``: ``mc``'s value with the sticking-the-landing gradient (no score term).
 
 Two target the importance-weighted bound :math:`\mathcal L_K(x) = \mathbb E[\log\frac1K\sum_k
@@ -49,12 +50,21 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
-from pyro.infer import ELBO, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO, JitTrace_ELBO, Trace_ELBO
 from torch import Tensor
 from torch.distributions import Distribution, Independent
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.infer.references import TraceDReG_ELBO, TraceFreeBits_ELBO, TraceIWAE_ELBO, TraceSTL_ELBO, square_weights
+from pyro_vae.infer.references import (
+    JitTraceAnalytic_ELBO,
+    TraceAnalytic_ELBO,
+    TraceDReG_ELBO,
+    TraceFreeBits_ELBO,
+    TraceIWAE_ELBO,
+    TraceSTL_ELBO,
+    square_weights,
+    stopped,
+)
 from pyro_vae.models.kl import (  # importing kl also registers the Gaussian closed form
     UnitNormal,
     closed_form_kl,
@@ -75,6 +85,8 @@ __all__ = [
     "IWAE",
     "DReG",
     "make_estimator",
+    "FUSED_PROGRAMS",
+    "has_fused_form",
     "check_estimator",
     "reported_with",
     "value_name",
@@ -86,6 +98,25 @@ BOUNDS: dict[str, str] = {"elbo": "ELBO", "iwae": "IWAE bound"}
 
 #: Estimators by name; each entry is an :class:`Estimator` subclass.
 ESTIMATORS: Registry = Registry("estimator", context=("num_particles",), group="pyro_vae.estimators")
+
+#: Programs whose ELBO the estimators' fused tensor code computes (:meth:`Estimator.fused_loss`), each held to
+#: Pyro's reference by the tests (``tests/test_fused.py``). Exact classes: a subclass may redefine its program,
+#: and is fused only once it is added here, with a test that holds it to the reference.
+FUSED_PROGRAMS: set[type] = {VAE}
+
+
+def has_fused_form(program: Any) -> bool:
+    """Whether ``program`` declares a fused form: its class is in :data:`FUSED_PROGRAMS` and runs as its class says.
+
+    An instance that replaces a method of its class (``vae.decode = ...``) runs another program: not fused.
+    """
+    cls = type(program)
+    return cls in FUSED_PROGRAMS and not any(callable(v) and hasattr(cls, k) for k, v in vars(program).items())
+
+
+def _name(cls: type) -> str:
+    """The name an estimator class is registered under."""
+    return next((n for n in ESTIMATORS if ESTIMATORS.get(n) is cls), cls.__name__)
 
 
 class _JitTrace_ELBO(JitTrace_ELBO):
@@ -100,22 +131,6 @@ class _JitTrace_ELBO(JitTrace_ELBO):
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Tensor:
         loss, surrogate = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
         return loss.detach() + (surrogate - surrogate.detach())
-
-
-class _JitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
-    """Pyro's ``JitTraceMeanField_ELBO`` without its re-trace on every call.
-
-    In pyro-ppl 1.9 ``differentiable_loss`` tests for ``self._loss_and_surrogate_loss`` (the name
-    ``JitTrace_ELBO`` uses) but stores the compiled function as ``self._differentiable_loss``, so
-    the test always fails and the model is traced again at every step: about 3x slower than no
-    JIT, with a tracer warning per site per step. Aliasing the stored function under the name
-    that is tested makes the first compilation the only one.
-    """
-
-    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Tensor:
-        loss = super().differentiable_loss(model, guide, *args, **kwargs)
-        self._loss_and_surrogate_loss = self._differentiable_loss
-        return loss
 
 
 class Estimator:
@@ -148,6 +163,25 @@ class Estimator:
     stop_guide: ClassVar[bool] = False
     #: Whether free bits (a floor under each latent dimension's KL term) is implemented for it.
     free_bits: ClassVar[bool] = True
+    #: Whether its gradient is taken through every latent draw, so that each latent site must be reparameterizable
+    #: (``mc``'s reference, Pyro's ``Trace_ELBO``, adds score-function terms for the others).
+    reparameterized: ClassVar[bool] = True
+
+    @classmethod
+    def check_site(cls, site: dict[str, Any]) -> None:
+        """A one-line :class:`ConfigError` for a guide site this estimator cannot differentiate through."""
+        name, fn = site["name"], site["fn"]
+        if cls.reparameterized and not fn.has_rsample:
+            raise ConfigError(
+                f"{{estimator}} {_name(cls)!r} differentiates through every latent draw, and site {name!r} "
+                f"({type(fn).__name__}) cannot be reparameterized; train this program with {{estimator=}}'mc'",
+                "estimator",
+            )
+        if cls.stop_guide:
+            try:
+                stopped(fn)
+            except ConfigError as e:
+                raise ConfigError(f"site {name!r}: {e}") from None
 
     @classmethod
     def check_options(cls, beta: float = 1.0, jit: bool = False, free_bits: float = 0.0) -> None:
@@ -225,11 +259,10 @@ class Estimator:
         latent = _total_log_ratio(prior, z, loc, scale, self.stop_guide)
         return latent if beta == 1 else beta * latent
 
-    def per_example(self, terms: dict[str, Tensor | None]) -> Tensor:
+    def per_example(self, terms: dict[str, Tensor]) -> Tensor:
         """The estimate for each data point, shape ``(batch,)``, from :func:`pyro_vae.infer.objectives.elbo_terms`."""
-        kl = terms["kl"] if self.closed_form_kl else None
-        if kl is not None:
-            return terms["log_likelihood"].mean(0) - kl
+        if self.closed_form_kl:
+            return (terms["log_likelihood"] - terms["kl"]).mean(0)
         return (terms["log_likelihood"] + terms["log_prior"] - terms["log_q"]).mean(0)
 
 
@@ -239,14 +272,19 @@ class MonteCarloELBO(Estimator):
 
     reference = Trace_ELBO
     jit_reference = _JitTrace_ELBO
+    reparameterized = False
 
 
 @ESTIMATORS.register("analytic")
 class AnalyticKLELBO(Estimator):
-    """The ELBO with the closed-form KL wherever one is registered (Pyro's ``TraceMeanField_ELBO``)."""
+    """The ELBO with the closed-form KL of each latent site where it is exact (as Pyro's ``TraceMeanField_ELBO``).
 
-    reference = TraceMeanField_ELBO
-    jit_reference = _JitTraceMeanField_ELBO
+    Exact: a closed form is registered, and the model's distribution at the site depends only on draws the
+    guide made before it (:func:`~pyro_vae.infer.program.closed_form_sites`); the other terms are sampled.
+    """
+
+    reference = TraceAnalytic_ELBO
+    jit_reference = JitTraceAnalytic_ELBO
     closed_form_kl = True
 
 
@@ -268,6 +306,7 @@ class StickingTheLandingELBO(MonteCarloELBO):
     value_of = "mc"
     stop_guide = True
     free_bits = False
+    reparameterized = True
 
 
 @ESTIMATORS.register("iwae")
@@ -309,7 +348,7 @@ class IWAE(Estimator):
         batch = x.shape[0]
         return bound * (-(num_data if num_data is not None else batch) / batch)
 
-    def per_example(self, terms: dict[str, Tensor | None]) -> Tensor:
+    def per_example(self, terms: dict[str, Tensor]) -> Tensor:
         log_w = terms["log_likelihood"] + terms["log_prior"] - terms["log_q"]
         return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
 

@@ -23,68 +23,100 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
-from torch import Tensor
-from torch.distributions import Distribution
+from torch import Tensor, nn
 
+from pyro_vae.errors import ConfigError
+from pyro_vae.infer.estimators import has_fused_form
 from pyro_vae.infer.objectives import elbo_terms
-from pyro_vae.models.vae import VAE, is_standard_program
+from pyro_vae.infer.program import check_methods, kept_rng, sample_sites, traces
 
-__all__ = ["log_weights", "log_likelihood", "iwae_bound"]
+__all__ = ["log_weights", "log_likelihood", "iwae_bound", "DECODER_ELEMENTS"]
 
 #: Decoder outputs held at once (4 MB in float32). Small enough that each pass over them stays in
 #: the processor's cache, large enough (about 1,300 rows of 784 pixels) that the decoder's matrix
 #: products run at full speed: ``make bench`` measures the throughput against the bare products.
-MAX_ELEMENTS = 2**20
+DECODER_ELEMENTS = 2**20
 
 
-def _log_weights(vae: VAE, q: Distribution, prior: Distribution, x: Tensor, num_samples: int) -> Tensor:
-    if not is_standard_program(vae):  # a redefined model or guide: its densities come from Pyro traces of it
-        terms = elbo_terms(vae, x, num_samples)
-        return terms["log_likelihood"] + terms["log_prior"] - terms["log_q"]
-    z = q.rsample((num_samples,))
-    return vae.decode(z).log_prob(x) + prior.log_prob(z) - q.log_prob(z)
+def log_weights(vae: nn.Module, x: Tensor, num_samples: int) -> Tensor:
+    r"""Log importance weights of shape ``(num_samples, batch)``, the guide's joint over all latent sites as proposal.
 
+    .. math:: \log w_k = \log p(x, z_k) - \log q(z_k\mid x), \qquad z_k \sim q(z\mid x),
 
-def log_weights(vae: VAE, x: Tensor, num_samples: int) -> Tensor:
-    r"""Log importance weights of shape ``(num_samples, batch)``.
-
-    .. math:: \log w_k = \log p(x\mid z_k) + \log p(z_k) - \log q(z_k\mid x)
-
-    The terms are those of the model and guide (:meth:`~pyro_vae.models.vae.VAE.encode`, ``prior``,
-    :meth:`~pyro_vae.models.vae.VAE.decode`), evaluated without recording Pyro traces; a subclass that
-    redefines ``model`` or ``guide`` is evaluated through Pyro traces of its own program.
+    summed over every site of the program, from Pyro traces (:func:`~pyro_vae.infer.objectives.elbo_terms`). A
+    program with a fused form (:class:`~pyro_vae.models.vae.VAE`) is evaluated from its parts without traces.
     """
-    return _log_weights(vae, vae.encode(x), vae.prior(), x, num_samples)
+    return _sampler(vae, x)(num_samples)
+
+
+def _sampler(vae: nn.Module, x: Tensor) -> Callable[[int], Tensor]:
+    """:func:`log_weights` of ``x`` for a number of draws; a fused program's guide and prior are evaluated once."""
+    if not has_fused_form(vae):
+        return lambda num_samples: _traced_log_weights(vae, x, num_samples)
+    q, prior = vae.encode(x), vae.prior()
+
+    def draw(num_samples: int) -> Tensor:
+        z = q.rsample((num_samples,))
+        return vae.decode(z).log_prob(x) + prior.log_prob(z) - q.log_prob(z)
+
+    return draw
+
+
+def _traced_log_weights(vae: nn.Module, x: Tensor, num_samples: int) -> Tensor:
+    terms = elbo_terms(vae, x, num_samples, closed_form={})
+    return terms["log_likelihood"] + terms["log_prior"] - terms["log_q"]
+
+
+def _chunk(vae: nn.Module, x: Tensor) -> int:
+    """Draws per pass: :data:`DECODER_ELEMENTS` over the size of one draw's observed values for the batch."""
+    with kept_rng(x):
+        guide_trace, model_trace = traces(vae, x[:1])
+    size = sum(s["value"].numel() for s in sample_sites(model_trace) if s["is_observed"]) or 1
+    return max(1, DECODER_ELEMENTS // (len(x) * size))
+
+
+def _check_unweighted(vae: nn.Module, x: Tensor) -> None:
+    """A :class:`ConfigError` for a site whose log-density the program weights: log p(x) needs them as they are."""
+    with kept_rng(x):
+        guide_trace, model_trace = traces(vae, x[:1])
+    for site in sample_sites(guide_trace) + sample_sites(model_trace):
+        if site["mask"] is not None or not (isinstance(site["scale"], float) and site["scale"] == 1.0):
+            raise ConfigError(
+                f"site {site['name']!r} is scaled or masked in the program; log p(x) needs every site's "
+                "density unweighted: drop the poutine.scale or mask there"
+            )
 
 
 @torch.no_grad()
-def log_likelihood(vae: VAE, x: Tensor, num_samples: int = 1000, batch_size: int = 100) -> Tensor:
+def log_likelihood(vae: nn.Module, x: Tensor, num_samples: int = 1000, batch_size: int = 100) -> Tensor:
     r"""Importance-sampled :math:`\log p(x)` of each data point, in nats, shape ``(len(x),)``.
 
-    The log-mean-exp over ``num_samples`` draws is taken for each data point separately. Data
-    points go through in batches of ``batch_size``, each encoded once, and samples in chunks of
-    at most :data:`MAX_ELEMENTS` decoder outputs, so memory is bounded whatever ``num_samples`` is.
+    The log-mean-exp over ``num_samples`` draws from the guide's joint over all latent sites is taken for
+    each data point separately. Data points go through in batches of ``batch_size`` and draws in chunks of
+    at most :data:`DECODER_ELEMENTS` observed values, so memory is bounded whatever ``num_samples`` is.
 
     Args:
-        vae: the trained model/guide pair; the guide is the proposal.
+        vae: a trained program (:mod:`pyro_vae.infer.program`); its guide is the proposal.
         x: data, shape ``(N, *event_shape)``.
-        num_samples: :math:`K`, draws of :math:`z` per data point.
+        num_samples: :math:`K`, draws of the latent sites per data point.
         batch_size: data points per pass.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1 (got {num_samples})")
+    check_methods(vae)
     was_training = vae.training
     vae.eval()
     try:
+        _check_unweighted(vae, x)
         out = []
         for xb in x.split(batch_size):
-            q, prior = vae.encode(xb), vae.prior()
-            chunk = max(1, MAX_ELEMENTS // (len(xb) * math.prod(vae.event_shape)))
+            chunk, draw = _chunk(vae, xb), _sampler(vae, xb)
             total = None  # running log-sum-exp over the chunks
             for start in range(0, num_samples, chunk):
-                lse = torch.logsumexp(_log_weights(vae, q, prior, xb, min(chunk, num_samples - start)), dim=0)
+                lse = torch.logsumexp(draw(min(chunk, num_samples - start)), dim=0)
                 total = lse if total is None else torch.logaddexp(total, lse)
             out.append(total - math.log(num_samples))
         return torch.cat(out)
@@ -92,9 +124,9 @@ def log_likelihood(vae: VAE, x: Tensor, num_samples: int = 1000, batch_size: int
         vae.train(was_training)
 
 
-def iwae_bound(vae: VAE, x: Tensor, k: int, batch_size: int = 100) -> Tensor:
-    r"""One draw of the importance-weighted bound :math:`\mathcal L_k(x)` of each data point (nats).
+def iwae_bound(vae: nn.Module, x: Tensor, num_samples: int, batch_size: int = 100) -> Tensor:
+    r"""One draw of the importance-weighted bound :math:`\mathcal L_K(x)` of each point (nats), K = ``num_samples``.
 
-    :math:`k = 1` is the ELBO's Monte Carlo estimate; its expectation rises to :math:`\log p(x)` with :math:`k`.
+    :math:`K = 1` is the ELBO's Monte Carlo estimate; its expectation rises to :math:`\log p(x)` with :math:`K`.
     """
-    return log_likelihood(vae, x, num_samples=k, batch_size=batch_size)
+    return log_likelihood(vae, x, num_samples=num_samples, batch_size=batch_size)

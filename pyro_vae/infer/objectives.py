@@ -9,23 +9,40 @@ the estimator's fused loss, straight-line tensor code (``fused=True``, the faste
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-import pyro
 import torch
-from pyro import poutine
+from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO
-from pyro.poutine.util import site_is_subsample
-from torch import Tensor
+from torch import Tensor, nn
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.infer.estimators import ESTIMATORS, REPORTED, check_estimator, evaluation_plan, make_estimator
+from pyro_vae.infer.estimators import (
+    ESTIMATORS,
+    FUSED_PROGRAMS,
+    REPORTED,
+    check_estimator,
+    evaluation_plan,
+    has_fused_form,
+    make_estimator,
+)
+from pyro_vae.infer.program import (
+    bind,
+    check_methods,
+    closed_form_sites,
+    kept_rng,
+    latent_sites,
+    observed_sites,
+    per_point,
+    traces,
+)
 from pyro_vae.models.kl import closed_form_kl, per_dimension
 from pyro_vae.models.priors import PRIORS
-from pyro_vae.models.vae import VAE, is_standard_program
+from pyro_vae.models.vae import VAE
 
 __all__ = [
     "ESTIMATORS",
@@ -34,6 +51,7 @@ __all__ = [
     "check_estimator",
     "check_fused",
     "check_free_bits_prior",
+    "check_program",
     "choose_path",
     "make_elbo",
     "fused_loss",
@@ -56,27 +74,34 @@ def check_fused(fused: bool | str, jit: bool) -> None:
         raise ConfigError("fused and jit cannot both be true: fused is the faster of the two; pass jit=False")
 
 
-def choose_path(vae: VAE, jit: bool = False, fused: bool | Literal["auto"] = "auto", compile: bool = False) -> str:
-    """The path (one of :data:`PATHS`) an :class:`Objective` for ``vae`` takes.
+def choose_path(
+    program: nn.Module, jit: bool = False, fused: bool | Literal["auto"] = "auto", compile: bool = False
+) -> str:
+    """The path (one of :data:`PATHS`) an :class:`Objective` for ``program`` takes.
 
-    ``fused="auto"`` takes the fused path unless ``jit`` asks for Pyro's JIT or ``vae`` redefines
-    its program (a different program, which only Pyro's traces can evaluate). ``compile`` compiles
-    the fused path, whatever ``fused`` says.
+    A program is fused only where it declares a fused form (:func:`~pyro_vae.infer.estimators.has_fused_form`:
+    :class:`~pyro_vae.models.vae.VAE` does, held to Pyro's reference by the tests); any other takes Pyro's path.
+    ``fused="auto"`` fuses wherever that is declared and ``jit`` does not ask for Pyro's JIT. ``compile``
+    compiles the fused path, whatever ``fused`` says.
     """
     check_fused(fused, jit)
     if compile and jit:
         raise ConfigError("compile and jit cannot both be true: compile compiles the fused path; pass jit=False")
-    if (fused is True or compile) and not is_standard_program(vae):
-        raise ConfigError(
-            f"{{fused}}: {type(vae).__name__} redefines the model or guide (or what they call), "
-            "which the fused ELBO cannot know; use {fused=}False",
-            "fused",
-        )
+    declared = has_fused_form(program)
+    if (fused is True or compile) and not declared:
+        raise ConfigError(f"{{fused}}: {_why_not_fused(program)}; use {{fused=}}False", "fused")
     if compile:
         return "compiled"
     if jit:
         return "jit"
-    return "fused" if fused is True or (fused == "auto" and is_standard_program(vae)) else "pyro"
+    return "fused" if fused is True or (fused == "auto" and declared) else "pyro"
+
+
+def _why_not_fused(program: nn.Module) -> str:
+    name = type(program).__name__
+    if isinstance(program, tuple(FUSED_PROGRAMS)):  # a subclass, or an instance with a method replaced
+        return f"{name} redefines the model or guide (or what they call), which the fused ELBO cannot know"
+    return f"{name} declares no fused form of its ELBO (pyro_vae.infer.estimators.FUSED_PROGRAMS)"
 
 
 def make_elbo(estimator: str = "mc", num_particles: int = 1, jit: bool = False, free_bits: float = 0.0) -> ELBO:
@@ -118,15 +143,17 @@ def fused_loss(
 
 
 class Objective:
-    r"""The loss SVI minimises for one VAE: the negative (beta-weighted) ELBO, differentiable.
+    r"""The loss SVI minimises for one program: the negative (beta-weighted) ELBO, differentiable.
 
     .. math:: \text{loss}(x_{1..B}) = -\frac{N}{B}\sum_{n=1}^{B}\Big(\mathbb E_q[\log p(x_n\mid z)]
         - \beta\,\mathrm{KL}(q(z\mid x_n)\,\|\,p(z))\Big)
 
-    an unbiased estimate of the negative ELBO of all ``N = num_data`` points from a minibatch.
+    an unbiased estimate of the negative ELBO of all ``N = num_data`` points from a minibatch, summed over
+    every site of the program (:mod:`pyro_vae.infer.program`; the scaling by :math:`N/B` and :math:`\\beta`
+    is applied from outside, or passed to a program that declares ``num_data`` and ``beta``).
 
     Args:
-        vae: the model/guide pair.
+        vae: the program, a model/guide pair (:mod:`pyro_vae.infer.program`).
         estimator, num_particles, jit: see :func:`make_elbo`.
         beta: weight of the KL term (1 is the ELBO; 0 drops the KL).
         fused: compute the estimator as plain tensor code (the estimator's
@@ -166,17 +193,19 @@ class Objective:
     ) -> None:
         if not beta >= 0:
             raise ConfigError(f"{{beta}} must be >= 0 (got {beta})", "beta")
+        check_methods(vae)
         self.path = choose_path(vae, jit, fused, compile)
         self.estimator = make_estimator(estimator, num_particles)
         self.estimator.check_options(beta, jit, free_bits)
-        if free_bits:
+        if free_bits and has_fused_form(vae):  # any other program is checked at its first call
             check_free_bits_prior(vae)
         self.elbo = self.estimator.pyro_elbo(jit, free_bits)
         self.name, self.num_particles, self.beta, self.free_bits = estimator, num_particles, beta, free_bits
         self.vae = vae
         # Bound once: Pyro's JIT caches compiled code by id(model), and ``vae.model`` makes a new
         # bound-method object (a new id) at every attribute access, which would re-trace each step.
-        self.model, self.guide = vae.model, vae.guide
+        self.model, self.guide = bind(vae.model), bind(vae.guide)
+        self._checked = self.fused  # the fused form is the declared program's own; any other is checked once
         self._fused = self._fused_loss
         if self.path == "compiled":
             # fallback_random: the compiled code draws z from torch's generator, as the eager code and Pyro do.
@@ -197,6 +226,9 @@ class Objective:
     def __call__(self, x: Tensor, num_data: int | None = None) -> Tensor:
         if self.fused:
             return self._fused(x, num_data)
+        if not self._checked:
+            check_program(self.vae, x, self.name, self.free_bits)
+            self._checked = True
         with warnings.catch_warnings():
             # Pyro's JIT runs on torch.jit.trace, which torch 2.x marks deprecated but still supports.
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated")
@@ -217,59 +249,90 @@ def check_free_bits_prior(vae: VAE) -> None:
         )
 
 
-def kl_methods(vae: VAE, x: Tensor, estimator: str | None = None) -> dict[str, str]:
-    """How each latent site's KL term is estimated: ``"closed_form"`` or ``"sampled"``.
+def check_program(vae: nn.Module, x: Tensor, estimator: str = "mc", free_bits: float = 0.0) -> None:
+    """A one-line :class:`ConfigError` for a program that breaks the contract, or that ``estimator`` cannot train.
+
+    The contract (:mod:`pyro_vae.infer.program`) is checked on a run of the first two points of ``x``; then what
+    the estimator needs of every latent site (:meth:`~pyro_vae.infer.estimators.Estimator.check_site`), and, with
+    ``free_bits``, a KL term per latent dimension: guide and model distributions that are products over dimensions.
+    """
+    with kept_rng(x):
+        guide_trace, model_trace = traces(vae, x[:2])
+    chosen = ESTIMATORS.get(estimator)
+    for name in latent_sites(guide_trace):
+        chosen.check_site(guide_trace.nodes[name])
+        if free_bits and None in (
+            per_dimension(guide_trace.nodes[name]["fn"]),
+            per_dimension(model_trace.nodes[name]["fn"]),
+        ):
+            raise ConfigError(
+                f"{{free_bits}} needs the KL term of each latent dimension, and site {name!r} has a distribution "
+                "that is not a product over dimensions; use factorised distributions there, or {free_bits=}0",
+                "free_bits",
+            )
+
+
+def kl_methods(vae: nn.Module, x: Tensor, estimator: str | None = None) -> dict[str, str]:
+    """How each latent site's KL term is estimated, in the guide's order: ``"closed_form"`` or ``"sampled"``.
 
     An estimator whose ``closed_form_kl`` is false (``"mc"``) samples every term. One that is true
-    (``"analytic"``) uses the closed form wherever ``kl_divergence(guide site, model site)`` is
-    registered, exactly as :class:`~pyro.infer.TraceMeanField_ELBO` decides, and samples the
-    others. ``estimator=None`` answers whether a closed form is registered at all.
+    (``"analytic"``) takes the closed form where it is exact: one is registered, and the model's distribution
+    at the site depends only on draws the guide made before it (:func:`~pyro_vae.infer.program.closed_form_sites`);
+    it samples the others. ``estimator=None`` answers whether the closed form is exact at all.
     """
-    with torch.no_grad():
-        guide_trace, model_trace = _traces(vae, x)
     uses_closed_form = estimator is None or make_estimator(estimator).closed_form_kl
-    methods = {}
-    for name, site in model_trace.nodes.items():
-        if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site) or name not in guide_trace.nodes:
-            continue
-        closed = uses_closed_form and closed_form_kl(guide_trace.nodes[name]["fn"], site["fn"]) is not None
-        methods[name] = "closed_form" if closed else "sampled"
-    return methods
+    exact = closed_form_sites(vae.model, vae.guide, x)
+    return {name: "closed_form" if uses_closed_form and ok else "sampled" for name, ok in exact.items()}
 
 
-def _traces(vae: VAE, x: Tensor, num_particles: int = 1) -> tuple[poutine.Trace, poutine.Trace]:
-    """One run of the guide, and of the model replayed against it, vectorized over ``num_particles``."""
-    particles = lambda fn: pyro.plate("particles", num_particles, dim=-2)(fn)  # noqa: E731
-    guide_trace = poutine.trace(particles(vae.guide)).get_trace(x)
-    model_trace = poutine.trace(poutine.replay(particles(vae.model), trace=guide_trace)).get_trace(x)
-    return guide_trace, model_trace
+def elbo_terms(
+    vae: nn.Module, x: Tensor, num_particles: int = 1, closed_form: dict[str, bool] | None = None
+) -> dict[str, Tensor]:
+    r"""Each term of the ELBO per particle and data point, summed over the program's sites, from one run of each.
 
-
-def elbo_terms(vae: VAE, x: Tensor, num_particles: int = 1) -> dict[str, Tensor | None]:
-    r"""Each term of the ELBO per particle and data point, from one run of the guide and the model.
-
-    Returns a dict of tensors of shape ``(num_particles, batch)``:
-    ``log_likelihood`` :math:`\log p(x\mid z)`, ``log_prior`` :math:`\log p(z)`,
-    ``log_q`` :math:`\log q(z\mid x)`, and ``kl``, the closed-form :math:`\mathrm{KL}(q\|p)` of
-    shape ``(batch,)``, or ``None`` when no closed form is registered for the prior.
+    Returns tensors of shape ``(num_particles, batch)``: ``log_likelihood``, :math:`\log p(x\mid z)` summed over
+    the observed sites; ``log_prior`` and ``log_q``, :math:`\log p(z)` and :math:`\log q(z\mid x)` summed over the
+    latent sites; and ``kl``, the sum over latent sites of the closed-form :math:`\mathrm{KL}(q\|p)` where it is
+    exact (``closed_form``, by default :func:`~pyro_vae.infer.program.closed_form_sites`) and of the sampled
+    :math:`\log q - \log p` elsewhere. Densities are Pyro's: scaled and masked as the program says.
     """
-    guide_trace, model_trace = _traces(vae, x, num_particles)
-    z_q, z_p = guide_trace.nodes["z"], model_trace.nodes["z"]
-    obs = model_trace.nodes["x"]
-    kl = closed_form_kl(z_q["fn"], z_p["fn"])
+    if closed_form is None:
+        with kept_rng(x):
+            closed_form = closed_form_sites(vae.model, vae.guide, x)
+    guide_trace, model_trace = traces(vae, x, num_particles=num_particles)
+    shape = torch.Size((num_particles, len(x)))
+    latent = latent_sites(guide_trace)
+    log_p = [per_point(model_trace.nodes[name], shape) for name in latent]
+    log_q = [per_point(guide_trace.nodes[name], shape) for name in latent]
+    kl = [
+        _closed_kl(guide_trace.nodes[name], model_trace.nodes[name], shape) if closed_form.get(name) else q - p
+        for name, p, q in zip(latent, log_p, log_q)
+    ]
     return {
-        "log_likelihood": obs["fn"].log_prob(obs["value"]),
-        "log_prior": z_p["fn"].log_prob(z_p["value"]),
-        "log_q": z_q["fn"].log_prob(z_q["value"]),
-        "kl": None if kl is None else kl[0],  # the same for every particle
+        "log_likelihood": _total([per_point(site, shape) for site in observed_sites(model_trace)], shape),
+        "log_prior": _total(log_p, shape),
+        "log_q": _total(log_q, shape),
+        "kl": _total(kl, shape),
     }
 
 
-def elbo_per_example(vae: VAE, x: Tensor, estimator: str = "mc", num_particles: int = 1) -> Tensor:
-    """The ELBO of each data point in ``x`` (nats), averaged over ``num_particles`` draws of :math:`z`.
+def _closed_kl(guide_site: dict, model_site: dict, shape: torch.Size) -> Tensor:
+    """The closed-form KL of a latent site per particle and data point, scaled and masked as the guide site."""
+    kl = closed_form_kl(guide_site["fn"], model_site["fn"])
+    return torch.broadcast_to(scale_and_mask(kl, guide_site["scale"], guide_site["mask"]), shape)
 
-    ``"analytic"`` falls back to the sampled KL when the prior has no closed form, like
-    :class:`~pyro.infer.TraceMeanField_ELBO`.
+
+def _total(terms: list[Tensor], shape: torch.Size) -> Tensor:
+    """The sum of per-point terms; zeros for none."""
+    return functools.reduce(torch.add, terms) if terms else torch.zeros(shape)
+
+
+def elbo_per_example(vae: nn.Module, x: Tensor, estimator: str = "mc", num_particles: int = 1) -> Tensor:
+    """The estimate of each data point in ``x`` (nats) by ``estimator`` with ``num_particles`` draws.
+
+    For the ELBO's estimators the mean over the draws; for the importance-weighted bound (``iwae``,
+    ``dreg``) the bound of ``num_particles`` samples. ``"analytic"`` samples a site's KL term where its closed
+    form is not exact or not registered (:func:`kl_methods`).
     """
     return make_estimator(estimator, num_particles).per_example(elbo_terms(vae, x, num_particles))
 
@@ -299,12 +362,15 @@ def evaluate_elbo(
         ``elbo_analytic``), in nats per data point.
     """
     chosen = {e: make_estimator(e, num_particles) for e in estimators}
+    check_methods(vae)
     was_training = vae.training
     vae.eval()
     try:
         parts: dict[str, list[Tensor]] = {e: [] for e in chosen}
+        with kept_rng(x):
+            closed_form = closed_form_sites(vae.model, vae.guide, x)
         for xb in x.split(batch_size):
-            terms = elbo_terms(vae, xb, num_particles)
+            terms = elbo_terms(vae, xb, num_particles, closed_form)
             for e, estimator in chosen.items():
                 parts[e].append(estimator.per_example(terms))
         values = {e: torch.cat(v) for e, v in parts.items()}

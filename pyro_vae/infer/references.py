@@ -5,6 +5,8 @@ as :class:`~pyro.infer.Trace_ELBO` does, and forms its estimate from the sample 
 references that the fused estimators of :mod:`pyro_vae.infer.estimators` are tested against, and they
 evaluate any model/guide pair (a subclass of :class:`~pyro_vae.models.vae.VAE` that redefines its program too).
 
+- :class:`TraceAnalytic_ELBO`, Pyro's ``TraceMeanField_ELBO`` where it is exact: the closed-form KL of a latent
+  site only where the model's distribution there depends on nothing the guide draws later.
 - :class:`TraceIWAE_ELBO`, the importance-weighted bound. Pyro's ``RenyiELBO(alpha=0)`` is this
   bound for a full batch, but under minibatch scaling it multiplies each data point's log-weights
   by :math:`N/B` *inside* the log-mean-exp, which is not the bound; here the log-mean-exp is taken
@@ -24,28 +26,43 @@ from typing import Any
 
 import torch
 from pyro.distributions.util import scale_and_mask
-from pyro.infer import Trace_ELBO
+from pyro.infer import JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.util import check_fully_reparametrized, torch_item
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Distribution, Independent, MultivariateNormal, kl_divergence
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.infer.program import closed_form_sites, kept_rng
 from pyro_vae.models.kl import free_bits_kl, kl_per_dim
 
-__all__ = ["TraceIWAE_ELBO", "TraceDReG_ELBO", "TraceSTL_ELBO", "TraceFreeBits_ELBO", "stopped", "square_weights"]
+__all__ = [
+    "TraceAnalytic_ELBO",
+    "JitTraceAnalytic_ELBO",
+    "TraceIWAE_ELBO",
+    "TraceDReG_ELBO",
+    "TraceSTL_ELBO",
+    "TraceFreeBits_ELBO",
+    "stopped",
+    "square_weights",
+]
 
 
 def stopped(d: Distribution) -> Distribution:
     """``d`` with its parameters detached: the same density of a value, but no gradient to the guide's parameters."""
     if isinstance(d, Independent):
         return Independent(stopped(d.base_dist), d.reinterpreted_batch_ndims, validate_args=False)
-    if isinstance(d, Normal):
-        return type(d)(d.loc.detach(), d.scale.detach(), validate_args=False)
-    raise ConfigError(
-        f"the sticking-the-landing and DReG gradients hold a Normal guide's parameters fixed; this guide has a "
-        f"{type(d).__name__} site: use mc or iwae"
-    )
+    if isinstance(d, MultivariateNormal):
+        return type(d)(d.loc.detach(), scale_tril=d.scale_tril.detach(), validate_args=False)
+    params = {k: v.detach() for k, v in vars(d).items() if k in d.arg_constraints and torch.is_tensor(v)}
+    try:
+        return type(d)(**params, validate_args=False)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"the sticking-the-landing and DReG gradients hold the guide's parameters fixed, and a "
+            f"{type(d).__name__} cannot be rebuilt from its detached parameters; use mc or iwae"
+        ) from None
 
 
 def square_weights(latents: list[Tensor], log_w: Tensor) -> None:
@@ -61,6 +78,75 @@ def square_weights(latents: list[Tensor], log_w: Tensor) -> None:
         if z.requires_grad:
             w = weights.reshape(weights.shape + (1,) * (z.dim() - weights.dim()))
             z.register_hook(lambda grad, w=w: grad * w)
+
+
+def _identity(fn: Callable) -> Any:
+    """What a model or guide is, for a cache: a bound method by its object and function (each access is new)."""
+    return (id(fn.__self__), fn.__func__) if hasattr(fn, "__self__") and hasattr(fn, "__func__") else fn
+
+
+class _ClosedForms:
+    """Which latent sites an ELBO may take the closed-form KL of, found once per model/guide pair."""
+
+    def _closed_forms(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> dict[str, bool]:
+        cache = self.__dict__.setdefault("_closed_form_cache", {})
+        key = (_identity(model), _identity(guide))
+        if key not in cache:
+            with kept_rng(args[0]):
+                cache[key] = closed_form_sites(model, guide, *args, **kwargs)
+        return cache[key]
+
+
+class TraceAnalytic_ELBO(_ClosedForms, TraceMeanField_ELBO):
+    r"""The ELBO with each latent site's closed-form KL where it is exact (the ``analytic`` reference).
+
+    Pyro's :class:`~pyro.infer.TraceMeanField_ELBO` takes ``kl_divergence(q, p)`` of every site where one is
+    registered, after a warning that it cannot verify the mean-field condition. A bottom-up guide breaks it:
+    :math:`q(z_1\mid x)` is drawn before :math:`z_2`, while :math:`p(z_1\mid z_2)` depends on :math:`z_2`, and the
+    KL at the sampled :math:`z_2` is biased. Here a site takes its closed form only where the model's distribution
+    there depends on no later draw of the guide (:func:`~pyro_vae.infer.program.closed_form_sites`); its term
+    is sampled, :math:`\log p - \log q`, elsewhere. Every latent site must be reparameterized, as in Pyro's.
+    """
+
+    def _get_traces(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Any:
+        self._exact = self._closed_forms(model, guide, args, kwargs)
+        return super()._get_traces(model, guide, args, kwargs)
+
+    def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[Trace, Trace]:
+        return Trace_ELBO._get_trace(self, model, guide, args, kwargs)  # the exact condition is checked per site
+
+    def _differentiable_loss_particle(self, model_trace: Trace, guide_trace: Trace) -> tuple[Any, Tensor]:
+        elbo: Tensor | float = 0.0
+        for site in _sample_sites(model_trace):
+            if site["is_observed"]:
+                elbo = elbo + site["log_prob_sum"]
+                continue
+            guide_site = guide_trace.nodes[site["name"]]
+            check_fully_reparametrized(guide_site)
+            if self._exact.get(site["name"]):
+                kl = kl_divergence(guide_site["fn"], site["fn"])
+                elbo = elbo - scale_and_mask(kl, guide_site["scale"], guide_site["mask"]).sum()
+            else:
+                elbo = elbo + site["log_prob_sum"] - guide_site["score_parts"].entropy_term.sum()
+        loss = -(elbo.detach() if torch._C._get_tracing_state() else torch_item(elbo))
+        return loss, -elbo
+
+
+class JitTraceAnalytic_ELBO(JitTraceMeanField_ELBO, TraceAnalytic_ELBO):
+    """:class:`TraceAnalytic_ELBO` compiled with Pyro's JIT, without a re-trace on every call.
+
+    In pyro-ppl 1.9 ``JitTraceMeanField_ELBO.differentiable_loss`` tests for ``self._loss_and_surrogate_loss``
+    (the name ``JitTrace_ELBO`` uses) but stores the compiled function as ``self._differentiable_loss``, so the
+    test always fails and the model is traced again at every step: about 3x slower than no JIT, with a tracer
+    warning per site per step. Aliasing the stored function under the name that is tested makes the first
+    compilation the only one. The exact sites are found before the first compilation, outside the tracer.
+    """
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Tensor:
+        self._closed_forms(model, guide, args, kwargs)
+        loss = super().differentiable_loss(model, guide, *args, **kwargs)
+        self._loss_and_surrogate_loss = self._differentiable_loss
+        return loss
 
 
 def _sample_sites(trace: Trace) -> list[dict[str, Any]]:
@@ -149,7 +235,7 @@ class TraceSTL_ELBO(Trace_ELBO):
         return -elbo / self.num_particles
 
 
-class TraceFreeBits_ELBO(Trace_ELBO):
+class TraceFreeBits_ELBO(_ClosedForms, Trace_ELBO):
     r"""The ELBO with free bits, from Pyro traces (the reference of ``free_bits`` with ``mc`` and ``analytic``).
 
     Each latent site's KL term counts at least :math:`\lambda` nats per data point in every latent
@@ -171,6 +257,7 @@ class TraceFreeBits_ELBO(Trace_ELBO):
         self.free_bits, self.closed_form_kl = free_bits, closed_form_kl
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Tensor:
+        exact = self._closed_forms(model, guide, args, kwargs) if self.closed_form_kl else {}
         ((model_trace, guide_trace),) = self._get_traces(model, guide, args, kwargs)
         elbo: Tensor | float = 0.0
         for site in _sample_sites(model_trace):
@@ -178,6 +265,6 @@ class TraceFreeBits_ELBO(Trace_ELBO):
                 elbo = elbo + site["log_prob"].sum()
             elif site["mask"] is not False:  # beta = 0 masks the latent site out
                 guide_site = guide_trace.nodes[site["name"]]
-                kl = kl_per_dim(guide_site["fn"], site["fn"], site["value"], self.closed_form_kl)
+                kl = kl_per_dim(guide_site["fn"], site["fn"], site["value"], exact.get(site["name"], False))
                 elbo = elbo - self.num_particles * site["scale"] * free_bits_kl(kl, self.free_bits)
         return -elbo / self.num_particles

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, ClassVar
 
 import pyro
 import pyro.distributions as dist
@@ -35,7 +35,7 @@ from pyro_vae.models.likelihoods import LIKELIHOODS, Likelihood
 from pyro_vae.models.networks import NETWORKS
 from pyro_vae.models.priors import PRIORS, Prior
 
-__all__ = ["VAE", "make_vae", "is_standard_program"]
+__all__ = ["VAE", "make_vae", "kl_weight"]
 
 _instances = itertools.count()
 
@@ -68,6 +68,10 @@ class VAE(nn.Module):
         prior: module whose ``forward()`` returns :math:`p(z)`.
         likelihood: module mapping decoder output to :math:`p(x \\mid z)`.
     """
+
+    #: The names of its latent and observed sites.
+    latent_site: ClassVar[str] = "z"
+    observed_site: ClassVar[str] = "x"
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, prior: Prior, likelihood: Likelihood) -> None:
         super().__init__()
@@ -121,8 +125,8 @@ class VAE(nn.Module):
         pyro.module(self._pyro_name, self)
         with self._plate(x, num_data):
             with kl_weight(beta):
-                z = pyro.sample("z", self.prior())
-            pyro.sample("x", self.decode(z), obs=x)
+                z = pyro.sample(self.latent_site, self.prior())
+            pyro.sample(self.observed_site, self.decode(z), obs=x)
         return z
 
     def guide(self, x: Tensor, num_data: int | None = None, beta: float = 1.0) -> Tensor:
@@ -130,7 +134,7 @@ class VAE(nn.Module):
         pyro.module(self._pyro_name, self)
         with self._plate(x, num_data):
             with kl_weight(beta):
-                return pyro.sample("z", self.encode(x))
+                return pyro.sample(self.latent_site, self.encode(x))
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
@@ -142,17 +146,6 @@ class VAE(nn.Module):
         """Means of :math:`p(x \\mid z)` for ``num_samples`` codes drawn from the prior."""
         z = self.prior().sample((num_samples,))
         return self.decode(z).mean
-
-
-def is_standard_program(vae: VAE) -> bool:
-    """Whether ``vae`` runs :class:`VAE`'s own program (a subclass may redefine it: another program).
-
-    Code that evaluates the program's densities directly, rather than through Pyro traces of
-    ``vae.model`` and ``vae.guide``, is valid only then: the model, the guide, and the ``encode``,
-    ``posterior`` (a diagonal Normal) and ``decode`` they call are :class:`VAE`'s own.
-    """
-    cls = type(vae)
-    return all(getattr(cls, name) is getattr(VAE, name) for name in ("model", "guide", "encode", "posterior", "decode"))
 
 
 def make_vae(
