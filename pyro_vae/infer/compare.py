@@ -25,22 +25,22 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pyro_vae.infer.estimators import ESTIMATORS, check_estimator
 from pyro_vae.infer.objectives import Objective, kl_methods
-from pyro_vae.models.vae import VAE
 
 __all__ = ["compare_estimators", "parameter_groups", "format_comparison", "snr_slopes"]
 
 
-def parameter_groups(vae: VAE) -> dict[str, list[torch.nn.Parameter]]:
-    """The VAE's trainable parameters by role: ``encoder``, ``decoder`` (with the likelihood's), ``prior``."""
-    return {
-        "encoder": [p for p in vae.encoder.parameters() if p.requires_grad],
-        "decoder": [p for m in (vae.decoder, vae.likelihood) for p in m.parameters() if p.requires_grad],
-        "prior": [p for p in vae.prior.parameters() if p.requires_grad],
-    }
+def parameter_groups(vae: nn.Module) -> dict[str, list[torch.nn.Parameter]]:
+    """A program's trainable parameters by its top-level submodules, and those it holds itself under ``program``.
+
+    A :class:`~pyro_vae.models.vae.VAE`'s groups are ``encoder``, ``decoder``, ``prior`` and ``likelihood``.
+    """
+    groups = {name: [p for p in child.parameters() if p.requires_grad] for name, child in vae.named_children()}
+    own = [p for p in vae.parameters(recurse=False) if p.requires_grad]
+    return {**groups, **({"program": own} if own else {})}
 
 
 class _Moments:
@@ -74,7 +74,7 @@ class _Moments:
         }
 
 
-def _estimates(vae: VAE, x: Tensor, estimator: str, num_particles: int, repeats: int) -> dict[str, Any]:
+def _estimates(vae: nn.Module, x: Tensor, estimator: str, num_particles: int, repeats: int) -> dict[str, Any]:
     """The bound per data point and its gradient, ``repeats`` times, with the time per estimate."""
     objective = Objective(vae, estimator, num_particles, fused="auto")  # the fastest exact path
     groups = parameter_groups(vae)
@@ -127,7 +127,7 @@ def snr_slopes(result: dict[str, Any], group: str) -> dict[str, float]:
 
 
 def compare_estimators(
-    vae: VAE,
+    vae: nn.Module,
     x: Tensor,
     particles: Sequence[int] = (1, 10, 100),
     repeats: int = 100,

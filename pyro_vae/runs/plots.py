@@ -16,11 +16,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from pyro import poutine
+from pyro.poutine.messenger import Messenger
+from torch import Tensor, nn
 
-from pyro_vae.training.data import Dataset
-from pyro_vae.runs.storage import atomic_write
+from pyro_vae.infer.estimators import has_fused_form
+from pyro_vae.infer.program import latent_sites, observed_sites, traces
 from pyro_vae.models.vae import VAE
+from pyro_vae.runs.storage import atomic_write
+from pyro_vae.training.data import Dataset
 
 __all__ = [
     "draw_pictures",
@@ -37,6 +41,9 @@ __all__ = [
     "plot_collapse",
     "principal_directions",
     "posterior_means",
+    "reconstruct",
+    "generate",
+    "skipped_pictures",
 ]
 
 
@@ -94,16 +101,60 @@ def palette_png(png: bytes) -> bytes:
     return out.getvalue()
 
 
-def plot_reconstructions(vae: VAE, x: Tensor, path: str | Path, caption: str = "", num: int = 10) -> bool:
+class _AtMeans(Messenger):
+    """Each latent site of a guide takes its distribution's mean, where it has a finite one, instead of a draw."""
+
+    def _pyro_sample(self, msg: dict[str, Any]) -> None:
+        if msg["is_observed"] or msg["done"]:
+            return
+        try:
+            mean = msg["fn"].mean
+        except NotImplementedError:
+            return
+        if mean.is_floating_point() and torch.isfinite(mean).all():
+            msg["value"], msg["done"] = mean, True
+
+
+def _data_mean(model_trace: Any, x: Tensor) -> Tensor | None:
+    """The mean of the model's one observed site of ``x``'s shape, or ``None`` (no such site, or several)."""
+    sites = [s for s in observed_sites(model_trace) if tuple(s["value"].shape) == tuple(x.shape)]
+    return sites[0]["fn"].mean.detach() if len(sites) == 1 else None
+
+
+@torch.no_grad()
+def reconstruct(vae: nn.Module, x: Tensor) -> Tensor | None:
+    """The mean of :math:`p(x \\mid z)` at the guide's means, read from the program's own model trace.
+
+    ``None`` where the model has no single observed site of ``x``'s shape.
+    """
+    if has_fused_form(vae):
+        return vae.reconstruct(x)
+    guide_trace = poutine.trace(_AtMeans()(vae.guide)).get_trace(x)
+    return _data_mean(poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x), x)
+
+
+@torch.no_grad()
+def generate(vae: nn.Module, x: Tensor) -> Tensor | None:
+    """Means of :math:`p(x \\mid z)` for ``len(x)`` draws of the model's latent sites (``x`` gives only the shape).
+
+    The model runs unconditioned (``poutine.uncondition``); ``None`` as for :func:`reconstruct`.
+    """
+    if has_fused_form(vae):
+        return vae.sample(len(x))
+    return _data_mean(poutine.trace(poutine.uncondition(vae.model)).get_trace(x), x)
+
+
+def plot_reconstructions(vae: nn.Module, x: Tensor, path: str | Path, caption: str = "", num: int = 10) -> bool:
     """Inputs (top row) above their reconstructions (bottom row), the mean of p(x|z) at the posterior mean.
 
-    Returns ``False`` (and draws nothing) when the data are not images.
+    Returns ``False`` (and draws nothing) when the data are not images, or the program has no reconstruction.
     """
-    shape = image_shape(vae.event_shape)
-    if shape is None:
-        return False
+    shape = image_shape(tuple(x.shape[1:]))
     x = x[:num]
-    both = torch.cat([x, vae.reconstruct(x).to(x.dtype)])
+    reconstruction = None if shape is None else reconstruct(vae, x)
+    if reconstruction is None:
+        return False
+    both = torch.cat([x, reconstruction.to(x.dtype)])
     fig = _figure(figsize=(max(4.0, 0.8 * len(x)), 2.4))
     ax = fig.subplots()
     ax.imshow(_grid(both, 2, shape), cmap="gray_r", vmin=0, vmax=1)
@@ -113,15 +164,22 @@ def plot_reconstructions(vae: VAE, x: Tensor, path: str | Path, caption: str = "
     return True
 
 
-def plot_samples(vae: VAE, path: str | Path, caption: str = "", num: int = 64) -> bool:
-    """Means of p(x|z) for ``num`` codes z drawn from the prior, on a square grid."""
-    shape = image_shape(vae.event_shape)
-    if shape is None:
-        return False
+def plot_samples(vae: nn.Module, path: str | Path, caption: str = "", num: int = 64, x: Tensor | None = None) -> bool:
+    """Means of p(x|z) for ``num`` codes z drawn from the prior, on a square grid.
+
+    A program other than :class:`~pyro_vae.models.vae.VAE` is run unconditioned on data ``x`` of the right
+    shape (:func:`generate`). Returns ``False`` (and draws nothing) when the data are not images.
+    """
     rows = math.isqrt(num)
+    if x is not None:
+        x = x[:1].expand(rows * rows, *x.shape[1:])
+    shape = image_shape(tuple(vae.event_shape) if x is None else tuple(x.shape[1:]))
+    images = None if shape is None else (vae.sample(rows * rows) if x is None else generate(vae, x))
+    if images is None:
+        return False
     fig = _figure(figsize=(5, 5.4))
     ax = fig.subplots()
-    ax.imshow(_grid(vae.sample(rows * rows), rows, shape), cmap="gray_r", vmin=0, vmax=1)
+    ax.imshow(_grid(images, rows, shape), cmap="gray_r", vmin=0, vmax=1)
     ax.set_axis_off()
     _save(fig, Path(path), "Samples: decoded z ~ p(z)", caption)
     return True
@@ -283,19 +341,51 @@ def principal_directions(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 @torch.no_grad()
-def posterior_means(vae: VAE, x: Tensor, batch_size: int = 1000) -> Tensor:
-    """The guide's mean E[z | x] for every row of ``x``."""
-    return torch.cat([vae.encode(xb).mean for xb in x.split(batch_size)])
+def posterior_means(vae: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
+    """The guide's mean E[z | x] for every row of ``x``: of a program's one latent site, flattened to a row."""
+    if has_fused_form(vae):
+        return torch.cat([vae.encode(xb).mean for xb in x.split(batch_size)])
+    return torch.cat([_site_mean(vae, xb) for xb in x.split(batch_size)])
 
 
-def _latent_coordinates(vae: VAE, x: Tensor, max_points: int) -> tuple[Tensor, tuple[str, str], str]:
+def _site_mean(vae: nn.Module, x: Tensor) -> Tensor:
+    guide_trace, _ = traces(vae, x)
+    (name,) = latent_sites(guide_trace)
+    return guide_trace.nodes[name]["fn"].mean.reshape(len(x), -1)
+
+
+def skipped_pictures(vae: nn.Module, data: Dataset) -> dict[str, str]:
+    """The run pictures that do not apply to ``vae``, each with why (what a run's summary notes)."""
+    skipped = {}
+    if image_shape(tuple(data.event_shape)) is None:
+        for name in ("reconstructions.png", "samples.png", "manifold.png"):
+            skipped[name] = "the data are not images"
+    if has_fused_form(vae):
+        return skipped
+    guide_trace, _ = traces(vae, data.test[:2])
+    sites = latent_sites(guide_trace)
+    if len(sites) != 1 or not _has_mean(guide_trace.nodes[sites[0]]["fn"]):
+        skipped["latent.png"] = f"the program has {len(sites)} latent sites; the latent picture shows one with a mean"
+    skipped.setdefault("manifold.png", "a grid of decoded codes needs the VAE's decoder")
+    return skipped
+
+
+def _has_mean(fn: Any) -> bool:
+    try:
+        return fn.mean.is_floating_point() and bool(torch.isfinite(fn.mean).all())
+    except NotImplementedError:
+        return False
+
+
+def _latent_coordinates(vae: nn.Module, x: Tensor, max_points: int) -> tuple[Tensor, tuple[str, str], str]:
     """2-D coordinates of the posterior means of ``x``: the latent itself, or its first two principal components."""
     z = posterior_means(vae, x[:max_points]).double().cpu()
-    if vae.latent_dim == 2:
+    latent_dim = z.shape[-1]
+    if latent_dim == 2:
         return z, ("z₁", "z₂"), "the 2-D latent"
     mean, directions, explained = principal_directions(z)
     names = tuple(f"principal component {i + 1} ({100 * e:.0f}% of variance)" for i, e in enumerate(explained.tolist()))
-    how = f"the {vae.latent_dim}-D latent on its first two principal components"
+    how = f"the {latent_dim}-D latent on its first two principal components"
     return (z - mean) @ directions.T, names, how  # type: ignore[return-value]
 
 
@@ -406,27 +496,31 @@ def plot_latent_spaces(
     _save(fig, Path(path), "Posterior means of the test set" + (" and decoded latent grids" if grids else ""), caption)
 
 
-def draw_pictures(vae: VAE, data: Dataset, history: list[dict], out: Path, caption: str, seed: int = 0) -> list[str]:
+def draw_pictures(
+    vae: nn.Module, data: Dataset, history: list[dict], out: Path, caption: str, seed: int = 0
+) -> list[str]:
     """Every picture of a run, written into ``out``; returns the file names drawn.
 
     Their draws (reconstructions, samples) come from torch seeded with ``seed``, outside the
     caller's random stream: a run's pictures drawn again (``pyro-vae plot``) are the same pictures.
     """
-    device = next(vae.parameters()).device
+    device = next(iter([*vae.parameters(), *vae.buffers()]), data.test).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         return _draw(vae, data, history, out, caption)
 
 
-def _draw(vae: VAE, data: Dataset, history: list[dict], out: Path, caption: str) -> list[str]:
-    drawn = []
+def _draw(vae: nn.Module, data: Dataset, history: list[dict], out: Path, caption: str) -> list[str]:
+    drawn, skipped = [], skipped_pictures(vae, data)
     if plot_reconstructions(vae, data.test, out / "reconstructions.png", caption):
         drawn.append("reconstructions.png")
-    if plot_samples(vae, out / "samples.png", caption):
+    program = None if has_fused_form(vae) else data.test  # any other program samples by running its model
+    if "samples.png" not in skipped and plot_samples(vae, out / "samples.png", caption, x=program):
         drawn.append("samples.png")
-    plot_latent_space(vae, data.test, data.test_labels, out / "latent.png", caption)
-    drawn.append("latent.png")
-    if plot_manifold(vae, out / "manifold.png", data.test, caption):
+    if "latent.png" not in skipped:
+        plot_latent_space(vae, data.test, data.test_labels, out / "latent.png", caption)
+        drawn.append("latent.png")
+    if "manifold.png" not in skipped and plot_manifold(vae, out / "manifold.png", data.test, caption):
         drawn.append("manifold.png")
     if history:
         plot_curves({"": history}, out / "curves.png", "ELBO per epoch", caption, keys=_curve_keys(history))

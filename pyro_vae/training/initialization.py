@@ -4,7 +4,7 @@ Two choices, both from the published code of *Importance Weighted Autoencoders* 
 Salakhutdinov, 2016), set in the config's ``[train]`` table and applied once, before the first
 step of a new run (a resumed run continues from its checkpoint):
 
-- ``weight_init = "glorot"``: every linear and convolutional layer of the encoder and decoder gets
+- ``weight_init = "glorot"``: every linear and convolutional layer of the program but its priors' gets
   the Glorot-uniform weights of *Understanding the difficulty of training deep feedforward neural
   networks* (Glorot & Bengio, 2010), :math:`W_{ij} \sim \mathcal U(-a, a)` with
   :math:`a = \sqrt{6 / (n_\text{in} + n_\text{out})}`, and zero biases (PyTorch's default draws
@@ -35,6 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.models.likelihoods import Likelihood
+from pyro_vae.models.priors import Prior
 from pyro_vae.registry import check_value
 
 __all__ = ["WeightInit", "OutputBiasInit", "initialize", "glorot_", "output_bias_"]
@@ -54,8 +56,7 @@ def initialize(
     check_value(weight_init, WeightInit, "weight_init")  # a config is checked already; a direct call here
     check_value(output_bias_init, OutputBiasInit, "output_bias_init")
     if weight_init == "glorot":
-        glorot_(vae.encoder)
-        glorot_(vae.decoder)
+        glorot_(vae, skip=Prior)
     if output_bias_init == "data_mean":
         if train is None:
             message = "{output_bias_init}: 'data_mean' needs the training data; pass train="
@@ -63,10 +64,14 @@ def initialize(
         output_bias_(vae, train.float().mean(0))
 
 
-def glorot_(module: nn.Module) -> None:
-    """Glorot-uniform weights and zero biases in every linear and convolutional layer of ``module``."""
+def glorot_(module: nn.Module, skip: type | tuple[type, ...] = ()) -> None:
+    """Glorot-uniform weights and zero biases in every linear and convolutional layer of ``module``.
+
+    Layers inside a submodule of a ``skip`` type (a program's priors) keep their own initialisation.
+    """
+    kept = {id(m) for owner in module.modules() if isinstance(owner, skip) for m in owner.modules()}
     for layer in module.modules():
-        if isinstance(layer, _LAYERS):
+        if isinstance(layer, _LAYERS) and id(layer) not in kept:
             nn.init.xavier_uniform_(layer.weight)
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
@@ -74,6 +79,14 @@ def glorot_(module: nn.Module) -> None:
 
 def output_bias_(vae: nn.Module, mean: Tensor) -> None:
     """Start the decoder's last bias at the output whose likelihood has mean ``mean`` (one value per data dimension)."""
+    if not isinstance(getattr(vae, "likelihood", None), Likelihood) or not isinstance(
+        getattr(vae, "decoder", None), nn.Module
+    ):
+        raise ConfigError(
+            f"{{output_bias_init}}: 'data_mean' sets the bias of a decoder's last layer from its likelihood, and "
+            f"{type(vae).__name__} has no decoder and likelihood of pyro_vae's; use {{output_bias_init=}}'default'",
+            "output_bias_init",
+        )
     output = vae.likelihood.output_for_mean(mean)
     if output is None:
         raise ConfigError(
