@@ -1,0 +1,1 @@
+"""Run folders: configuration, training into a folder, resuming, loading, evaluating, comparing, drawing."""
