@@ -1,6 +1,7 @@
 """pyro-vae: variational autoencoders as readable Pyro programs.
 
-The decoder is a Pyro model :math:`p(z)\\,p(x \\mid z)`, the encoder a guide :math:`q(z \\mid x)`;
+A VAE is a Pyro program: the decoder is a model :math:`p(z)\\,p(x \\mid z)`, the encoder a guide :math:`q(z \\mid x)`,
+and every tool follows any program's sites (:mod:`pyro_vae.infer.program`; programs by name in ``MODELS``);
 priors, likelihoods, networks, ELBO estimators, optimisers and learning-rate schedules are
 registry entries chosen by name; the ELBO is estimated by Monte Carlo (``Trace_ELBO``) or with
 the closed-form Gaussian KL (``TraceMeanField_ELBO``), on Pyro's path or a fused, exact one.
@@ -19,6 +20,7 @@ from pyro_vae.models.kl import gaussian_kl
 from pyro_vae.models.likelihoods import LIKELIHOODS
 from pyro_vae.models.networks import NETWORKS
 from pyro_vae.models.priors import PRIORS
+from pyro_vae.models.programs import MODELS
 from pyro_vae.models.vae import VAE, make_vae
 from pyro_vae.runs.config import Config
 from pyro_vae.runs.evaluation import compare_run, evaluate_run, plot_run
@@ -29,6 +31,7 @@ from pyro_vae.training.loop import fit
 from pyro_vae.training.optim import LR_SCHEDULES, OPTIMIZERS
 
 __all__ = [
+    "MODELS",
     "VAE",
     "make_vae",
     "PRIORS",

@@ -60,6 +60,7 @@ from torch import Tensor, nn
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.models.kl import closed_form_kl
+from pyro_vae.models.programs import check_methods
 
 __all__ = [
     "KLWeight",
@@ -133,18 +134,6 @@ def bind(fn: Callable) -> Callable:
             return fn(*batch, **options)
 
     return bound
-
-
-def check_methods(program: Any) -> None:
-    """A :class:`ConfigError` unless ``program`` is an ``nn.Module`` with ``model`` and ``guide`` methods."""
-    name = type(program).__name__
-    if not isinstance(program, nn.Module):
-        raise ConfigError(f"a program is a torch.nn.Module with model and guide methods; got a {name}")
-    for method in ("model", "guide"):
-        if not callable(getattr(program, method, None)):
-            raise ConfigError(
-                f"{name} has no {method} method: a program is an nn.Module with model(x) and guide(x); add {method}"
-            )
 
 
 def traces(program: nn.Module, *batch: Tensor, num_particles: int = 1) -> tuple[Trace, Trace]:
