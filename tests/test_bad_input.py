@@ -112,6 +112,13 @@ UNIT = np.linspace(0.0, 1.0, 80).reshape(20, 4)  # 20 points of 4 values in [0, 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
+def halves(shape: tuple[int, ...], index: tuple[int, ...], value: float) -> np.ndarray:
+    """An array of 0.5 but for ``value`` at ``index``."""
+    x = np.full(shape, 0.5)
+    x[index] = value
+    return x
+
+
 @dataclass(frozen=True)
 class Case:
     args: str  # the command line after ``pyro-vae``; {tmp} is the case's folder, {run} a copy of a finished run
@@ -300,6 +307,24 @@ CASES = [
         r"x\.npy \(train\) contains nan at index \[\d+, 1\]; remove or replace NaN and inf values",
         files={"x.npy": npy(np.array([[0.5, np.nan]] * 10))},
     ),
+    case(  # the index is the file's, not the shuffled training split's (row 3 is a training point)
+        "data-nan-named-by-its-index-in-the-file",
+        "train --dataset {tmp}/x.npy",
+        r"x\.npy \(train\) contains nan at index \[3, 2, 1\]; remove or replace NaN and inf values",
+        files={"x.npy": npy(halves((20, 3, 2), (3, 2, 1), np.nan))},
+    ),
+    case(  # row 5 is a test point
+        "data-out-of-range-named-by-its-index-in-the-file",
+        "train --dataset {tmp}/x.npy",
+        r"x\.npy \(test\) has value 7 at index \[5, 1\], outside \[0, 1\]",
+        files={"x.npy": npy(halves((20, 4), (5, 1), 7.0))},
+    ),
+    case(  # row 11 is held out for validation
+        "data-nan-in-validation-named-by-its-index-in-the-file",
+        "train --dataset {tmp}/x.npy --validation 4",
+        r"x\.npy \(validation\) contains nan at index \[11, 0\]",
+        files={"x.npy": npy(halves((20, 4), (11, 0), np.nan))},
+    ),
     case(
         "data-inf",
         "train --dataset {tmp}/x.npz",
@@ -342,8 +367,16 @@ CASES = [
     case(
         "data-one-value-per-point",
         "train --dataset {tmp}/x.npy",
-        r"data set x\.npy: train \(8,\) and test \(2,\) must have the shape \(N, \.\.\.\)",
+        r"data file .*x\.npy: entry 'x' has shape \(10,\), a single axis; it must have the shape \(N, \.\.\.\), "
+        r"N points of one or more values each: save x\.reshape\(10, 1\)",
         files={"x.npy": npy(np.zeros(10))},
+    ),
+    case(
+        "data-points-without-values",
+        "train --dataset {tmp}/x.npy",
+        r"data file .*x\.npy: entry 'x' has shape \(10, 0\), points without values; "
+        r"it must have the shape \(N, \.\.\.\)",
+        files={"x.npy": npy(np.zeros((10, 0)))},
     ),
     case(
         "data-single-number",

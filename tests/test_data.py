@@ -145,6 +145,23 @@ def test_bad_files(tmp_path, make, message):
         load_dataset(str(make(tmp_path)), **UNIT)
 
 
+@pytest.mark.parametrize("row", [0, 3, 29])
+@pytest.mark.parametrize(
+    "value,options,message",
+    [
+        (np.nan, {}, "contains nan"),
+        (np.nan, {"validation": 7}, "contains nan"),
+        (3.0, {}, "has value 3"),
+        (3.0, {"binarize": "static", "validation": 7}, "has value 3"),  # refused before binarization
+    ],
+)
+def test_a_bad_value_is_named_by_its_index_in_the_users_file(tmp_path, row, value, options, message):
+    x = np.full((30, 3, 2), 0.5)
+    x[row, 2, 1] = value
+    with pytest.raises(DataError, match=rf"x\.npy \(\w+\) {message} at index \[{row}, 2, 1\]"):
+        load_dataset(str(_save(tmp_path / "x.npy", x)), **options, **UNIT)
+
+
 def test_pickled_object_file_is_refused(tmp_path):
     path = tmp_path / "obj.npy"
     np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)

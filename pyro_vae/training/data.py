@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -53,7 +54,20 @@ BINARIZATION_SEED = 0
 BINARIZATIONS = ("none", "static", "dynamic")
 FILE_SUFFIXES = (".npy", ".npz", ".pt")
 
-_Arrays = tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]  # train, test, train labels, test labels
+
+class _Arrays(NamedTuple):
+    """A data set's splits and labels, with where each split's points are in the arrays as stored.
+
+    ``rows[split][i]`` is the index, in the array it was read from, of point ``i`` of ``split``: messages
+    about a point name the index in the user's file, not in a split drawn from it. A split without an
+    entry is an array as stored.
+    """
+
+    train: Tensor
+    test: Tensor
+    train_labels: Tensor | None = None
+    test_labels: Tensor | None = None
+    rows: dict[str, Tensor] | None = None
 
 
 @dataclass
@@ -120,7 +134,7 @@ def _split(x: Tensor, labels: Tensor | None) -> _Arrays:
     n_test = max(1, round(TEST_FRACTION * len(x))) if len(x) > 1 else 0
     test, train = order[:n_test], order[n_test:]
     pick = (lambda idx: labels[idx]) if labels is not None else (lambda idx: None)
-    return x[train], x[test], pick(train), pick(test)
+    return _Arrays(x[train], x[test], pick(train), pick(test), {"train": train, "test": test})
 
 
 def _load_digits(data_root: Path, download: bool) -> _Arrays:
@@ -166,11 +180,11 @@ def _load_mnist(data_root: Path, download: bool) -> _Arrays:
             ) from None
         splits.append((mnist.data.float() / 255.0, mnist.targets))
     (train, train_labels), (test, test_labels) = splits
-    return train, test, train_labels, test_labels
+    return _Arrays(train, test, train_labels, test_labels)
 
 
 #: Built-in data sets by name: ``loader(data_root, download) -> (train, test, train_labels, test_labels)``.
-DATASETS: dict[str, Callable[[Path, bool], _Arrays]] = {"digits": _load_digits, "mnist": _load_mnist}
+DATASETS: dict[str, Callable[[Path, bool], tuple[Tensor, ...]]] = {"digits": _load_digits, "mnist": _load_mnist}
 
 
 def _read_file(path: Path) -> dict[str, Tensor]:
@@ -235,15 +249,17 @@ def _from_file(path: Path) -> _Arrays:
                 f"data file {path} has 'train' but no 'test' array; "
                 "add one, or store a single array under 'x' to split it automatically"
             )
-        return arrays["train"], arrays["test"], arrays.get("train_labels"), arrays.get("test_labels")
+        return _Arrays(arrays["train"], arrays["test"], arrays.get("train_labels"), arrays.get("test_labels"))
     if "x" not in arrays:
         if len(arrays) != 1:
             raise DataError(
                 f"data file {path} holds arrays {sorted(arrays)}; name the data 'x' (labels 'y'), or 'train'/'test'"
             )
-        (x,) = arrays.values()
+        ((key, x),) = arrays.items()
+        _check_points(path, key, x)
         return _split(x, None)
     x, y = arrays["x"], arrays.get("y")
+    _check_points(path, "x", x)
     if y is not None and y.shape != (len(x),):  # checked here: the split indexes the labels
         raise DataError(
             f"data file {path}: labels 'y' have shape {tuple(y.shape)}; "
@@ -252,20 +268,55 @@ def _from_file(path: Path) -> _Arrays:
     return _split(x, y)
 
 
-def _check(x: Tensor, where: str, support: constraints.Constraint, support_text: str, fix: str) -> None:
-    if not torch.isfinite(x).all():
-        bad = (~torch.isfinite(x)).nonzero()[0].tolist()
-        raise DataError(f"{where} contains {x[tuple(bad)].item()} at index {bad}; remove or replace NaN and inf values")
+def _check_points(path: Path, key: str, x: Tensor) -> None:
+    """The array a file holds is ``N`` points along its first axis, each of one or more values."""
+    if x.ndim >= 2 and math.prod(x.shape[1:]) > 0:
+        return
+    what, fix = ("a single axis", f": save x.reshape({len(x)}, 1) for {len(x)} points of one value")
+    if x.ndim != 1:
+        what, fix = "points without values", ""
+    raise DataError(
+        f"data file {path}: entry {key!r} has shape {tuple(x.shape)}, {what}; "
+        f"it must have the shape (N, ...), N points of one or more values each{fix}"
+    )
+
+
+def _check(x: Tensor, where: str, support: constraints.Constraint, support_text: str, fix: str, rows: Tensor) -> None:
+    """Every value of ``x`` finite and in ``support``; a message names the first bad one by its index as stored.
+
+    ``rows[i]`` is the index of point ``i`` of ``x`` in the array it was read from (see :class:`_Arrays`).
+    """
+    finite = torch.isfinite(x)
+    if not finite.all():
+        bad = _first(~finite, rows)
+        raise DataError(
+            f"{where} contains {x[bad].item()} at index {_stored(bad, rows)}; remove or replace NaN and inf values"
+        )
     outside = ~support.check(x)
     if outside.any():
-        bad = outside.nonzero()[0].tolist()
-        raise DataError(f"{where} has value {x[tuple(bad)].item():g} at index {bad}, outside {support_text}; {fix}")
+        bad = _first(outside, rows)
+        raise DataError(
+            f"{where} has value {x[bad].item():g} at index {_stored(bad, rows)}, outside {support_text}; {fix}"
+        )
+
+
+def _first(bad: Tensor, rows: Tensor) -> tuple[int, ...]:
+    """The index in ``bad`` of its first true entry, its points taken in the order they were stored (``rows``)."""
+    points = bad.reshape(len(bad), -1).any(1).nonzero()[:, 0]
+    point = int(points[rows[points].argmin()])
+    return (point, *bad[point].nonzero()[0].tolist())
+
+
+def _stored(index: tuple[int, ...], rows: Tensor) -> list[int]:
+    """``index`` into a split as the index of the same value in the array the split was drawn from."""
+    point, *within = index
+    return [int(rows[point]), *within]
 
 
 def _load_arrays(dataset: str, data_root: str | Path, download: bool) -> _Arrays:
     """The arrays of a built-in data set or of a user's file, as stored."""
     if dataset in DATASETS:
-        return DATASETS[dataset](Path(data_root), download)
+        return _Arrays(*DATASETS[dataset](Path(data_root), download))
     if Path(dataset).suffix in FILE_SUFFIXES:
         return _from_file(Path(dataset))
     raise DataError(
@@ -292,21 +343,35 @@ def _check_shapes(
             raise DataError(f"data set {name}: {split} labels have shape {tuple(labels.shape)}; expected ({len(x)},)")
 
 
-def _hold_out(name: str, train: Tensor, labels: Tensor | None, size: int) -> tuple[Tensor, Tensor | None, Tensor]:
-    """The training set less ``size`` points chosen with :data:`SPLIT_SEED`, its labels, and those points."""
-    if size >= len(train):
+def _hold_out(name: str, num_train: int, size: int) -> tuple[Tensor, Tensor]:
+    """Which points stay in the training set, and which ``size`` are held out of it (chosen with :data:`SPLIT_SEED`)."""
+    if size >= num_train:
         raise DataError(
-            f"data.validation ({size}) leaves no training points of data set {name} ({len(train)}); "
-            f"hold out fewer than {len(train)}"
+            f"data.validation ({size}) leaves no training points of data set {name} ({num_train}); "
+            f"hold out fewer than {num_train}"
         )
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    kept = order[size:]
-    return train[kept], None if labels is None else labels[kept], train[order[:size]]
+    order = torch.randperm(num_train, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    return order[size:], order[:size]
 
 
-def _binarize(name: str, splits: dict[str, Tensor], binarize: str, seed: int) -> dict[str, Tensor]:
+def _splits(name: str, arrays: _Arrays, validation: int) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor | None]:
+    """The splits as float tensors, each point's index as stored (see :class:`_Arrays`), and the training labels."""
+    splits = {"train": arrays.train.float(), "test": arrays.test.float()}
+    rows = {split: (arrays.rows or {}).get(split, torch.arange(len(x))) for split, x in splits.items()}
+    labels = arrays.train_labels
+    if validation:
+        kept, held = _hold_out(name, len(splits["train"]), validation)
+        for table in (splits, rows):
+            table["train"], table["validation"] = table["train"][kept], table["train"][held]
+        labels = None if labels is None else labels[kept]
+    return splits, rows, labels
+
+
+def _binarize(
+    name: str, splits: dict[str, Tensor], rows: dict[str, Tensor], binarize: str, seed: int
+) -> dict[str, Tensor]:
     """The held-out splits drawn once from Bernoulli(value) with :data:`BINARIZATION_SEED`; for
-    ``"static"`` also the training set, with ``seed``."""
+    ``"static"`` also the training set, with ``seed``. ``rows``: where each split's points are stored."""
     if binarize == "none":
         return splits
     for split, x in splits.items():
@@ -316,6 +381,7 @@ def _binarize(name: str, splits: dict[str, Tensor], binarize: str, seed: int) ->
             constraints.unit_interval,
             "[0, 1]",
             "binarization reads values as probabilities; rescale the data into [0, 1]",
+            rows[split],
         )
     held_out = torch.Generator().manual_seed(BINARIZATION_SEED)
     drawn = {split: torch.bernoulli(x, generator=held_out) for split, x in splits.items() if split != "train"}
@@ -359,15 +425,11 @@ def load_dataset(
     """
     if binarize not in BINARIZATIONS:
         raise DataError(f"data.binarize: unknown binarization {binarize!r}; known: {', '.join(BINARIZATIONS)}")
-    train, test, train_labels, test_labels = _load_arrays(dataset, data_root, download)
+    arrays = _load_arrays(dataset, data_root, download)
     name = dataset if dataset in DATASETS else Path(dataset).name
-    _check_shapes(name, train, test, train_labels, test_labels)
-    train, test = train.float(), test.float()
-    splits = {"train": train, "test": test}
-    if validation:
-        train, train_labels, splits["validation"] = _hold_out(name, train, train_labels, validation)
-        splits["train"] = train
-    splits = _binarize(name, splits, binarize, seed)
+    _check_shapes(name, arrays.train, arrays.test, arrays.train_labels, arrays.test_labels)
+    splits, rows, train_labels = _splits(name, arrays, validation)
+    splits = _binarize(name, splits, rows, binarize, seed)
     for split, x in splits.items():
         _check(
             x,
@@ -375,15 +437,16 @@ def load_dataset(
             support,
             support_text,
             f"rescale the data into {support_text} or choose a likelihood whose support fits it",
+            rows[split],
         )
     device = torch.device(device)
-    held_out = splits.get("validation")
+    held_out, test_labels = splits.get("validation"), arrays.test_labels
     return Dataset(
-        name,
-        splits["train"].to(device),
-        splits["test"].to(device),
-        None if train_labels is None else train_labels.to(device),
-        None if test_labels is None else test_labels.to(device),
-        binarize,
-        None if held_out is None else held_out.to(device),
+        name=name,
+        train=splits["train"].to(device),
+        test=splits["test"].to(device),
+        train_labels=None if train_labels is None else train_labels.to(device),
+        test_labels=None if test_labels is None else test_labels.to(device),
+        binarize=binarize,
+        validation=None if held_out is None else held_out.to(device),
     )
