@@ -19,28 +19,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from pyro_vae.infer.compare import compare_estimators
-from pyro_vae.runs.config import Config, load_data, resolve_device
-from pyro_vae.training.data import Dataset
-from pyro_vae.infer.diagnostics import diagnostics
 from pyro_vae.errors import RunError
+from pyro_vae.infer.compare import compare_estimators
+from pyro_vae.infer.diagnostics import diagnostics
 from pyro_vae.infer.estimators import ESTIMATORS, check_estimator
 from pyro_vae.infer.marginal import log_likelihood
 from pyro_vae.infer.objectives import evaluate_bounds
-from pyro_vae.runs.plots import draw_pictures, plot_gradient_snr, plot_gradient_variance
+from pyro_vae.models.likelihoods import Likelihood
+from pyro_vae.runs.config import Config, load_data, resolve_device
 from pyro_vae.runs.folders import caption, load
+from pyro_vae.runs.plots import draw_pictures, plot_gradient_snr, plot_gradient_variance
 from pyro_vae.runs.storage import atomic_write
-from pyro_vae.models.vae import VAE
+from pyro_vae.training.data import Dataset
 
-__all__ = ["evaluate_run", "compare_run", "plot_run", "open_run"]
+__all__ = ["evaluate_run", "compare_run", "plot_run", "open_run", "density_note"]
 
 SPLITS = ("train", "test")
 
 
-def open_run(run_dir: str | Path, device: str = "auto", data: dict | None = None) -> tuple[VAE, Config, Dataset]:
-    """A finished run's trained VAE, config and data set, on ``device``, with torch seeded from the config.
+def open_run(run_dir: str | Path, device: str = "auto", data: dict | None = None) -> tuple[nn.Module, Config, Dataset]:
+    """A finished run's trained program, config and data set, on ``device``, with torch seeded from the config.
 
     ``data`` replaces keys of the run's ``[data]`` table for this reading only: where its data are
     now, e.g. ``{"data_root": "/new/place"}`` or ``{"dataset": "/new/place/points.npy"}``.
@@ -67,6 +67,12 @@ def _moved(config: Config, data: dict) -> Config:
     values = config.to_dict()
     values["data"].update({k: str(v) for k, v in data.items() if v is not None})
     return Config.from_dict(values)
+
+
+def density_note(vae: nn.Module, x: Tensor) -> str | None:
+    """What the likelihood's values mean for ``x`` (a density of grey levels, say), for a program with one of ours."""
+    likelihood = getattr(vae, "likelihood", None)
+    return likelihood.density_note(x) if isinstance(likelihood, Likelihood) else None
 
 
 def _check_split(split: str) -> None:
@@ -106,7 +112,7 @@ def evaluate_run(
     scores = evaluate_bounds(vae, x, t.elbo, num_particles, t.num_particles, batch_size)
     result = {"run": str(run_dir), "split": split, "num_particles": num_particles, "train_particles": t.num_particles}
     result.update(scores)
-    result["note"] = vae.likelihood.density_note(x)
+    result["note"] = density_note(vae, x)
     result["binarization"] = data.binarization_note(split)
     result.update(_usage(vae, x))
     if num_samples:
@@ -120,7 +126,7 @@ def evaluate_run(
 DIAGNOSTIC_POINTS = 10_000
 
 
-def _usage(vae: VAE, x: Tensor) -> dict[str, Any]:
+def _usage(vae: nn.Module, x: Tensor) -> dict[str, Any]:
     """Is the latent code used? :func:`~pyro_vae.infer.diagnostics.diagnostics` of the first points of ``x``."""
     if len(x) < 2:
         return {}
@@ -158,7 +164,7 @@ def compare_run(
     x = (data.train if split == "train" else data.test)[:batch_size]
     chosen = tuple(estimators) if estimators else tuple(ESTIMATORS)
     result = {"run": str(run_dir), "split": split, **compare_estimators(vae, x, particles, repeats, chosen)}
-    result["note"] = vae.likelihood.density_note(x)
+    result["note"] = density_note(vae, x)
     atomic_write(Path(run_dir) / "compare.json", json.dumps(result, indent=2) + "\n")
     where = f"{caption(config)} | {len(x)} {split} points, {repeats} repeats"
     plot_gradient_variance(result, Path(run_dir) / "compare.png", where)
