@@ -68,8 +68,8 @@ from pyro_vae.infer.references import (
 from pyro_vae.models.kl import (  # importing kl also registers the Gaussian closed form
     UnitNormal,
     closed_form_kl,
+    coordinate_kl,
     free_bits_kl,
-    kl_per_dim,
 )
 from pyro_vae.models.vae import VAE
 from pyro_vae.registry import Registry
@@ -252,7 +252,7 @@ class Estimator:
         """beta times the sum over particles and data points of log p(z) - log q(z|x), or of -KL."""
         L, prior = self.num_particles, vae.prior()
         if free_bits:
-            return -(beta * L) * free_bits_kl(kl_per_dim(q, prior, z, self.closed_form_kl), free_bits)
+            return -(beta * L) * free_bits_kl(coordinate_kl(q, prior, z, self.closed_form_kl), free_bits)
         kl = _total_kl(q, prior) if self.closed_form_kl else None
         if kl is not None:  # the same for every particle
             return -(kl if beta * L == 1 else beta * L * kl)

@@ -35,7 +35,7 @@ from torch.distributions import Distribution, Independent, MultivariateNormal, k
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer.program import closed_form_sites, kept_rng
-from pyro_vae.models.kl import free_bits_kl, kl_per_dim
+from pyro_vae.models.kl import coordinate_kl, free_bits_kl
 
 __all__ = [
     "TraceAnalytic_ELBO",
@@ -246,7 +246,7 @@ class TraceFreeBits_ELBO(_ClosedForms, Trace_ELBO):
 
     scaled by :math:`N/B` like every site. :math:`\mathrm{KL}_{nj}` is the closed form where
     ``closed_form_kl`` and one is registered between the guide's and the prior's coordinates, else
-    the sampled :math:`\log q_j(z_j) - \log p_j(z_j)` (:func:`~pyro_vae.models.kl.kl_per_dim`).
+    the sampled :math:`\log q_j(z_j) - \log p_j(z_j)` (:func:`~pyro_vae.models.kl.coordinate_kl`).
 
     Reference:
         Improved Variational Inference with Inverse Autoregressive Flow (Kingma et al., 2016).
@@ -265,6 +265,6 @@ class TraceFreeBits_ELBO(_ClosedForms, Trace_ELBO):
                 elbo = elbo + site["log_prob"].sum()
             elif site["mask"] is not False:  # beta = 0 masks the latent site out
                 guide_site = guide_trace.nodes[site["name"]]
-                kl = kl_per_dim(guide_site["fn"], site["fn"], site["value"], exact.get(site["name"], False))
+                kl = coordinate_kl(guide_site["fn"], site["fn"], site["value"], exact.get(site["name"], False))
                 elbo = elbo - self.num_particles * site["scale"] * free_bits_kl(kl, self.free_bits)
         return -elbo / self.num_particles

@@ -30,7 +30,7 @@ __all__ = [
     "closed_form_kl",
     "UnitNormal",
     "per_dimension",
-    "kl_per_dim",
+    "coordinate_kl",
     "free_bits_kl",
 ]
 
@@ -142,7 +142,7 @@ def per_dimension(d: Distribution) -> Distribution | None:
     return d if d.event_shape == () else None
 
 
-def kl_per_dim(q: Distribution, p: Distribution, z: Tensor, closed_form: bool = True) -> Tensor:
+def coordinate_kl(q: Distribution, p: Distribution, z: Tensor, closed_form: bool = True) -> Tensor:
     r"""The KL term of each data point and latent dimension :math:`j`, shape ``(..., batch, latent_dim)``.
 
     The closed form :math:`\mathrm{KL}(q_j \,\|\, p_j)` where ``closed_form`` and one is registered between the
@@ -161,7 +161,7 @@ def free_bits_kl(kl: Tensor, free_bits: float) -> Tensor:
     r"""The KL term of a batch under free bits: :math:`B\sum_j \max(\lambda, \overline{\mathrm{KL}}_j)`.
 
     ``kl`` holds the KL term of each draw, data point and latent dimension, shape ``(..., B, latent_dim)``
-    (:func:`~pyro_vae.models.kl.kl_per_dim`); :math:`\overline{\mathrm{KL}}_j` is its mean over the draws and the
+    (:func:`~pyro_vae.models.kl.coordinate_kl`); :math:`\overline{\mathrm{KL}}_j` is its mean over the draws and the
     batch. A dimension whose average KL is below :math:`\lambda` nats counts :math:`\lambda` and gets no
     gradient pushing its KL further down (the floor is per data point, averaged over the minibatch).
 
