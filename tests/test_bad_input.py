@@ -13,6 +13,7 @@ case is adding a row.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import re
@@ -108,6 +109,11 @@ def evil_npy(path: Path, root: Path) -> None:
     np.save(path, np.array([Payload(root / MARKER)], dtype=object), allow_pickle=True)
 
 
+def read_only_folder(path: Path, root: Path) -> None:
+    path.mkdir()
+    path.chmod(0o555)
+
+
 UNIT = np.linspace(0.0, 1.0, 80).reshape(20, 4)  # 20 points of 4 values in [0, 1]
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -136,6 +142,7 @@ def case(id: str, args: str, message: str, *, xfail: str | None = None, marks=()
 
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+not_root = pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders (see the test below)")
 
 CASES = [
     # --- config: wrong types -------------------------------------------------------------------------------
@@ -541,6 +548,13 @@ CASES = [
         files={"out": text("a file")},
     ),
     case(
+        "cli-out-in-a-read-only-folder",
+        "train --out {tmp}/locked/run/sub",
+        r"--out .*locked/run/sub cannot be created in .*locked: Permission denied; make .*locked writable",
+        files={"locked": read_only_folder},
+        marks=[not_root],
+    ),
+    case(
         "cli-out-inside-a-file",
         "train --out {tmp}/afile/run",
         r"--out .*afile/run is inside .*afile, which is a file; give a folder path",
@@ -804,6 +818,38 @@ def test_bad_input(case: Case, finished_run: Path, tmp_path: Path, capsys, monke
     assert re.search(case.message, line), f"{line!r} does not match {case.message!r}"
     assert status == 2 and out == "", (status, out)
     assert snapshot(tmp_path) == before, "bad input must write nothing"
+
+
+def refuse_folders_in_locked(monkeypatch) -> None:
+    """Make a folder named ``locked`` refuse new folders inside it, as a read-only one does for all but root."""
+    mkdir = Path.mkdir
+
+    def refused(self: Path, *args, **kwargs) -> None:
+        if self.parent.name == "locked" and self.parent.exists():
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refused)
+
+
+def test_an_out_folder_that_cannot_be_created_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    """The read-only row above, for any user (root writes anywhere)."""
+    (tmp_path / "locked").mkdir()
+    refuse_folders_in_locked(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    status = main(command_line("train --out {tmp}/locked/run/sub", tmp_path))
+    line = error_line(capsys.readouterr().err)
+    assert re.search(r"--out .*run/sub cannot be created in .*locked: Permission denied; make .*locked writable", line)
+    assert status == 2 and snapshot(tmp_path) == before, "bad input must write nothing"
+
+
+def test_an_out_folder_that_cannot_be_created_leaves_none_of_its_parents(tmp_path, capsys, monkeypatch):
+    """``--out``'s missing parents made before the refusal are removed again."""
+    refuse_folders_in_locked(monkeypatch)
+    assert main(command_line("train --out {tmp}/new/locked/run", tmp_path)) == 2
+    assert "new/locked: Permission denied" in error_line(capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []
 
 
 CATEGORIES = ("config", "data", "cli", "checkpoint")

@@ -22,6 +22,7 @@ Evaluating, comparing and drawing a finished run is :mod:`pyro_vae.runs.evaluati
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import shutil
 import sys
@@ -32,12 +33,10 @@ from typing import Any
 import pyro
 import torch
 
-from pyro_vae.runs.config import Config, TrainConfig, build_vae, config_names, load_data, resolve_device
-from pyro_vae.training.data import FILE_SUFFIXES, Dataset
-from pyro_vae.training.distributed import Distributed, from_env
 from pyro_vae.errors import PyroVAEError, RunError, renamed_errors
-from pyro_vae.training.initialization import initialize
 from pyro_vae.infer.objectives import check_free_bits_prior, evaluate_bounds
+from pyro_vae.models.vae import VAE
+from pyro_vae.runs.config import Config, TrainConfig, build_vae, config_names, load_data, resolve_device
 from pyro_vae.runs.plots import draw_pictures
 from pyro_vae.runs.storage import (
     LOCK_FILE,
@@ -50,6 +49,9 @@ from pyro_vae.runs.storage import (
     save_checkpoint,
 )
 from pyro_vae.runs.tensorboard import TensorBoard, check_tensorboard
+from pyro_vae.training.data import FILE_SUFFIXES, Dataset
+from pyro_vae.training.distributed import Distributed, from_env
+from pyro_vae.training.initialization import initialize
 from pyro_vae.training.loop import (
     TrainingDiverged,
     TrainingInterrupted,
@@ -60,7 +62,6 @@ from pyro_vae.training.loop import (
     fit,
     training_objective,
 )
-from pyro_vae.models.vae import VAE
 
 __all__ = ["train_run", "resume_run", "load", "load_snapshot", "snapshot_path", "caption", "RUN_FILES"]
 
@@ -89,7 +90,25 @@ def _prepare_folder(out: Path, overwrite: bool) -> None:
                 "refusing to delete it: choose another folder",
                 "out",
             )
-    out.mkdir(parents=True, exist_ok=True)
+    _make_folder(out)
+
+
+def _make_folder(out: Path) -> None:
+    """Create ``out`` and its missing parents, or raise a one-line :class:`RunError` and leave none of them."""
+    missing = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        parent = next((p for p in out.parents if p.is_dir()), out.parent)  # where it failed
+        for folder in missing:  # innermost first; those this call made are empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        fix = f"make {parent} writable" if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else f"check {parent}"
+        raise RunError(
+            f"{{out}} {out} cannot be created in {parent}: {e.strerror or type(e).__name__}; "
+            f"{fix}, or give a folder where you can write",
+            "out",
+        ) from None
 
 
 def _clear_folder(out: Path) -> None:
