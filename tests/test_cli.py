@@ -210,6 +210,17 @@ def test_help_explains_every_option_and_shows_defaults(command, capsys):
         assert "(default: 1000)" in text
 
 
+def test_evaluate_help_says_log_likelihood_needs_num_samples(capsys):
+    """log p(x) is estimated only with --num-samples K; every mention of it in the help says so."""
+    for argv in (["--help"], ["evaluate", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        text = " ".join(capsys.readouterr().out.split())  # argparse's line breaks undone
+        mentions = [text[i - 120 : i + 120] for i in range(len(text)) if text.startswith("log p(x)", i)]
+        assert mentions and all("--num-samples K" in m or "K samples" in m for m in mentions), mentions
+    assert "(K > 0); the default, 0, skips it" in text and "0 skips it (default: 0)" in text
+
+
 def test_argparse_rejects_malformed_numbers(capsys):
     with pytest.raises(SystemExit) as info:
         main(["train", "--hidden", "400,x"])

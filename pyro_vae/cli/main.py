@@ -343,7 +343,9 @@ def _evaluate_parser(commands: argparse._SubParsersAction) -> None:
     """Add ``evaluate``."""
     evaluate = commands.add_parser(
         "evaluate",
-        help="ELBO of a trained run by each estimator, and log p(x)",
+        help="ELBO of a trained run by each estimator, and log p(x) with --num-samples K",
+        description="The ELBO of a trained run by each estimator. log p(x) is estimated only with --num-samples K "
+        "(K > 0); the default, 0, skips it.",
         formatter_class=_WithDefaults,
     )
     evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -356,7 +358,7 @@ def _evaluate_parser(commands: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         metavar="K",
-        help="also estimate log p(x) by importance sampling with K samples per point",
+        help="estimate log p(x) by importance sampling with K samples per point; 0 skips it",
     )
     evaluate.add_argument("--batch-size", type=_positive_int, default=1000, help="points per pass (memory)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
