@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_vae import Config, evaluate_run, load, train_run
+from pyro_vae import Config, evaluate_run, load, resume_run, train_run
 from pyro_vae.errors import PyroVAEError, RunError
 from pyro_vae.runs.folders import anchored
 from pyro_vae.runs.storage import CHECKPOINT_FORMAT, load_checkpoint
@@ -179,3 +179,20 @@ def test_non_image_data_get_the_pictures_that_make_sense(tmp_path):
     summary = train_run(config, tmp_path / "run", progress=False)
     assert {"latent.png", "curves.png"} <= set(summary["files"])
     assert not {"reconstructions.png", "samples.png", "manifold.png"} & set(summary["files"])
+
+
+def test_a_schedule_drawn_over_the_runs_length_is_not_extended_whatever_its_name(tmp_path):
+    """Extending a run asks the schedule's registry entry (``shaped_by_length``), as a plugin's can answer."""
+    from pyro_vae.training.optim import LR_SCHEDULES, constant
+
+    def stretched(optimizer, epochs):
+        return constant(optimizer, epochs)
+
+    stretched.shaped_by_length = True
+    LR_SCHEDULES.register("stretched")(stretched)
+    try:
+        train_run(tiny_config(epochs=1, lr_schedule={"type": "stretched"}), tmp_path / "run", progress=False)
+        with pytest.raises(RunError, match="follows a stretched learning-rate schedule shaped by its 1 epochs"):
+            resume_run(tmp_path / "run", progress=False, epochs=2)
+    finally:
+        LR_SCHEDULES.unregister("stretched")

@@ -62,6 +62,7 @@ from pyro_vae.training.loop import (
     fit,
     training_objective,
 )
+from pyro_vae.training.optim import shaped_by_length
 
 __all__ = ["train_run", "resume_run", "load", "load_snapshot", "snapshot_path", "caption", "RUN_FILES"]
 
@@ -243,8 +244,9 @@ def resume_run(
 
     ``epochs`` extends the run (a finished one too) to that many epochs, as if it had been started
     with them: ``train.epochs`` in its ``config.toml`` becomes ``epochs``. A learning-rate schedule
-    continues from its saved state (one whose shape depends on the length, ``cosine``, keeps the old
-    length). A finished run is refused without ``epochs``: there is nothing left to train.
+    continues from its saved state; one drawn over the run's length (``cosine``, see
+    :func:`~pyro_vae.training.optim.shaped_by_length`) cannot be extended. A finished run is refused
+    without ``epochs``: there is nothing left to train.
     """
     run_dir = Path(run_dir)
     config, state = _resumable(run_dir)
@@ -340,10 +342,11 @@ def _extended(run_dir: Path, config: Config, resume: TrainState, epochs: int | N
             f"{resume.best['epoch']}; train a new run to change train.early_stopping",
             "run_dir",
         )
-    if epochs is not None and t.lr_schedule["type"] == "cosine":
+    if epochs is not None and shaped_by_length(t.lr_schedule):
         raise RunError(
-            f"{{run_dir}} {run_dir} follows a cosine learning-rate schedule shaped by its {t.epochs} epochs; "
-            "extending it would raise the learning rate again: train a new run with more epochs",
+            f"{{run_dir}} {run_dir} follows a {t.lr_schedule['type']} learning-rate schedule shaped by its "
+            f"{t.epochs} epochs; extending it would change the learning rate of the epochs to come: "
+            "train a new run with more epochs",
             "run_dir",
         )
     if epochs is not None and epochs <= resume.epoch:

@@ -40,6 +40,7 @@ __all__ = [
     "fused_if_supported",
     "make_optimizer",
     "make_lr_schedule",
+    "shaped_by_length",
     "schedule_state",
     "load_schedule_state",
 ]
@@ -166,7 +167,7 @@ def exponential(optimizer: Optimizer, epochs: int, gamma: Positive = 0.99) -> LR
 
 
 @LR_SCHEDULES.register("cosine")
-def cosine(optimizer: Optimizer, epochs: int, eta_min: Annotated[float, AtLeast(0)] = 0.0) -> LRScheduler:
+class Cosine(torch.optim.lr_scheduler.CosineAnnealingLR):
     r"""Cosine annealing from ``train.lr`` to ``eta_min`` over the run's epochs (``CosineAnnealingLR``).
 
     .. math:: \eta_t = \eta_{\min} + \tfrac12(\eta_0 - \eta_{\min})(1 + \cos(\pi t / T))
@@ -174,7 +175,12 @@ def cosine(optimizer: Optimizer, epochs: int, eta_min: Annotated[float, AtLeast(
     Reference:
         SGDR: Stochastic Gradient Descent with Warm Restarts (Loshchilov & Hutter, 2017).
     """
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=eta_min)
+
+    #: Its shape is drawn over the run's ``epochs``: a run extended later would raise the rate again.
+    shaped_by_length = True
+
+    def __init__(self, optimizer: Optimizer, epochs: int, eta_min: Annotated[float, AtLeast(0)] = 0.0) -> None:
+        super().__init__(optimizer, T_max=epochs, eta_min=eta_min)
 
 
 @LR_SCHEDULES.register("staged")
@@ -202,6 +208,14 @@ def staged(
 def staged_epochs(stages: int = 8, base: float = 3.0) -> int:
     """The length in epochs of :func:`staged` with these settings (3,280 for the defaults)."""
     return sum(math.ceil(base**i - 1e-9) for i in range(stages))
+
+
+def shaped_by_length(spec: dict[str, Any]) -> bool:
+    """Whether the schedule ``spec`` names is drawn over the run's length (an entry's ``shaped_by_length``).
+
+    Such a schedule cannot be extended: more epochs would change the rates of those already trained.
+    """
+    return getattr(LR_SCHEDULES.get(spec["type"]), "shaped_by_length", False)
 
 
 def make_optimizer(params: Iterable[torch.Tensor], lr: float, spec: dict[str, Any] | None = None) -> Optimizer:
