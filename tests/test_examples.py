@@ -15,6 +15,7 @@ SMOKE_RUNS = {
     "latent_space_with_without_kl.py": [],
     "swap_priors.py": [],
     "custom_prior.py": [],
+    "custom_program.py": [],
     "gradient_snr.py": ["--out", "snr"],
     "posterior_collapse.py": ["--out", "collapse"],
 }
