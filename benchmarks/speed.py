@@ -6,7 +6,7 @@
     python benchmarks/speed.py --only steps --batch 64 256 --repeats 7
     python benchmarks/speed.py --data-root /data --device cuda
 
-Five tables, all for the MLP 784-400-50 VAE with a Bernoulli likelihood and Adam (lr 1e-3):
+Six tables; the first five for the MLP 784-400-50 VAE with a Bernoulli likelihood and Adam (lr 1e-3):
 
 1. ms per training step (forward, backward, Adam) of every estimator of the library, and of
    Pyro's ``JitTraceMeanField_ELBO`` as shipped, beside a self-contained hand-written PyTorch VAE
@@ -25,6 +25,9 @@ Five tables, all for the MLP 784-400-50 VAE with a Bernoulli likelihood and Adam
    path); targets: the compiled library step at most 0.90x the hand-written eager step and within
    1.05x of the hand-written VAE compiled the same way. Compiling takes a minute or two; ``--smoke``
    leaves this table out.
+6. ms per training step of a user's program, the two-stochastic-layer VAE of ``examples/custom_program.py``
+   (784-400-50-400-20, tanh) on Pyro's traced path (``Objective(program, "mc")``), beside the same network's
+   negative ELBO written out in plain tensor code from the same weights, at batch 100. It reports; no target.
 
 Every timing is a median over rounds in which the configurations take turns (in a shuffled order), so a slow spell of
 the machine hits all of them alike, and every ratio is the median of the ratios within a round.
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import math
 import os
 import platform
@@ -50,8 +54,9 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
+from types import ModuleType
 
 import pyro
 import torch
@@ -70,7 +75,9 @@ IMAGE = (28, 28)
 HIDDEN, LATENT = 400, 50
 LR = 1e-3
 NUM_DATA = 60_000  # the minibatch loss is scaled by NUM_DATA / batch, as for MNIST
-PARTS = ("steps", "epochs", "memory", "likelihood", "compile")
+PARTS = ("steps", "program", "epochs", "memory", "likelihood", "compile")
+PROGRAM_LATENTS = (LATENT, 20)  # z1, z2 of the two-layer program (part 6)
+PROGRAM_BATCH = 100
 
 LossFn = Callable[[Tensor, int], Tensor]
 
@@ -115,11 +122,19 @@ PROFILES = {
 }
 
 
-class HandWrittenVAE(nn.Module):
-    """A typical PyTorch VAE: MLP encoder and decoder, Bernoulli pixels, closed-form KL against N(0, I).
+class HandWritten(nn.Module):
+    """A hand-written VAE: ``forward`` returns the negative ELBO of a batch, summed over its points.
 
     Self-contained on purpose (no pyro_vae code): it is what the library is measured against.
     """
+
+    def loss(self, x: Tensor, num_data: int) -> Tensor:
+        """The minibatch estimate of the whole data set's negative ELBO, scaled like the library's."""
+        return num_data / len(x) * self(x)
+
+
+class HandWrittenVAE(HandWritten):
+    """A typical PyTorch VAE: MLP encoder and decoder, Bernoulli pixels, closed-form KL against N(0, I)."""
 
     def __init__(self, data_dim: int = 784, hidden: int = HIDDEN, latent_dim: int = LATENT) -> None:
         super().__init__()
@@ -136,23 +151,68 @@ class HandWrittenVAE(nn.Module):
         kl = -0.5 * torch.sum(1 + 2 * scale.log() - loc.pow(2) - scale.pow(2))
         return reconstruction + kl
 
-    def loss(self, x: Tensor, num_data: int) -> Tensor:
-        """The minibatch estimate of the whole data set's negative ELBO, scaled like the library's."""
-        return num_data / len(x) * self(x)
+
+class HandWrittenTwoLayerVAE(HandWritten):
+    r"""The network of ``examples/custom_program.py`` as a PyTorch user writes it: two stochastic layers, tanh MLPs.
+
+    .. math:: -\mathrm{ELBO} = \log q(z_1\mid x) + \log q(z_2\mid z_1) - \log p(z_2) - \log p(z_1\mid z_2)
+        - \log p(x\mid z_1)
+
+    at one reparameterised draw of :math:`z_1` then :math:`z_2`, every density written out (no closed-form KL:
+    the sampled estimate, as Pyro's ``Trace_ELBO``). The layers are declared in the program's order.
+    """
+
+    def __init__(
+        self, data_dim: int = 784, hidden: int = HIDDEN, latent_dims: tuple[int, int] = PROGRAM_LATENTS
+    ) -> None:
+        super().__init__()
+        z1, z2 = latent_dims
+        self.prior_z1 = self._mlp(z2, hidden, 2 * z1)
+        self.decoder = self._mlp(z1, hidden, data_dim)
+        self.encoder_z1 = self._mlp(data_dim, hidden, 2 * z1)
+        self.encoder_z2 = self._mlp(z1, hidden, 2 * z2)
+
+    @staticmethod
+    def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
+        return nn.Sequential(nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, n_out))
+
+    @staticmethod
+    def _gaussian(params: Tensor) -> tuple[Tensor, Tensor]:
+        loc, raw_scale = params.chunk(2, dim=-1)
+        return loc, F.softplus(raw_scale) + 1e-4
+
+    @staticmethod
+    def _log_normal(z: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+        return (-0.5 * ((z - loc) / scale).pow(2) - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The negative ELBO of the batch, summed over its points (one draw of z1 and z2 per point)."""
+        x = x.flatten(1)
+        loc1, scale1 = self._gaussian(self.encoder_z1(x))
+        z1 = loc1 + scale1 * torch.randn_like(loc1)
+        loc2, scale2 = self._gaussian(self.encoder_z2(z1))
+        z2 = loc2 + scale2 * torch.randn_like(loc2)
+        log_q = self._log_normal(z1, loc1, scale1) + self._log_normal(z2, loc2, scale2)
+        log_prior_z2 = (-0.5 * z2.pow(2) - 0.5 * math.log(2 * math.pi)).sum(-1)
+        log_p = log_prior_z2 + self._log_normal(z1, *self._gaussian(self.prior_z1(z2)))
+        reconstruction = F.binary_cross_entropy_with_logits(self.decoder(z1), x, reduction="sum")
+        return (log_q - log_p).sum() + reconstruction
 
 
 def _linears(module: nn.Module) -> list[nn.Linear]:
     return [m for m in module.modules() if isinstance(m, nn.Linear)]
 
 
+def copy_weights(source: nn.Module, target: HandWritten) -> HandWritten:
+    """``target`` with ``source``'s weights, linear layer by linear layer, so both do the same arithmetic."""
+    for a, b in zip(_linears(source), _linears(target), strict=True):
+        b.load_state_dict(a.state_dict())
+    return target.to(next(source.parameters()).device)
+
+
 def hand_written_copy(vae: VAE) -> HandWrittenVAE:
-    """A hand-written VAE with the library VAE's weights, layer by layer, so both do the same arithmetic."""
-    hand = HandWrittenVAE()
-    sources = _linears(vae.encoder) + _linears(vae.decoder)
-    targets = _linears(hand.encoder) + _linears(hand.decoder)
-    for source, target in zip(sources, targets, strict=True):
-        target.load_state_dict(source.state_dict())
-    return hand.to(next(vae.parameters()).device)
+    """A hand-written VAE with the library VAE's weights."""
+    return copy_weights(nn.ModuleList([vae.encoder, vae.decoder]), HandWrittenVAE())
 
 
 def new_vae(state: dict[str, Tensor] | None = None, device: str = "cpu") -> VAE:
@@ -339,18 +399,24 @@ def step_timer(
     return measure
 
 
+def same_draws(hand: LossFn, library: LossFn, x: Tensor, name: str) -> str:
+    """The hand-written and the library's loss at the same weights and the same draw of z (every latent site)."""
+    with torch.no_grad():
+        torch.manual_seed(1)
+        expected = hand(x, NUM_DATA).item()
+        torch.manual_seed(1)
+        value = library(x, NUM_DATA).item()
+    return (
+        f"same weights, same draw of z: hand-written loss {expected:.6g}, {name} {value:.6g}, "
+        f"relative difference {abs(value - expected) / abs(expected):.1e}"
+    )
+
+
 def same_arithmetic(state: dict[str, Tensor], x: Tensor, device: str) -> str:
     """The hand-written and the library's (analytic, fused) loss at the same weights and the same draw of z."""
     vae = new_vae(state, device)
-    hand = hand_written_copy(vae)
-    with torch.no_grad():
-        torch.manual_seed(1)
-        expected = hand.loss(x, NUM_DATA).item()
-        torch.manual_seed(1)
-        library = Objective(vae, "analytic", fused=True)(x, NUM_DATA).item()
-    return (
-        f"same weights, same draw of z: hand-written loss {expected:.6g}, library (analytic, fused) {library:.6g}, "
-        f"relative difference {abs(library - expected) / abs(expected):.1e}"
+    return same_draws(
+        hand_written_copy(vae).loss, Objective(vae, "analytic", fused=True), x, "library (analytic, fused)"
     )
 
 
@@ -437,6 +503,74 @@ def steps_part(sizes: Sizes, device: str) -> None:
     state = new_vae().state_dict()  # the weights before x, so that the random draws keep their order
     x = torch.rand(sizes.batches[0], *IMAGE, device=device).bernoulli()
     print(same_arithmetic(state, x, device))
+
+
+# --- 6. a user's program --------------------------------------------------------------------
+
+PROGRAM_ROW = "two-layer program, Objective(program, 'mc') (Pyro's Trace_ELBO)"
+HAND_PROGRAM_ROW = "hand-written PyTorch, same network"
+
+
+@cache
+def _example(name: str) -> ModuleType:
+    """``examples/<name>.py`` as a module (the examples are scripts, not part of the package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def new_program(state: dict[str, Tensor] | None = None, device: str = "cpu") -> nn.Module:
+    """The two-stochastic-layer program of ``examples/custom_program.py`` at MNIST size, with ``state`` if given."""
+    program = _example("custom_program").TwoLayerVAE(math.prod(IMAGE), hidden=HIDDEN, latent_dims=PROGRAM_LATENTS)
+    if state is not None:
+        program.load_state_dict(state)
+    return program.to(device)
+
+
+def program_part(sizes: Sizes, device: str) -> None:
+    """A training step of a user's program on Pyro's traced path, against the same network written by hand."""
+    pyro.set_rng_seed(0)
+    state = new_program().state_dict()
+    x = torch.rand(PROGRAM_BATCH, *IMAGE, device=device).bernoulli()
+    measurements = {}
+    for name in (HAND_PROGRAM_ROW, PROGRAM_ROW):
+
+        def setup(name: str = name) -> tuple[LossFn, torch.optim.Optimizer]:
+            program = new_program(state, device)
+            if name == PROGRAM_ROW:
+                return Objective(program, "mc"), row_optimizer(name, program)
+            hand = copy_weights(program, HandWrittenTwoLayerVAE())
+            return hand.loss, row_optimizer(name, hand)
+
+        measurements[name] = step_timer(setup, x, sizes, device)
+    contention = Contention()
+    rounds = interleaved(measurements, sizes.repeats)
+    contention_text = contention.report()
+    rows = [
+        [name, f"{1000 * statistics.median(v):.2f}", f"{median_ratio(v, rounds[HAND_PROGRAM_ROW]):.2f}"]
+        for name, v in rounds.items()
+    ]
+    path = Objective(new_program(state, device), "mc").path
+    z1, z2 = PROGRAM_LATENTS
+    note = (
+        f"examples/custom_program.py's TwoLayerVAE at MNIST size: q(z1|x) 784-{HIDDEN}-{z1}, "
+        f"q(z2|z1) {z1}-{HIDDEN}-{z2}, p(z1|z2) {z2}-{HIDDEN}-{z1}, p(x|z1) {z1}-{HIDDEN}-784, tanh, Bernoulli;\n"
+        f"the program's objective takes path {path!r}; both step with torch.optim.Adam (lr {LR:g}), loss scaled by "
+        f"{NUM_DATA} / batch; each row trains a fresh copy of the same initial weights each round.\n"
+        f"ms: median over {sizes.repeats} interleaved rounds of the median of {sizes.steps} steps "
+        f"(after {sizes.warmup} untimed); x hand: median over the rounds of ms / hand-written ms in the same round."
+    )
+    print_table(
+        "ms per training step of a user's program (two stochastic layers)",
+        note,
+        ["configuration", f"batch {PROGRAM_BATCH}: ms", "x hand"],
+        rows,
+    )
+    print(contention_text)
+    program = new_program(state, device)
+    hand = copy_weights(program, HandWrittenTwoLayerVAE())
+    print(same_draws(hand.loss, Objective(program, "mc"), x, "program (mc, Pyro's path)"))
 
 
 # --- 5. torch.compile ------------------------------------------------------------------------
@@ -869,6 +1003,8 @@ def main(argv: list[str] | None = None) -> None:
     memory_here = args.only == ["memory"]  # alone, this process is fresh; beside other parts it gets its own
     if "steps" in args.only:
         steps_part(sizes, args.device)
+    if "program" in args.only:
+        program_part(sizes, args.device)
     if "compile" in args.only:
         compile_part(sizes, args.device)
     if memory_here or {"epochs", "likelihood"} & set(args.only):

@@ -11,6 +11,7 @@ import pytest
 SPEED = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
 TABLES = [
     "== ms per training step (forward, backward, Adam) ==",
+    "== ms per training step of a user's program (two stochastic layers) ==",
     "== seconds per MNIST training epoch ==",
     "== peak memory of library training ==",
     "== throughput of pyro_vae.log_likelihood ==",
@@ -33,6 +34,9 @@ def test_speed_benchmark_runs_in_smoke_mode(tmp_path):
         assert title in result.stdout, f"missing table {title!r} in:\n{result.stdout}"
     assert "RANDOM STAND-IN DATA" in result.stdout  # --smoke never reads MNIST, and says so
     assert "failed" not in result.stdout, result.stdout
+    # each hand-written step computes the library's loss: same weights, same draws, float32 rounding apart
+    same = [line for line in result.stdout.splitlines() if line.startswith("same weights, same draw of z")]
+    assert len(same) == 2 and all(float(line.rsplit(" ", 1)[1]) < 1e-5 for line in same), same
 
 
 @pytest.mark.slow  # three one-epoch runs on the digits
