@@ -15,13 +15,14 @@ import os
 import signal
 import sys
 import time
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pyro_vae.cli.signals import exit_status
 from pyro_vae.errors import ConfigError, PyroVAEError, renamed_errors
-from pyro_vae.runs.config import Config, apply_overrides, import_modules, set_key
+from pyro_vae.runs.config import Config, TrainConfig, apply_overrides, import_modules, set_key
 from pyro_vae.training.loop import TrainingInterrupted
 
 __all__ = ["main"]
@@ -71,36 +72,81 @@ def _names(what: str, example: str) -> Callable[[str], list[str]]:
     return parse
 
 
+#: ``train``'s training flags, by the :class:`~pyro_vae.runs.config.TrainConfig` field each sets (``--batch-size``
+#: sets ``train.batch_size``). argparse's type comes from the field's (a bool is a switch, a ``Literal`` gives the
+#: choices, a number its type); an entry holds the rest. Values are validated by Config.from_dict.
+_TRAINING_FLAGS: dict[str, dict[str, Any]] = {
+    "epochs": {},
+    "batch_size": {},
+    "lr": {},
+    "elbo": {
+        "help": "the estimator: mc (Trace_ELBO, default), analytic (closed-form KL), stl (sticking the landing), "
+        "iwae (importance-weighted bound of --num-particles draws), dreg (IWAE with doubly reparameterized "
+        "gradients); see pyro-vae estimators",
+    },
+    "num_particles": {},
+    "jit": {"help": "compile the ELBO with Pyro's JIT"},
+    "fused": {
+        "action": argparse.BooleanOptionalAction,
+        "help": "compute the ELBO as plain tensor code, without Pyro's per-step tracing (exact, fastest; the "
+        "default wherever it applies); --no-fused runs Pyro's traced ELBO",
+    },
+    "compile": {
+        "help": "compile the fused ELBO with torch.compile (the first step takes seconds; a few percent faster after)"
+    },
+    "beta": {"help": "weight of the KL term (1: the ELBO; 0: no KL)"},
+    "kl_warmup": {
+        "type": _linear_warmup,
+        "metavar": "EPOCHS",
+        "help": "KL warm-up: the KL weight rises linearly from 0 to beta over EPOCHS epochs "
+        '(train.kl_warmup = {type = "linear", epochs = EPOCHS}; steps and start in the config)',
+    },
+    "free_bits": {
+        "metavar": "NATS",
+        "help": "free bits: each latent dimension's KL term counts at least NATS nats per data point "
+        "(mc and analytic; 0: off)",
+    },
+    "early_stopping": {
+        "metavar": "EPOCHS",
+        "help": "stop after EPOCHS epochs without a better validation ELBO, counted after the KL warm-up "
+        "(needs --validation; 0: off)",
+    },
+    "seed": {},
+    "checkpoint_every": {"metavar": "N", "help": "checkpoint every N epochs (0: only at the end)"},
+    "clip_grad_norm": {"metavar": "C", "help": "rescale each step's gradient to a total norm of at most C (0: off)"},
+    "device": {"help": "auto (CUDA when present), cpu, cuda, cuda:N"},
+    "log": {
+        "help": "tensorboard: also write the metrics and pictures as TensorBoard events into RUN_DIR/tensorboard "
+        "(pip install 'pyro-vae[tensorboard]')"
+    },
+}
+
 # command-line option -> config key; values are validated by Config.from_dict like any other source.
 _TRAIN_OPTIONS: dict[str, str] = {
     "dataset": "data.dataset",
     "data_root": "data.data_root",
     "download": "data.download",
     "binarize": "data.binarize",
+    "validation": "data.validation",
     "latent_dim": "model.latent_dim",
     "network": "model.network.type",  # before its parameters: a new type starts from that network's defaults
     "hidden": "model.network.hidden",
     "prior": "model.prior.type",
     "likelihood": "model.likelihood.type",
-    "epochs": "train.epochs",
-    "batch_size": "train.batch_size",
-    "lr": "train.lr",
-    "elbo": "train.elbo",
-    "num_particles": "train.num_particles",
-    "jit": "train.jit",
-    "fused": "train.fused",
-    "compile": "train.compile",
-    "beta": "train.beta",
-    "kl_warmup": "train.kl_warmup",
-    "free_bits": "train.free_bits",
-    "validation": "data.validation",
-    "early_stopping": "train.early_stopping",
-    "seed": "train.seed",
-    "checkpoint_every": "train.checkpoint_every",
-    "clip_grad_norm": "train.clip_grad_norm",
-    "device": "train.device",
-    "log": "train.log",
+    **{name: f"train.{name}" for name in _TRAINING_FLAGS},
 }
+
+
+def _training_flag(name: str) -> dict[str, Any]:
+    """argparse's keywords for the flag of TrainConfig's field ``name``: its type's, then :data:`_TRAINING_FLAGS`'s."""
+    hint = typing.get_type_hints(TrainConfig)[name]  # Annotated[int, ...] is int here
+    if hint is bool:
+        derived: dict[str, Any] = {"action": "store_const", "const": True}
+    elif typing.get_origin(hint) is Literal:
+        derived = {"choices": list(typing.get_args(hint))}
+    else:
+        derived = {"type": hint} if hint in (int, float) else {}
+    return {**derived, **_TRAINING_FLAGS[name]}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -175,12 +221,6 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
         "with --epochs N, extend a run, finished or not, to N epochs",
     )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.add_argument(
-        "--log",
-        choices=["none", "tensorboard"],
-        help="tensorboard: also write the metrics and pictures as TensorBoard events into RUN_DIR/tensorboard "
-        "(pip install 'pyro-vae[tensorboard]')",
-    )
     g = train.add_argument_group("data")
     g.add_argument("--dataset", help="digits, mnist, or a .npy/.npz/.pt file")
     g.add_argument("--data-root", help="folder holding MNIST/raw")
@@ -208,62 +248,10 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _training_options(train: argparse.ArgumentParser) -> None:
-    """Add the ``training`` option group of ``train``."""
+    """Add the ``training`` option group of ``train``: a flag for each entry of :data:`_TRAINING_FLAGS`."""
     g = train.add_argument_group("training")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument(
-        "--elbo",
-        help="the estimator: mc (Trace_ELBO, default), analytic (closed-form KL), stl (sticking the landing), "
-        "iwae (importance-weighted bound of --num-particles draws), dreg (IWAE with doubly reparameterized gradients); "
-        "see pyro-vae estimators",
-    )
-    g.add_argument("--num-particles", type=int)
-    g.add_argument("--jit", action="store_const", const=True, help="compile the ELBO with Pyro's JIT")
-    g.add_argument(
-        "--fused",
-        action=argparse.BooleanOptionalAction,
-        help="compute the ELBO as plain tensor code, without Pyro's per-step tracing (exact, fastest; the default "
-        "wherever it applies); --no-fused runs Pyro's traced ELBO",
-    )
-    g.add_argument(
-        "--compile",
-        action="store_const",
-        const=True,
-        help="compile the fused ELBO with torch.compile (the first step takes seconds; a few percent faster after)",
-    )
-    g.add_argument("--beta", type=float, help="weight of the KL term (1: the ELBO; 0: no KL)")
-    g.add_argument(
-        "--kl-warmup",
-        type=_linear_warmup,
-        metavar="EPOCHS",
-        help="KL warm-up: the KL weight rises linearly from 0 to beta over EPOCHS epochs "
-        '(train.kl_warmup = {type = "linear", epochs = EPOCHS}; steps and start in the config)',
-    )
-    g.add_argument(
-        "--free-bits",
-        type=float,
-        metavar="NATS",
-        help="free bits: each latent dimension's KL term counts at least NATS nats per data point "
-        "(mc and analytic; 0: off)",
-    )
-    g.add_argument(
-        "--early-stopping",
-        type=int,
-        metavar="EPOCHS",
-        help="stop after EPOCHS epochs without a better validation ELBO, counted after the KL warm-up "
-        "(needs --validation; 0: off)",
-    )
-    g.add_argument("--seed", type=int)
-    g.add_argument("--checkpoint-every", type=int, metavar="N", help="checkpoint every N epochs (0: only at the end)")
-    g.add_argument(
-        "--clip-grad-norm",
-        type=float,
-        metavar="C",
-        help="rescale each step's gradient to a total norm of at most C (0: off)",
-    )
-    g.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    for name in _TRAINING_FLAGS:
+        g.add_argument("--" + name.replace("_", "-"), **_training_flag(name))
 
 
 class _WithDefaults(argparse.ArgumentDefaultsHelpFormatter):
@@ -366,7 +354,7 @@ def _evaluate_parser(commands: argparse._SubParsersAction) -> None:
 
 
 #: Options that take no value.
-_SWITCHES = {"download", "jit", "fused", "compile", "overwrite", "quiet", "json"}
+_SWITCHES = {"download", "overwrite", "quiet", "json"} | {n for n in _TRAINING_FLAGS if "action" in _training_flag(n)}
 
 
 def _flags(args: argparse.Namespace) -> dict[str, tuple[str, str]]:

@@ -25,22 +25,22 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import tomllib
 import torch
 
-from pyro_vae.training.annealing import KL_SCHEDULES, check_kl_schedule, make_kl_schedule
-from pyro_vae.training.data import Dataset, load_dataset
 from pyro_vae.errors import ConfigError, renamed_errors
 from pyro_vae.infer.estimators import ESTIMATORS, check_estimator
-from pyro_vae.training.initialization import OutputBiasInit, WeightInit
 from pyro_vae.models.likelihoods import LIKELIHOODS
 from pyro_vae.models.networks import NETWORKS
-from pyro_vae.training.optim import LR_SCHEDULES, OPTIMIZERS
 from pyro_vae.models.priors import PRIORS
-from pyro_vae.registry import AtLeast, AtMost, Registry, check_value
 from pyro_vae.models.vae import VAE, make_vae
+from pyro_vae.registry import AtLeast, AtMost, Registry, check_value
+from pyro_vae.training.annealing import KL_SCHEDULES, check_kl_schedule, make_kl_schedule
+from pyro_vae.training.data import Dataset, load_dataset
+from pyro_vae.training.initialization import OutputBiasInit, WeightInit
+from pyro_vae.training.optim import LR_SCHEDULES, OPTIMIZERS
 
 __all__ = [
     "Config",
@@ -92,7 +92,51 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """Stochastic variational inference: objective, optimiser and schedule."""
+    """Stochastic variational inference: objective, optimiser and schedule.
+
+    This is the one list of training settings: :func:`~pyro_vae.training.loop.fit` takes those of them
+    that shape the training itself as keyword arguments of the same names and defaults, and the
+    command line's training flags are named after them (``--batch-size`` sets ``batch_size``).
+
+    Attributes:
+        epochs: passes over the training set; each is a random permutation in batches of exactly ``batch_size``.
+        batch_size: points per step (per process, in a data-parallel job).
+        lr: the learning rate, which ``lr_schedule`` multiplies.
+        elbo: the estimator of the objective, an entry of :data:`~pyro_vae.ESTIMATORS` (``pyro-vae estimators``).
+        num_particles: draws of the latent code per point and step.
+        jit: compile Pyro's ELBO with ``torch.jit``.
+        fused: compute the estimator as plain tensor code (exact, fastest); ``"auto"``: wherever it is
+            exact and ``jit`` is not asked for.
+        compile: compile the fused estimator with ``torch.compile`` (seconds to start, a few percent a step after).
+        optimizer: ``{type = name, ...}``, an entry of :data:`~pyro_vae.training.optim.OPTIMIZERS`.
+        lr_schedule: ``{type = name, ...}``, an entry of :data:`~pyro_vae.training.optim.LR_SCHEDULES`,
+            stepped after each epoch.
+        beta: the weight of the KL term (1: the ELBO; 0: no KL).
+        kl_warmup: ``{type = name, ...}``, an entry of :data:`~pyro_vae.training.annealing.KL_SCHEDULES`: a
+            step's KL weight is ``beta`` times the schedule's (``{type = "linear", epochs = 10}`` warms up).
+        free_bits: a floor in nats under each latent dimension's KL term (0: off).
+        early_stopping: stop after this many epochs (counted after the KL warm-up) without a better
+            validation ELBO (0: off); needs ``data.validation``. With a validation set, the run keeps the
+            model of its best epoch.
+        seed: the seed of Pyro, torch, NumPy and the data order (32 bits, as NumPy takes).
+        checkpoint_every: epochs between checkpoints (0: only at the end).
+        snapshots: epochs after which the model's parameters are kept as ``snapshots/epoch-NNNNN.pt``
+            (learning curves).
+        clip_grad_norm: the largest total gradient norm of a step (0: no clipping).
+        weight_init: the networks' starting weights: PyTorch's, or Glorot-uniform weights and zero biases
+            (:mod:`pyro_vae.training.initialization`).
+        output_bias_init: ``"data_mean"``: the decoder's last bias starts where p(x|z) has the training
+            data's mean (Burda et al., 2016).
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
+        log: ``"tensorboard"``: the metrics and pictures as TensorBoard events too.
+    """
+
+    #: The settings that name a registry entry, ``{type = name, ...}``, with the registry that checks them.
+    components: ClassVar[dict[str, Registry]] = {
+        "optimizer": OPTIMIZERS,
+        "lr_schedule": LR_SCHEDULES,
+        "kl_warmup": KL_SCHEDULES,
+    }
 
     epochs: Annotated[int, AtLeast(1)] = 50
     batch_size: Annotated[int, AtLeast(1)] = 128
@@ -100,36 +144,26 @@ class TrainConfig:
     elbo: str = "mc"
     num_particles: Annotated[int, AtLeast(1)] = 1
     jit: bool = False
-    # The estimator as plain tensor code (exact, fastest); "auto": wherever it is exact and jit is not asked for.
     fused: bool | Literal["auto"] = "auto"
-    compile: bool = False  # compile the fused estimator with torch.compile (seconds to start, a few % a step)
-    optimizer: dict = field(default_factory=lambda: {"type": "adam"})  # an entry of pyro_vae.training.optim.OPTIMIZERS
-    lr_schedule: dict = field(default_factory=lambda: {"type": "constant"})  # an entry of pyro_vae.training.optim.LR_SCHEDULES
+    compile: bool = False
+    optimizer: dict = field(default_factory=lambda: {"type": "adam"})
+    lr_schedule: dict = field(default_factory=lambda: {"type": "constant"})
     beta: Annotated[float, AtLeast(0)] = 1.0
-    # the KL weight's schedule, an entry of pyro_vae.training.annealing.KL_SCHEDULES: {type = "linear", epochs = 10} warms up
     kl_warmup: dict = field(default_factory=lambda: {"type": "constant"})
-    free_bits: Annotated[float, AtLeast(0)] = 0.0  # a floor in nats under each latent dimension's KL term; 0: off
-    # stop after this many epochs (after the KL warm-up) without a better validation ELBO; needs data.validation
+    free_bits: Annotated[float, AtLeast(0)] = 0.0
     early_stopping: Annotated[int, AtLeast(0)] = 0
-    seed: Annotated[int, AtLeast(0), AtMost(2**32 - 1)] = 0  # numpy takes 32-bit seeds
-    checkpoint_every: Annotated[int, AtLeast(0)] = 10  # epochs between checkpoints; 0: only at the end
-    # epochs after which the model's parameters are kept as snapshots/epoch-NNNNN.pt (learning curves)
+    seed: Annotated[int, AtLeast(0), AtMost(2**32 - 1)] = 0
+    checkpoint_every: Annotated[int, AtLeast(0)] = 10
     snapshots: list[Annotated[int, AtLeast(1)]] = field(default_factory=list)
-    clip_grad_norm: Annotated[float, AtLeast(0)] = 0.0  # largest total gradient norm of a step; 0: no clipping
-    # the networks' starting weights: PyTorch's, or Glorot-uniform weights and zero biases (pyro_vae.training.initialization)
+    clip_grad_norm: Annotated[float, AtLeast(0)] = 0.0
     weight_init: WeightInit = "default"
-    # "data_mean": the decoder's last bias starts where p(x|z) has the training data's mean (Burda et al. 2016)
     output_bias_init: OutputBiasInit = "default"
     device: str = "auto"
-    log: Literal["none", "tensorboard"] = "none"  # tensorboard: metrics and pictures as TensorBoard events too
+    log: Literal["none", "tensorboard"] = "none"
 
     def __post_init__(self) -> None:
-        registries: dict[str, Registry] = {
-            "optimizer": OPTIMIZERS,
-            "lr_schedule": LR_SCHEDULES,
-            "kl_warmup": KL_SCHEDULES,
-        }
-        for name, registry in registries.items():
+        # Components are resolved with their defaults filled in, so a saved config is complete.
+        for name, registry in self.components.items():
             setattr(self, name, registry.validate(getattr(self, name), f"train.{name}"))
 
 

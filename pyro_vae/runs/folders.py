@@ -22,7 +22,9 @@ Evaluating, comparing and drawing a finished run is :mod:`pyro_vae.runs.evaluati
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import inspect
 import json
 import shutil
 import sys
@@ -499,24 +501,8 @@ def load_snapshot(run_dir: str | Path, epoch: int, device: str | torch.device = 
 
 def _fit_options(t: TrainConfig) -> dict[str, Any]:
     """The settings of ``[train]`` that :func:`~pyro_vae.training.loop.fit` takes as keyword arguments."""
-    return {
-        "epochs": t.epochs,
-        "batch_size": t.batch_size,
-        "lr": t.lr,
-        "elbo": t.elbo,
-        "num_particles": t.num_particles,
-        "jit": t.jit,
-        "beta": t.beta,
-        "fused": t.fused,
-        "compile": t.compile,
-        "optimizer": t.optimizer,
-        "lr_schedule": t.lr_schedule,
-        "kl_warmup": t.kl_warmup,
-        "free_bits": t.free_bits,
-        "early_stopping": t.early_stopping,
-        "clip_grad_norm": t.clip_grad_norm,
-        "seed": t.seed,
-    }
+    taken = inspect.signature(fit).parameters
+    return {f.name: getattr(t, f.name) for f in dataclasses.fields(t) if f.name in taken}
 
 
 def _summarize(

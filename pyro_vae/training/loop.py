@@ -26,10 +26,15 @@ Example:
     ['active_units', 'beta', 'epoch', 'kl', 'kl_per_dim', 'lr', 'path', 'seconds', 'test_elbo',
      'test_elbo_analytic', 'test_elbo_mc', 'train_elbo']
 
-:func:`fit` tells the story of a run; the pieces it calls each do one thing: :func:`_start` builds
-the objective and optimiser, :func:`_restore` puts a saved :class:`TrainState` back, :class:`_Loop`
-runs an epoch's steps and measures it, :class:`_Stops` answers stop requests, :class:`_Progress`
-shows the bar and the epoch lines.
+:func:`fit` tells the story of a run; the pieces it is built from each do one thing:
+:func:`_build` checks the settings and makes the objective, optimiser and schedules; :class:`_Run`
+puts a saved :class:`TrainState` back and goes through the epochs, each of which is
+
+- its steps (:class:`_Stepper`: minibatches, each step's KL weight, SVI steps),
+- its metrics (:class:`_Measures`: the test set's bounds, the KL weight, the latent code's use),
+- its validation (:class:`_Validation`: the best epoch's parameters and early stopping);
+
+:class:`_Stops` answers stop requests between steps, :class:`_Progress` shows the bar and the epoch lines.
 """
 
 from __future__ import annotations
@@ -310,10 +315,13 @@ class _Stops:
             raise TrainingInterrupted(snapshot(), signum)
 
 
-def training_objective(estimator: str, beta: float = 1.0, kl_warmup: dict | None = None, free_bits: float = 0.0) -> str:
+def training_objective(
+    estimator: str, beta: float = 1.0, kl_warmup: dict[str, Any] | str | None = None, free_bits: float = 0.0
+) -> str:
     """What a run's training loss estimates, for its epoch lines and summary: its bound, or what it changes in it."""
     changes = [f"beta {beta:g}"] if beta != 1 else []
-    if kl_warmup and not issubclass(KL_SCHEDULES.get(kl_warmup["type"]), Constant):
+    warmup = KL_SCHEDULES.validate(kl_warmup or "constant", "kl_warmup")
+    if not issubclass(KL_SCHEDULES.get(warmup["type"]), Constant):
         changes.append("KL warm-up")
     if free_bits:
         changes.append(f"free bits {free_bits:g}")
@@ -365,230 +373,352 @@ class _Progress:
         self.bar.close()
 
 
-@dataclass
-class _Loop:
-    """What one call of :func:`fit` trains with, built once by :func:`_start`."""
+def _place(distributed: Distributed | None) -> tuple[int, int]:
+    """This process's rank and the number of processes of its job (0 and 1 for a process alone)."""
+    return (distributed.rank, distributed.world_size) if distributed else (0, 1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _KLWeight:
+    """The KL term's weight at each step: ``beta`` (``train.beta``) times the KL schedule's weight at that step."""
+
+    beta: float
+    schedule: KLSchedule
+    steps_per_epoch: int
+
+    def at(self, epoch: int, step: int) -> float:
+        """The weight at ``step`` (from 1) of ``epoch`` (from 1)."""
+        return self.beta * self.schedule((epoch - 1) * self.steps_per_epoch + step - 1)
+
+    def warmed_up(self, epoch: int) -> bool:
+        """Whether the schedule's weight had reached 1 by the last step of ``epoch``."""
+        return self.schedule(epoch * self.steps_per_epoch - 1) >= 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Context:
+    """What every piece of a run works with: the VAE, its objective, the KL weight, and this process's job."""
 
     vae: VAE
-    data: Dataset
     objective: Objective
-    loss: Callable[[Tensor, int], Tensor]  # the objective, or its data-parallel wrapper
-    optimizer: torch.optim.Optimizer
-    schedule: torch.optim.lr_scheduler.LRScheduler
-    order: torch.Generator
-    batch_size: int
-    clip_grad_norm: float
+    kl_weight: _KLWeight
     distributed: Distributed | None
-    kl: dict[str, str]
-    kl_schedule: KLSchedule
-    beta: float  # train.beta; a step's KL weight is beta * kl_schedule(step)
-    early_stopping: int = 0  # epochs without a better validation ELBO, after the warm-up, before training stops
-    history: list[dict] = field(default_factory=list)
-    best: dict[str, Any] = field(default_factory=dict)  # see TrainState.best
-    waited: int = 0
 
     @property
     def rank(self) -> int:
-        return self.distributed.rank if self.distributed else 0
+        return _place(self.distributed)[0]
 
     @property
     def world_size(self) -> int:
-        return self.distributed.world_size if self.distributed else 1
-
-    @property
-    def num_data(self) -> int:
-        return len(self.data.train)
-
-    @property
-    def steps(self) -> int:
-        return self.num_data // self.world_size // self.batch_size
+        return _place(self.distributed)[1]
 
     @property
     def device(self) -> torch.device:
         return next(self.vae.parameters()).device
 
-    def snapshot(self, epoch: int, step: int, total: float, seconds: float, epoch_order: Tensor) -> TrainState:
-        """The run's state after ``step`` steps of epoch ``epoch + 1``."""
-        if (
-            self.distributed and step
-        ):  # every process stops at this step (agreed): carry the average of their partial sums
-            total = self.distributed.mean(total)
-        return TrainState(
-            epoch,
-            step,
-            total,
-            seconds,
-            epoch_order,
-            get_rng_state(self.device),
-            self.optimizer.state_dict(),
-            schedule_state(self.schedule),
-            list(self.history),
-            self.world_size,
-            dict(self.best),
-            self.waited,
-        )
+    def bounds(self, x: Tensor) -> dict[str, float]:
+        """The bounds of the objective's estimator on ``x``; in a job each process evaluates its shard, and they sum."""
+        distributed = self.distributed
+        if distributed:
+            x = x[distributed.rank :: distributed.world_size]
+        reduce = distributed.all_reduce if distributed else None
+        name, particles = self.objective.name, self.objective.num_particles
+        return evaluate_bounds(self.vae, x, name, train_particles=particles, reduce=reduce)
 
-    def train_epoch(self, epoch: int, state: TrainState, progress: _Progress, stops: _Stops) -> tuple[float, float]:
-        """The steps of ``epoch`` (from where ``state`` stopped, if inside it); returns the summed loss and seconds."""
-        first = state.step if epoch == state.epoch + 1 else 0
-        total, elapsed = (state.total, state.seconds) if first else (0.0, 0.0)
-        epoch_order = self.order.get_state()
-        self.vae.train()
-        start = time.perf_counter()
-        batches = self.data.batches(self.batch_size, self.order, first, self.rank, self.world_size)
+    def value(self, scores: dict[str, float]) -> float:
+        """The ELBO by the training estimator among ``scores``."""
+        return scores[f"elbo_{value_name(self.objective.name)}"]
+
+
+#: ``snapshot(epoch, step, total, seconds, order)``: the run's state after ``step`` steps of epoch ``epoch + 1``.
+_Snapshot = Callable[[int, int, float, float, Tensor], TrainState]
+
+
+@dataclass(kw_only=True)
+class _Stepper:
+    """An epoch's SVI steps: minibatches in the data order, each step's KL weight, and the sum of their losses."""
+
+    context: _Context
+    data: Dataset
+    loss: Callable[[Tensor, int], Tensor]  # the objective, or its data-parallel wrapper
+    optimizer: torch.optim.Optimizer
+    order: torch.Generator
+    batch_size: int
+    clip_grad_norm: float
+
+    def epoch(
+        self, epoch: int, start: TrainState, progress: _Progress, stops: _Stops, snapshot: _Snapshot
+    ) -> tuple[float, float]:
+        """The steps of ``epoch`` (from where ``start`` stopped, if inside it); returns the summed loss and seconds."""
+        c = self.context
+        first = start.step if epoch == start.epoch + 1 else 0
+        total, elapsed = (start.total, start.seconds) if first else (0.0, 0.0)
+        epoch_order, num_data = self.order.get_state(), len(self.data.train)
+        c.vae.train()
+        began = time.perf_counter()
+        batches = self.data.batches(self.batch_size, self.order, start=first, rank=c.rank, world_size=c.world_size)
         for step, x in enumerate(batches, first + 1):
-            self.objective.beta = self.beta * self.kl_schedule((epoch - 1) * self.steps + step - 1)
-            total += svi_step(self.loss, self.optimizer, x, self.num_data, self.clip_grad_norm, (epoch, step))
+            c.objective.beta = c.kl_weight.at(epoch, step)
+            total += svi_step(self.loss, self.optimizer, x, num_data, self.clip_grad_norm, where=(epoch, step))
             progress.bar.update()
-            seconds = elapsed + time.perf_counter() - start
-            stops.check(lambda: self.snapshot(epoch - 1, step, total, seconds, epoch_order))  # noqa: B023 (called at once)
-        seconds = elapsed + time.perf_counter() - start
-        if self.distributed:  # each process's losses estimate the same full-data objective: average them
-            total = self.distributed.mean(total)
+            seconds = elapsed + time.perf_counter() - began
+            stops.check(lambda: snapshot(epoch - 1, step, total, seconds, epoch_order))  # noqa: B023 (called at once)
+        seconds = elapsed + time.perf_counter() - began
+        if c.distributed:  # each process's losses estimate the same full-data objective: average them
+            total = c.distributed.mean(total)
         return total, seconds
 
-    def run(
+
+@dataclass(kw_only=True)
+class _Measures:
+    """An epoch's metrics but validation's (:data:`METRICS`): its training objective, the test set's bounds,
+    the KL weight, and how the latent code is used."""
+
+    context: _Context
+    data: Dataset
+    kl: dict[str, str]  # how each latent site's KL term is estimated (see kl_methods)
+
+    def epoch(self, epoch: int, total: float, seconds: float, lr: float) -> dict[str, Any]:
+        """The metrics of ``epoch``, whose steps' losses summed to ``total`` in ``seconds`` at rate ``lr``."""
+        c = self.context
+        steps = c.kl_weight.steps_per_epoch
+        scores = c.bounds(self.data.test)
+        return {
+            "epoch": epoch,
+            "train_elbo": -total / (steps * len(self.data.train)),
+            "test_elbo": c.value(scores),
+            **{f"test_elbo_{n}": scores[f"elbo_{n}"] for n in reported_with(c.objective.name)},
+            "seconds": seconds,
+            "lr": lr,
+            "beta": c.kl_weight.at(epoch, steps),
+            "path": c.objective.path,
+            "kl": self.kl,
+            **self.latent_usage(),
+        }
+
+    def latent_usage(self) -> dict[str, Any]:
+        """Active units and the KL per dimension on the test set (process 0), outside the run's random stream."""
+        device = self.context.device
+        if self.context.rank != 0 or len(self.data.test) < 2:
+            return {}
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            return latent_usage(self.context.vae, self.data.test)
+
+
+@dataclass(kw_only=True)
+class _Validation:
+    """The validation ELBO after each epoch: the best epoch's parameters, and early stopping's patience."""
+
+    context: _Context
+    x: Tensor | None  # the validation set
+    patience: int = 0  # epochs without a better validation ELBO, after the KL warm-up, before training stops
+    best: dict[str, Any] = field(default_factory=dict)  # see TrainState.best
+    waited: int = 0
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether the validation ELBO has not improved for ``patience`` epochs after the warm-up."""
+        return 0 < self.patience <= self.waited
+
+    def epoch(self, epoch: int) -> dict[str, Any]:
+        """The validation ELBO of ``epoch``; keeps the best epoch's parameters and counts epochs without one."""
+        if self.x is None:
+            return {}
+        value = self.context.value(self.context.bounds(self.x))
+        if not self.best or value > self.best["value"]:
+            model = {k: v.detach().clone() for k, v in self.context.vae.state_dict().items()}
+            self.best, self.waited = {"epoch": epoch, "value": value, "model": model}, 0
+        elif self.context.kl_weight.warmed_up(epoch):  # patience counts after the warm-up
+            self.waited += 1
+        return {"validation_elbo": value, "best_epoch": self.best["epoch"]}
+
+    def finish(self, progress: _Progress) -> None:
+        """Say if training stopped early; leave the VAE with the best epoch's parameters (with a validation set)."""
+        if self.stopped_early:
+            progress.stopped_early(self.best, self.patience)
+        if self.best:
+            self.context.vae.load_state_dict(self.best["model"])
+
+
+@dataclass(kw_only=True)
+class _Run:
+    """One call of :func:`fit`: each epoch's steps, then its schedule step, metrics, validation and callbacks."""
+
+    stepper: _Stepper
+    measures: _Measures
+    validation: _Validation
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    epochs: int
+    seed: int
+    described: str  # what the training loss estimates (see training_objective)
+    history: list[dict] = field(default_factory=list)
+
+    def snapshot(self, epoch: int, step: int, total: float, seconds: float, order: Tensor) -> TrainState:
+        """The run's state after ``step`` steps of epoch ``epoch + 1`` (see :data:`_Snapshot`)."""
+        c = self.stepper.context
+        if c.distributed and step:  # every process stops at this step (agreed): carry the average of their partial sums
+            total = c.distributed.mean(total)
+        return TrainState(
+            epoch=epoch,
+            step=step,
+            total=total,
+            seconds=seconds,
+            order=order,
+            rng=get_rng_state(c.device),
+            optimizer=self.stepper.optimizer.state_dict(),
+            scheduler=schedule_state(self.schedule),
+            history=list(self.history),
+            world_size=c.world_size,
+            best=dict(self.validation.best),
+            waited=self.validation.waited,
+        )
+
+    def restore(self, resume: TrainState | None) -> TrainState:
+        """Put the optimiser, schedule, data order and generators back as ``resume`` saved them (or start)."""
+        c, stepper = self.stepper.context, self.stepper
+        if resume is None:
+            return TrainState(order=stepper.order.get_state(), rng=get_rng_state(c.device), world_size=c.world_size)
+        check_world_size(resume, c.world_size)
+        stepper.optimizer.load_state_dict(resume.optimizer)
+        if resume.scheduler:
+            load_schedule_state(self.schedule, resume.scheduler)
+        stepper.order.set_state(resume.order)
+        if c.rank == 0:
+            set_rng_state(resume.rng, c.device)
+        else:  # only process 0's generators are saved; the others restart from seeds fixed by rank and position
+            pyro.set_rng_seed(((self.seed + c.rank) * 1_000_003 + resume.epoch * 10_007 + resume.step) % 2**32)
+        self.history = list(resume.history)
+        self.validation.best, self.validation.waited = dict(resume.best), resume.waited
+        return resume
+
+    def end_epoch(self, epoch: int, total: float, seconds: float) -> dict[str, Any]:
+        """Step the learning-rate schedule, then measure and validate the epoch and record its metrics."""
+        lr = self.stepper.optimizer.param_groups[0]["lr"]
+        with warnings.catch_warnings():  # a run resumed after the last step of its first epoch steps the schedule first
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            self.schedule.step()
+        metrics = {**self.measures.epoch(epoch, total, seconds, lr), **self.validation.epoch(epoch)}
+        self.history.append(metrics)
+        return metrics
+
+    def train(
+        self,
+        resume: TrainState | None,
+        *,
+        progress: bool,
+        stop: Callable[[], int | None] | None,
+        on_epoch: Callable[[dict, torch.optim.Optimizer], None] | None,
+        on_checkpoint: Callable[[TrainState], None] | None,
+    ) -> list[dict]:
+        """Train from ``resume`` (or from the start) to the last epoch; see :func:`fit` for the rest."""
+        c = self.stepper.context
+        steps = c.kl_weight.steps_per_epoch
+        shown = _Progress(show=progress and c.rank == 0, epochs=self.epochs, steps=steps, state=resume or TrainState())
+        shown.start(c.objective.name, self.measures.kl, c.objective.path, self.described)
+        state = self.restore(resume)
+        stops = _Stops(stop, c.distributed)
+        try:
+            return self.epochs_from(state, progress=shown, stops=stops, on_epoch=on_epoch, on_checkpoint=on_checkpoint)
+        finally:
+            shown.close()
+
+    def epochs_from(
         self,
         state: TrainState,
-        epochs: int,
+        *,
         progress: _Progress,
         stops: _Stops,
         on_epoch: Callable[[dict, torch.optim.Optimizer], None] | None,
         on_checkpoint: Callable[[TrainState], None] | None,
     ) -> list[dict]:
-        """The epochs from ``state`` to ``epochs``: steps, metrics, callbacks, and stop checks between steps."""
+        """The epochs from ``state`` on: steps, metrics, callbacks, and stop checks between steps."""
         stops.check(lambda: self.snapshot(state.epoch, state.step, state.total, state.seconds, state.order))
-        for epoch in range(state.epoch + 1, epochs + 1):
-            if self.stopped_early:
+        for epoch in range(state.epoch + 1, self.epochs + 1):
+            if self.validation.stopped_early:
                 break
-            total, seconds = self.train_epoch(epoch, state, progress, stops)
+            total, seconds = self.stepper.epoch(epoch, state, progress, stops, self.snapshot)
             metrics = self.end_epoch(epoch, total, seconds)
             progress.epoch(metrics)
             if on_epoch is not None:
-                on_epoch(metrics, self.optimizer)
-            end = self.snapshot(epoch, 0, 0.0, 0.0, self.order.get_state())
+                on_epoch(metrics, self.stepper.optimizer)
+            end = self.snapshot(epoch, 0, 0.0, 0.0, self.stepper.order.get_state())
             if on_checkpoint is not None:
                 on_checkpoint(end)
-            if epoch < epochs and not self.stopped_early:
+            if epoch < self.epochs and not self.validation.stopped_early:
                 stops.check(lambda end=end: end)
-        if self.stopped_early:
-            progress.stopped_early(self.best, self.early_stopping)
-        if self.best:  # a run with a validation set ends with its best epoch's parameters
-            self.vae.load_state_dict(self.best["model"])
+        self.validation.finish(progress)
         return self.history
 
-    @property
-    def stopped_early(self) -> bool:
-        """Whether the validation ELBO has not improved for ``early_stopping`` epochs after the warm-up."""
-        return 0 < self.early_stopping <= self.waited
 
-    def validate(self, epoch: int) -> dict[str, Any]:
-        """The validation ELBO of the epoch; keeps the best epoch's parameters and counts epochs without one."""
-        if self.data.validation is None:
-            return {}
-        x = self.data.validation
-        valid = x[self.rank :: self.world_size] if self.distributed else x
-        name, reduce = self.objective.name, self.distributed.all_reduce if self.distributed else None
-        scores = evaluate_bounds(self.vae, valid, name, train_particles=self.objective.num_particles, reduce=reduce)
-        value = scores[f"elbo_{value_name(name)}"]
-        if not self.best or value > self.best["value"]:
-            model = {k: v.detach().clone() for k, v in self.vae.state_dict().items()}
-            self.best, self.waited = {"epoch": epoch, "value": value, "model": model}, 0
-        elif self.kl_schedule(epoch * self.steps - 1) >= 1.0:  # patience counts after the warm-up
-            self.waited += 1
-        return {"validation_elbo": value, "best_epoch": self.best["epoch"]}
-
-    def latent_usage(self) -> dict[str, Any]:
-        """Active units and the KL per dimension on the test set (process 0), outside the run's random stream."""
-        if self.rank != 0 or len(self.data.test) < 2:
-            return {}
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            return latent_usage(self.vae, self.data.test)
-
-    def end_epoch(self, epoch: int, total: float, seconds: float) -> dict[str, Any]:
-        """Step the learning-rate schedule, evaluate the test set, and record the epoch's metrics."""
-        lr = self.optimizer.param_groups[0]["lr"]
-        with warnings.catch_warnings():  # a run resumed after the last step of its first epoch steps the schedule first
-            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-            self.schedule.step()
-        test = self.data.test[self.rank :: self.world_size] if self.distributed else self.data.test
-        name, reduce = self.objective.name, self.distributed.all_reduce if self.distributed else None
-        scores = evaluate_bounds(self.vae, test, name, train_particles=self.objective.num_particles, reduce=reduce)
-        metrics = {
-            "epoch": epoch,
-            "train_elbo": -total / (self.steps * self.num_data),
-            "test_elbo": scores[f"elbo_{value_name(name)}"],
-            **{f"test_elbo_{n}": scores[f"elbo_{n}"] for n in reported_with(name)},
-            "seconds": seconds,
-            "lr": lr,
-            "beta": self.beta * self.kl_schedule(epoch * self.steps - 1),
-            "path": self.objective.path,
-            "kl": self.kl,
-            **self.latent_usage(),
-            **self.validate(epoch),
-        }
-        self.history.append(metrics)
-        return metrics
-
-
-def _start(vae: VAE, data: Dataset, distributed: Distributed | None, settings: dict[str, Any]) -> _Loop:
-    """Check the settings, seed every generator, and build the objective, optimiser and schedule of a run."""
-    rank, world_size = (distributed.rank, distributed.world_size) if distributed else (0, 1)
-    s = settings
-    check_batch_size(s["batch_size"], len(data.train) // world_size)
-    if s["clip_grad_norm"] < 0:
+def _check_settings(
+    data: Dataset, distributed: Distributed | None, *, batch_size: int, clip_grad_norm: float, jit: bool, compile: bool
+) -> None:
+    """A :class:`ConfigError` for settings that cannot train on ``data`` in this job."""
+    check_batch_size(batch_size, len(data.train) // _place(distributed)[1])
+    if clip_grad_norm < 0:
         raise ConfigError(
-            f"{{clip_grad_norm}} must be >= 0 (got {s['clip_grad_norm']}); 0 turns clipping off", "clip_grad_norm"
+            f"{{clip_grad_norm}} must be >= 0 (got {clip_grad_norm}); 0 turns clipping off", "clip_grad_norm"
         )
-    check_data_parallel(distributed, s["jit"], s["compile"])
-    kl_schedule = make_kl_schedule(s["kl_warmup"], len(data.train) // world_size // s["batch_size"])
-    check_kl_schedule(kl_schedule, s["elbo"], s["compile"])
-    pyro.set_rng_seed((s["seed"] + rank) % 2**32)  # NumPy, which Pyro seeds too, takes 32-bit seeds
-    order = torch.Generator().manual_seed(s["seed"])  # the same permutation in every process; each takes its shard
-    objective = Objective(
-        vae, s["elbo"], s["num_particles"], s["jit"], s["beta"], s["fused"], s["compile"], s["free_bits"]
-    )
-    loss = data_parallel(vae, objective, distributed, s["beta"]) if distributed else objective
-    optimizer = make_optimizer(vae.parameters(), s["lr"], s["optimizer"])
-    schedule = make_lr_schedule(optimizer, s["lr_schedule"], s["epochs"])
-    check_early_stopping(s["early_stopping"], data)
-    kl = kl_methods(vae, data.test[:2], s["elbo"])
+    check_data_parallel(distributed, jit, compile)
+
+
+def _build(
+    vae: VAE,
+    data: Dataset,
+    distributed: Distributed | None,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    elbo: str,
+    num_particles: int,
+    jit: bool,
+    beta: float,
+    fused: bool | Literal["auto"],
+    compile: bool,
+    optimizer: dict[str, Any] | str,
+    lr_schedule: dict[str, Any] | str,
+    kl_warmup: dict[str, Any] | str,
+    free_bits: float,
+    early_stopping: int,
+    clip_grad_norm: float,
+    seed: int,
+) -> _Run:
+    """Check the settings, seed every generator, and build the pieces of a run from the settings of :func:`fit`."""
+    _check_settings(data, distributed, batch_size=batch_size, clip_grad_norm=clip_grad_norm, jit=jit, compile=compile)
+    rank, world_size = _place(distributed)
+    steps_per_epoch = len(data.train) // world_size // batch_size
+    kl_schedule = make_kl_schedule(kl_warmup, steps_per_epoch)
+    check_kl_schedule(kl_schedule, elbo, compile)
+    pyro.set_rng_seed((seed + rank) % 2**32)  # NumPy, which Pyro seeds too, takes 32-bit seeds
+    order = torch.Generator().manual_seed(seed)  # the same permutation in every process; each takes its shard
+    objective = Objective(vae, elbo, num_particles, jit, beta, fused, compile, free_bits)
+    loss = data_parallel(vae, objective, distributed, beta) if distributed else objective
+    optim = make_optimizer(vae.parameters(), lr, optimizer)
+    schedule = make_lr_schedule(optim, lr_schedule, epochs)
+    check_early_stopping(early_stopping, data)
+    kl = kl_methods(vae, data.test[:2], elbo)
     if objective.jit:
-        _compile(objective, data.train[: s["batch_size"]], len(data.train))
-    return _Loop(
-        vae,
-        data,
-        objective,
-        loss,
-        optimizer,
-        schedule,
-        order,
-        s["batch_size"],
-        s["clip_grad_norm"],
-        distributed,
-        kl,
-        kl_schedule,
-        s["beta"],
-        s["early_stopping"],
+        _compile(objective, data.train[:batch_size], len(data.train))
+    kl_weight = _KLWeight(beta=beta, schedule=kl_schedule, steps_per_epoch=steps_per_epoch)
+    c = _Context(vae=vae, objective=objective, kl_weight=kl_weight, distributed=distributed)
+    return _Run(
+        stepper=_Stepper(
+            context=c,
+            data=data,
+            loss=loss,
+            optimizer=optim,
+            order=order,
+            batch_size=batch_size,
+            clip_grad_norm=clip_grad_norm,
+        ),
+        measures=_Measures(context=c, data=data, kl=kl),
+        validation=_Validation(context=c, x=data.validation, patience=early_stopping),
+        schedule=schedule,
+        epochs=epochs,
+        seed=seed,
+        described=training_objective(elbo, beta, kl_warmup, free_bits),
     )
-
-
-def _restore(loop: _Loop, resume: TrainState | None, seed: int) -> TrainState:
-    """Put the optimiser, schedule, data order and generators back as ``resume`` saved them (or describe a start)."""
-    if resume is None:
-        return TrainState(order=loop.order.get_state(), rng=get_rng_state(loop.device), world_size=loop.world_size)
-    check_world_size(resume, loop.world_size)
-    loop.optimizer.load_state_dict(resume.optimizer)
-    if resume.scheduler:
-        load_schedule_state(loop.schedule, resume.scheduler)
-    loop.order.set_state(resume.order)
-    if loop.rank == 0:
-        set_rng_state(resume.rng, loop.device)
-    else:  # only process 0's generators are saved; the others restart from seeds fixed by their rank and the position
-        pyro.set_rng_seed(((seed + loop.rank) * 1_000_003 + resume.epoch * 10_007 + resume.step) % 2**32)
-    loop.history = list(resume.history)
-    loop.best, loop.waited = dict(resume.best), resume.waited
-    return resume
 
 
 def fit(
@@ -604,9 +734,9 @@ def fit(
     beta: float = 1.0,
     fused: bool | Literal["auto"] = "auto",
     compile: bool = False,
-    optimizer: dict[str, Any] | None = None,
-    lr_schedule: dict[str, Any] | None = None,
-    kl_warmup: dict[str, Any] | None = None,
+    optimizer: dict[str, Any] | str = "adam",
+    lr_schedule: dict[str, Any] | str = "constant",
+    kl_warmup: dict[str, Any] | str = "constant",
     free_bits: float = 0.0,
     early_stopping: int = 0,
     clip_grad_norm: float = 0.0,
@@ -620,34 +750,33 @@ def fit(
 ) -> list[dict]:
     """Train ``vae`` on ``data.train`` by SVI; returns one dict of metrics per epoch (:data:`METRICS`).
 
-    Args:
-        epochs, batch_size, lr, optimizer, lr_schedule: each epoch is a random permutation of the training
-            set in batches of exactly ``batch_size``; ``optimizer`` and ``lr_schedule`` are ``{"type": name,
-            ...}`` of :mod:`pyro_vae.training.optim` (default Adam, constant), the schedule stepped after each epoch.
-        elbo, num_particles, jit, beta, fused, compile, free_bits: the objective (:class:`~pyro_vae.Objective`);
-            ``fused="auto"`` takes the fastest exact eager path; ``free_bits``: a floor in nats under each
-            latent dimension's KL term (:func:`~pyro_vae.models.kl.free_bits_kl`).
-        kl_warmup: ``{"type": name, ...}`` of :data:`~pyro_vae.training.annealing.KL_SCHEDULES` (``{"type": "linear",
-            "epochs": 10}``): a step's KL weight is ``beta`` times the schedule's (default: constant).
-        early_stopping: stop after this many epochs (after the KL warm-up) without a better ELBO of ``data.validation``
-            (0: off); with a validation set ``vae`` ends with its best epoch's parameters (``TrainState.best``).
-        clip_grad_norm, seed, progress: the largest gradient norm of a step (0: no clipping); the seed of
-            Pyro, torch, numpy and the data order; a progress bar. ``on_epoch``, ``on_checkpoint``: called
-            after each epoch with its metrics and the optimiser, then with the :class:`TrainState`.
-        resume, stop, distributed: continue from a :class:`TrainState` (``vae`` holding its parameters);
-            a function polled after every step whose answer other than ``None`` ends training with
-            :class:`TrainingInterrupted`; this process's place in a data-parallel job (see the module).
-
-    Raises:
-        TrainingDiverged: a loss or gradient is not finite (the parameters are those before that step);
-        TrainingInterrupted: ``stop`` asked for it.
+    ``epochs`` to ``seed`` are the settings of ``[train]`` (:class:`~pyro_vae.runs.config.TrainConfig` documents
+    them): same names, meanings and defaults; a component may be named alone (``optimizer="sgd"``).
+    ``progress`` shows a bar; after each epoch ``on_epoch(metrics, optimizer)``, then ``on_checkpoint(state)``
+    is called, and ``resume`` continues such a :class:`TrainState` (``vae`` holding its parameters). ``stop``
+    is polled after every step: an answer other than ``None`` ends training with :class:`TrainingInterrupted`.
+    ``distributed`` places this process in a data-parallel job (see the module). A loss or gradient that is
+    not finite raises :class:`TrainingDiverged` before the parameters move.
     """
-    callers = ("vae", "data", "progress", "on_epoch", "on_checkpoint", "resume", "stop", "distributed")
-    loop = _start(vae, data, distributed, {name: value for name, value in locals().items() if name not in callers})
-    progress_ = _Progress(progress and loop.rank == 0, epochs, loop.steps, resume or TrainState())
-    progress_.start(elbo, loop.kl, loop.objective.path, training_objective(elbo, beta, kl_warmup, free_bits))
-    state = _restore(loop, resume, seed)
-    try:
-        return loop.run(state, epochs, progress_, _Stops(stop, distributed), on_epoch, on_checkpoint)
-    finally:
-        progress_.close()
+    run = _build(
+        vae,
+        data,
+        distributed,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        elbo=elbo,
+        num_particles=num_particles,
+        jit=jit,
+        beta=beta,
+        fused=fused,
+        compile=compile,
+        optimizer=optimizer,
+        lr_schedule=lr_schedule,
+        kl_warmup=kl_warmup,
+        free_bits=free_bits,
+        early_stopping=early_stopping,
+        clip_grad_norm=clip_grad_norm,
+        seed=seed,
+    )
+    return run.train(resume, progress=progress, stop=stop, on_epoch=on_epoch, on_checkpoint=on_checkpoint)
