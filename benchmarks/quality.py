@@ -44,7 +44,7 @@ from pyro_vae import Config
 from pyro_vae.cli.signals import StopSignals
 from pyro_vae.infer.marginal import log_likelihood
 from pyro_vae.infer.objectives import Objective
-from pyro_vae.runs.config import build_vae, load_data, resolve_device
+from pyro_vae.runs.config import build_model, load_data, resolve_device
 from pyro_vae.runs.evaluation import read_metrics
 from pyro_vae.runs.folders import load_snapshot, resume_run, snapshot_path, train_run
 from pyro_vae.training.loop import TrainingInterrupted
@@ -294,7 +294,7 @@ def _training_step(
     """The preset's loss (eager or compiled) and optimiser, for a new VAE of its network."""
     t = config.train
     torch.manual_seed(0)
-    vae = build_vae(config, shape).to(device)
+    vae = build_model(config, shape).to(device)
     objective = Objective(vae, t.elbo, t.num_particles, fused="auto", compile=compile, free_bits=t.free_bits)
     return objective, make_optimizer(vae.parameters(), t.lr, t.optimizer)
 

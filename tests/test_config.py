@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from pyro_vae import PRIORS, Config
 from pyro_vae.errors import ConfigError
@@ -168,3 +169,53 @@ def test_changing_a_component_type_drops_its_old_parameters():
 def test_bad_override_syntax():
     with pytest.raises(ConfigError, match="expected key.sub=value"):
         apply_overrides({}, ["train.epochs"])
+
+
+class _Toy(torch.nn.Module):
+    """A program with one parameter of its own, registered for the tests below."""
+
+    def __init__(self, event_shape: tuple, latent_dim: int, width: int = 4) -> None:
+        super().__init__()
+        self.shape, self.latent_dim, self.width = tuple(event_shape), latent_dim, width
+
+    def model(self, x):
+        pass
+
+    def guide(self, x):
+        pass
+
+
+@pytest.fixture
+def toy_program():
+    from pyro_vae import MODELS
+
+    MODELS.register("toy_program")(_Toy)
+    yield
+    MODELS.unregister("toy_program")
+
+
+def test_a_program_type_with_its_own_parameters_round_trips(toy_program):
+    from pyro_vae.runs.config import build_model
+
+    config = Config.from_dict({"model": {"type": "toy_program", "width": 7, "latent_dim": 3}})
+    assert config.model.params == {"width": 7}
+    assert Config.from_toml_string(config.to_toml()) == config
+    assert config.to_dict()["model"]["width"] == 7 and "params" not in config.to_dict()["model"]
+    program = build_model(config, (8, 8))
+    assert (program.shape, program.latent_dim, program.width) == ((8, 8), 3, 7)
+    assert Config.from_dict({"model": {"type": "toy_program"}}).model.params == {"width": 4}  # defaults filled in
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ({"type": "toy_program", "widht": 7}, "model.widht: unknown parameter for model 'toy_program'; allowed: width"),
+        ({"type": "toy_program", "width": "wide"}, "model.width must be an integer"),
+        ({"widht": 7}, "model.widht: unknown key; allowed: type, latent_dim"),
+        ({"type": "no_such_program"}, "model.type: unknown model type 'no_such_program'; known: vae"),
+    ],
+)
+def test_a_program_type_is_checked_against_its_constructor(toy_program, model, message):
+    with pytest.raises(ConfigError) as error:
+        Config.from_dict({"model": model})
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)

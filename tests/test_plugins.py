@@ -104,3 +104,82 @@ def test_imports_before_and_after_the_command_are_all_imported(tmp_path, monkeyp
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     assert main(["--import", "before_module", "config", "--import", "after_module"]) == 0
     assert "before_module" in sys.modules and "after_module" in sys.modules
+
+
+TWO_LAYERS = textwrap.dedent(
+    """
+    import pyro
+    import pyro.distributions as dist
+    import torch
+    from torch import nn
+
+    from pyro_vae import MODELS
+
+
+    def normal(params):
+        loc, scale = params.chunk(2, -1)
+        return dist.Normal(loc, nn.functional.softplus(scale) + 1e-3).to_event(1)
+
+
+    @MODELS.register("two_layers_plugin")
+    class TwoLayers(nn.Module):
+        \"\"\"z2 -> z1 -> x, with a bottom-up guide: a plain Pyro program.\"\"\"
+
+        def __init__(self, event_shape: tuple, latent_dim: int, hidden: int = 16, top: int = 2) -> None:
+            super().__init__()
+            size, self.top = int(torch.tensor(event_shape).prod()), top
+            self.up1 = nn.Sequential(nn.Linear(size, hidden), nn.Tanh(), nn.Linear(hidden, 2 * latent_dim))
+            self.up2, self.down2 = nn.Linear(latent_dim, 2 * top), nn.Linear(top, 2 * latent_dim)
+            self.down1 = nn.Sequential(nn.Linear(latent_dim, hidden), nn.Tanh(), nn.Linear(hidden, size))
+
+        def model(self, x):
+            x = x.flatten(1)
+            with pyro.plate("data", len(x), dim=-1):
+                z2 = pyro.sample("z2", dist.Normal(x.new_zeros(self.top), 1.0).to_event(1))
+                z1 = pyro.sample("z1", normal(self.down2(z2)))
+                pyro.sample("x", dist.Bernoulli(logits=self.down1(z1), validate_args=False).to_event(1), obs=x)
+
+        def guide(self, x):
+            x = x.flatten(1)
+            with pyro.plate("data", len(x), dim=-1):
+                z1 = pyro.sample("z1", normal(self.up1(x)))
+                pyro.sample("z2", normal(self.up2(z1)))
+    """
+)
+
+
+@pytest.mark.slow  # training in its own interpreter, as a user runs it
+def test_a_plugin_program_is_trained_evaluated_compared_plotted_and_resumed(tmp_path, monkeypatch):
+    import json
+
+    from pyro_vae import MODELS
+    from pyro_vae.cli.main import main
+
+    (tmp_path / "my_programs.py").write_text(TWO_LAYERS)
+    options = ["--model", "two_layers_plugin", "--set", "model.hidden=8", "--latent-dim", "3", "--epochs", "2"]
+    trained = cli("train", "--import", "my_programs", *options, "--batch-size", "256", "--out", "run", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert "z1: sampled, z2: sampled; path: pyro" in trained.stderr
+    config = (tmp_path / "run" / "config.toml").read_text()
+    assert 'type = "two_layers_plugin"' in config and "hidden = 8" in config and "top = 2" in config
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert "manifold.png" not in summary["files"] and "reconstructions.png" in summary["files"]
+    monkeypatch.syspath_prepend(str(tmp_path))  # where an installed plugin would be found
+    run = str(tmp_path / "run")
+    try:
+        evaluated = cli(
+            "evaluate", run, "--json", "--num-samples", "20", cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)}
+        )
+        assert evaluated.returncode == 0, evaluated.stderr
+        result = json.loads(evaluated.stdout)
+        assert result["log_likelihood"] >= result["elbo_mc"] - 4 * result["elbo_mc_se"]
+        assert set(result["sites"]) == {"z1", "z2"} and result["active_units"] == sum(
+            site["active_units"] for site in result["sites"].values()
+        )
+        for command in (["plot"], ["compare", "--repeats", "2", "--particles", "1"]):
+            assert main([command[0], run, *command[1:]]) == 0, command  # no --import needed
+        assert main(["train", "--resume", run, "--epochs", "3", "--quiet"]) == 0
+        assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+    finally:
+        MODELS.unregister("two_layers_plugin")
+        sys.modules.pop("my_programs", None)

@@ -128,6 +128,7 @@ _TRAIN_OPTIONS: dict[str, str] = {
     "download": "data.download",
     "binarize": "data.binarize",
     "validation": "data.validation",
+    "model": "model.type",
     "latent_dim": "model.latent_dim",
     "network": "model.network.type",  # before its parameters: a new type starts from that network's defaults
     "hidden": "model.network.hidden",
@@ -159,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="MODULE",
-        help="import MODULE first: your own priors, likelihoods, networks or estimators registered there "
+        help="import MODULE first: your own programs, priors, likelihoods, networks or estimators registered there "
         "(repeatable; a run records it in model.imports)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -234,6 +235,7 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
         "with the best validation ELBO (best.pt)",
     )
     g = train.add_argument_group("model")
+    g.add_argument("--model", metavar="NAME", help="model.type: the program to train (pyro-vae models)")
     g.add_argument("--latent-dim", type=_positive_int, help="size of the latent code")
     for kind in ("network", "prior", "likelihood"):
         g.add_argument(f"--{kind}", metavar="NAME", help=f"model.{kind}.type, with its defaults (pyro-vae {kind}s)")
@@ -536,6 +538,7 @@ def _summary(constructor: Any) -> str:
 
 #: Listing commands: ``command -> (module, registry name, config key)``.
 _LISTINGS: dict[str, tuple[str, str, str]] = {
+    "models": ("pyro_vae.models.programs", "MODELS", "model.type"),
     "priors": ("pyro_vae.models.priors", "PRIORS", "model.prior.type"),
     "likelihoods": ("pyro_vae.models.likelihoods", "LIKELIHOODS", "model.likelihood.type"),
     "networks": ("pyro_vae.models.networks", "NETWORKS", "model.network.type"),

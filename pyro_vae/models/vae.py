@@ -155,7 +155,7 @@ def make_vae(
     prior: dict[str, Any] | None = None,
     likelihood: dict[str, Any] | None = None,
 ) -> VAE:
-    """Build a :class:`VAE` from registry specifications ``{"type": name, **params}``.
+    """The VAE program: a diagonal-Normal guide q(z | x) and the model p(z) p(x | z), from registry tables.
 
     Args:
         event_shape: shape of one data point, e.g. ``(28, 28)``.

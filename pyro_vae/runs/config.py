@@ -29,13 +29,14 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import tomllib
 import torch
+from torch import nn
 
 from pyro_vae.errors import ConfigError, renamed_errors
 from pyro_vae.infer.estimators import ESTIMATORS, check_estimator
 from pyro_vae.models.likelihoods import LIKELIHOODS
 from pyro_vae.models.networks import NETWORKS
 from pyro_vae.models.priors import PRIORS
-from pyro_vae.models.vae import VAE, make_vae
+from pyro_vae.models.programs import MODELS, build_program
 from pyro_vae.registry import AtLeast, AtMost, Registry, check_value
 from pyro_vae.training.annealing import KL_SCHEDULES, check_kl_schedule, make_kl_schedule
 from pyro_vae.training.data import Dataset, load_dataset
@@ -53,7 +54,7 @@ __all__ = [
     "toml_value",
     "config_names",
     "load_data",
-    "build_vae",
+    "build_model",
 ]
 
 
@@ -74,20 +75,37 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The VAE: latent size and the registry entries of its components."""
+    """The program: its name in :data:`~pyro_vae.models.programs.MODELS`, and what it is built from.
 
+    ``latent_dim`` and the component tables are the context a program's constructor may declare (the VAE
+    takes them all). The ``[model]`` table's other keys are the parameters of the program ``type`` names,
+    checked against its constructor's signature; they are held in ``params`` and written back flat.
+    """
+
+    type: str = "vae"
     latent_dim: Annotated[int, AtLeast(1)] = 10
     network: dict = field(default_factory=lambda: {"type": "mlp"})
     prior: dict = field(default_factory=lambda: {"type": "standard_normal"})
     likelihood: dict = field(default_factory=lambda: {"type": "bernoulli"})
     # modules imported before the components are looked up: the user's own, registered there (plugins)
     imports: list[str] = field(default_factory=list)
+    params: dict = field(default_factory=dict)
+
+    #: The field that collects the table's other keys (the program's own parameters).
+    extra_keys: ClassVar[str] = "params"
 
     def __post_init__(self) -> None:
         import_modules(self.imports)
         # Components are resolved with their defaults filled in, so a saved config is complete.
         for name, registry in _REGISTRIES.items():
             setattr(self, name, registry.validate(getattr(self, name), f"model.{name}"))
+        MODELS.get(self.type, "model.type")  # an unknown name is refused with the known ones
+        if self.params and not MODELS.parameters(self.type):  # a program without parameters: the VAE's own keys
+            unknown = sorted(self.params)[0]
+            allowed = ", ".join(f.name for f in dataclasses.fields(self) if f.name != self.extra_keys)
+            raise ConfigError(f"model.{unknown}: unknown key; allowed: {allowed}")
+        spec = MODELS.validate({**self.params, "type": self.type}, "model")
+        self.params = {k: v for k, v in spec.items() if k != "type"}
 
 
 @dataclass
@@ -203,13 +221,14 @@ def _key_paths() -> str:
 def _section(cls: type, values: Any, path: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"{path} must be a table (got {values!r})")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    extra = getattr(cls, "extra_keys", None)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != extra}
     unknown = sorted(set(values) - set(fields))
-    if unknown:
+    if unknown and extra is None:
         raise ConfigError(f"{path}.{unknown[0]}: unknown key; allowed: {', '.join(fields)}")
     hints = typing.get_type_hints(cls, include_extras=True)
-    resolved = {}
-    for name, value in values.items():
+    resolved: dict[str, Any] = {extra: {k: values[k] for k in unknown}} if extra else {}
+    for name, value in ((k, v) for k, v in values.items() if k in fields):
         # Component tables (dict) are checked by their registry when the section is built.
         resolved[name] = value if hints[name] is dict else check_value(value, hints[name], f"{path}.{name}")
     return cls(**resolved)
@@ -264,7 +283,10 @@ class Config:
         return config
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The config as nested tables, as a TOML file holds it (a program's own parameters in ``[model]``)."""
+        values = dataclasses.asdict(self)
+        values["model"].update(values["model"].pop(ModelConfig.extra_keys))
+        return values
 
     @classmethod
     def from_toml_string(cls, text: str, source: str = "config") -> Config:
@@ -322,7 +344,8 @@ def _to_toml(table: dict[str, Any], prefix: str = "") -> str:
 def set_key(values: dict[str, Any], key: str, value: Any) -> None:
     """Set ``values["a"]["b"] = value`` for ``key = "a.b"``, creating tables on the way.
 
-    Setting a component's ``type`` to a new name drops the old component's parameters.
+    Setting a component's ``type`` to a new name drops the old component's parameters (not the ``[model]``
+    table's: a new program keeps the latent size, components and imports it is given).
     """
     *parents, leaf = key.split(".")
     table = values
@@ -331,7 +354,7 @@ def set_key(values: dict[str, Any], key: str, value: Any) -> None:
         if not isinstance(table, dict):
             where = ".".join(parents[: i + 1])
             raise ConfigError(f"{key}: {where} is {table!r}, not a table; set {where} itself")
-    if leaf == "type" and table.get("type", value) != value:
+    if leaf == "type" and parents != ["model"] and table.get("type", value) != value:
         table.clear()
     table[leaf] = value
 
@@ -393,10 +416,11 @@ def load_data(config: Config, device: str | torch.device = "cpu") -> Dataset:
     )
 
 
-def build_vae(config: Config, event_shape: tuple[int, ...]) -> VAE:
-    """The (untrained) VAE a config describes, for data points of shape ``event_shape``."""
+def build_model(config: Config, event_shape: tuple[int, ...]) -> nn.Module:
+    """The (untrained) program a config describes (``model.type``), for data points of shape ``event_shape``."""
     m = config.model
-    return make_vae(event_shape, m.latent_dim, network=m.network, prior=m.prior, likelihood=m.likelihood)
+    context = {"latent_dim": m.latent_dim, "network": m.network, "prior": m.prior, "likelihood": m.likelihood}
+    return build_program({**m.params, "type": m.type}, "model", event_shape=tuple(event_shape), **context)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -27,14 +27,13 @@ from pyro_vae.infer.diagnostics import diagnostics
 from pyro_vae.infer.estimators import ESTIMATORS, check_estimator
 from pyro_vae.infer.marginal import log_likelihood
 from pyro_vae.infer.objectives import evaluate_bounds
-from pyro_vae.models.likelihoods import Likelihood
 from pyro_vae.runs.config import Config, load_data, resolve_device
-from pyro_vae.runs.folders import caption, load
+from pyro_vae.runs.folders import caption, density_note, loaded
 from pyro_vae.runs.plots import draw_pictures, plot_gradient_snr, plot_gradient_variance
 from pyro_vae.runs.storage import atomic_write
 from pyro_vae.training.data import Dataset
 
-__all__ = ["evaluate_run", "compare_run", "plot_run", "open_run", "density_note"]
+__all__ = ["evaluate_run", "compare_run", "plot_run", "open_run"]
 
 SPLITS = ("train", "test")
 
@@ -46,13 +45,13 @@ def open_run(run_dir: str | Path, device: str = "auto", data: dict | None = None
     now, e.g. ``{"data_root": "/new/place"}`` or ``{"dataset": "/new/place/points.npy"}``.
     """
     target = resolve_device(device)
-    vae, config = load(run_dir, target)
+    vae, config, shape = loaded(run_dir, target)
     config = _moved(config, data or {})
     data = load_data(config, target)
-    if tuple(data.event_shape) != tuple(vae.event_shape):
+    if tuple(data.event_shape) != shape:
         raise RunError(
             f"data set {data.name} has points of shape {data.event_shape} "
-            f"but the run was trained on {vae.event_shape}; "
+            f"but the run was trained on {shape}; "
             "restore data.dataset in its config.toml to the data it was trained on, or retrain on this one"
         )
     torch.manual_seed(config.train.seed)
@@ -67,12 +66,6 @@ def _moved(config: Config, data: dict) -> Config:
     values = config.to_dict()
     values["data"].update({k: str(v) for k, v in data.items() if v is not None})
     return Config.from_dict(values)
-
-
-def density_note(vae: nn.Module, x: Tensor) -> str | None:
-    """What the likelihood's values mean for ``x`` (a density of grey levels, say), for a program with one of ours."""
-    likelihood = getattr(vae, "likelihood", None)
-    return likelihood.density_note(x) if isinstance(likelihood, Likelihood) else None
 
 
 def _check_split(split: str) -> None:

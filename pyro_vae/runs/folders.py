@@ -1,4 +1,4 @@
-"""Run folders: train from a config into a folder, resume it, load a trained VAE back.
+"""Run folders: train from a config into a folder, resume it, load a trained program back.
 
 A run folder holds
 
@@ -34,12 +34,14 @@ from typing import Any
 
 import pyro
 import torch
+from torch import Tensor, nn
 
 from pyro_vae.errors import PyroVAEError, RunError, renamed_errors
-from pyro_vae.infer.objectives import check_free_bits_prior, evaluate_bounds
-from pyro_vae.models.vae import VAE
-from pyro_vae.runs.config import Config, TrainConfig, build_vae, config_names, load_data, resolve_device
-from pyro_vae.runs.plots import draw_pictures
+from pyro_vae.infer.estimators import has_fused_form
+from pyro_vae.infer.objectives import check_free_bits_prior, check_program, evaluate_bounds
+from pyro_vae.models.likelihoods import Likelihood
+from pyro_vae.runs.config import Config, TrainConfig, build_model, config_names, load_data, resolve_device
+from pyro_vae.runs.plots import draw_pictures, skipped_pictures
 from pyro_vae.runs.storage import (
     LOCK_FILE,
     WriteError,
@@ -66,7 +68,7 @@ from pyro_vae.training.loop import (
 )
 from pyro_vae.training.optim import shaped_by_length
 
-__all__ = ["train_run", "resume_run", "load", "load_snapshot", "snapshot_path", "caption", "RUN_FILES"]
+__all__ = ["train_run", "resume_run", "load", "loaded", "load_snapshot", "snapshot_path", "caption", "RUN_FILES"]
 
 RUN_FILES = ("config.toml", "checkpoint.pt")
 #: The model a run keeps when it has a validation set: the best epoch's (see ``train.early_stopping``).
@@ -121,6 +123,12 @@ def _clear_folder(out: Path) -> None:
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
+def density_note(vae: nn.Module, x: Tensor) -> str | None:
+    """What the likelihood's values mean for ``x`` (a density of grey levels, say), for a program with one of ours."""
+    likelihood = getattr(vae, "likelihood", None)
+    return likelihood.density_note(x) if isinstance(likelihood, Likelihood) else None
+
+
 def caption(config: Config) -> str:
     """The run's configuration in one line, printed under every picture."""
     m, t = config.model, config.train
@@ -132,10 +140,14 @@ def caption(config: Config) -> str:
     )
 
 
-def _state(vae: VAE, config: Config, state: TrainState) -> dict[str, Any]:
+def _header(config: Config, shape: tuple[int, ...]) -> dict[str, Any]:
+    """What every model file of a run starts with: the config, and the shape of a data point it was built for."""
+    return {"config": config.to_dict(), "event_shape": list(shape)}
+
+
+def _state(vae: nn.Module, config: Config, state: TrainState, shape: tuple[int, ...]) -> dict[str, Any]:
     return {
-        "config": config.to_dict(),
-        "event_shape": list(vae.event_shape),
+        **_header(config, shape),
         "epoch": state.epoch,
         "step": state.step,
         "model": vae.state_dict(),
@@ -150,7 +162,7 @@ def train_run(
     progress: bool = True,
     stop: Callable[[], int | None] | None = None,
 ) -> dict[str, Any]:
-    """Train the VAE of ``config`` into the run folder ``out`` and return the summary.
+    """Train the program of ``config`` into the run folder ``out`` and return the summary.
 
     ``stop`` is polled after every step (see :func:`~pyro_vae.training.loop.fit`); when it asks, the
     run writes a checkpoint that :func:`resume_run` continues, and raises
@@ -166,13 +178,14 @@ def train_run(
         main = distributed is None or distributed.is_main
         data = load_data(config, device)
         pyro.set_rng_seed(t.seed)  # the initial weights are part of what the seed fixes
-        vae = build_vae(config, data.event_shape).to(device)
+        vae = build_model(config, data.event_shape).to(device)
         initialize(vae, t.weight_init, t.output_bias_init, train=data.train)
         world_size = distributed.world_size if distributed else 1
         check_batch_size(t.batch_size, len(data.train) // world_size)
         check_data_parallel(distributed, t.jit, t.compile)
-        if t.free_bits:
-            check_free_bits_prior(vae)
+        if t.free_bits and has_fused_form(vae):
+            check_free_bits_prior(vae)  # in the prior's words
+        check_program(vae, data.train, t.elbo, t.free_bits)  # the contract, and what the estimator needs
         if t.log == "tensorboard":
             check_tensorboard()
         # (in a job, the processes agree on a stop at the first step)
@@ -269,7 +282,7 @@ def _continue(
     run_dir: Path,
     config: Config,
     data: Dataset,
-    vae: VAE,
+    vae: nn.Module,
     resume: TrainState,
     progress: bool,
     stop: Callable[[], int | None] | None,
@@ -281,7 +294,7 @@ def _continue(
         (run_dir / "summary.json").unlink(missing_ok=True)  # until it is written again, the run is not finished
         atomic_write(run_dir / "config.toml", config.to_toml())
         atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in resume.history))
-        _restore_best(run_dir, vae, config, resume)
+        _restore_best(run_dir, vae, config, resume, data.event_shape)
         if progress:
             device = next(vae.parameters()).device
             print(
@@ -372,7 +385,7 @@ def _train_into(
     out: Path,
     config: Config,
     data: Dataset,
-    vae: VAE,
+    vae: nn.Module,
     resume: TrainState | None,
     progress: bool,
     stop: Callable[[], int | None] | None,
@@ -402,7 +415,7 @@ def _train_into(
             **_fit_options(t),
             progress=progress,
             on_epoch=on_epoch if main else None,
-            on_checkpoint=_checkpointer(out, config, vae) if main else None,
+            on_checkpoint=_checkpointer(out, config, vae, data.event_shape) if main else None,
             resume=resume,
             stop=stop,
             distributed=distributed,
@@ -414,7 +427,7 @@ def _train_into(
     except TrainingInterrupted as e:
         if e.state is not None:
             if main:
-                save_checkpoint(checkpoint, _state(vae, config, e.state))
+                save_checkpoint(checkpoint, _state(vae, config, e.state, data.event_shape))
             e.checkpoint = checkpoint
         raise
     except (TrainingDiverged, WriteError) as e:
@@ -424,18 +437,18 @@ def _train_into(
             board.close()
 
 
-def _checkpointer(out: Path, config: Config, vae: VAE) -> Callable[[TrainState], None]:
+def _checkpointer(out: Path, config: Config, vae: nn.Module, shape: tuple[int, ...]) -> Callable[[TrainState], None]:
     """What a run writes after each epoch: its checkpoint as configured, its best model, its snapshots."""
     t = config.train
 
     def on_checkpoint(state: TrainState) -> None:
         last = state.epoch == t.epochs or 0 < t.early_stopping <= state.waited
         if last or (t.checkpoint_every and state.epoch % t.checkpoint_every == 0):
-            save_checkpoint(out / "checkpoint.pt", _state(vae, config, state))
+            save_checkpoint(out / "checkpoint.pt", _state(vae, config, state, shape))
         if state.best and state.best["epoch"] == state.epoch:
-            _save_best(out, vae, config, state.best)
+            _save_best(out, vae, config, state.best, shape)
         if state.epoch in t.snapshots:
-            _save_snapshot(out, vae, config, state)
+            _save_snapshot(out, vae, config, state, shape)
 
     return on_checkpoint
 
@@ -457,17 +470,17 @@ def _best(history: list[dict]) -> dict | None:
     return max(scored, key=lambda m: m["validation_elbo"]) if scored else None
 
 
-def _save_best(out: Path, vae: VAE, config: Config, best: dict[str, Any]) -> None:
+def _save_best(out: Path, vae: nn.Module, config: Config, best: dict[str, Any], shape: tuple[int, ...]) -> None:
     """``best.pt``: the parameters of epoch ``best["epoch"]``, ``best["model"]`` or else those ``vae`` holds."""
-    state = {"config": config.to_dict(), "event_shape": list(vae.event_shape), "epoch": best["epoch"]}
+    state = {**_header(config, shape), "epoch": best["epoch"]}
     model = best.get("model", vae.state_dict())
     save_checkpoint(out / BEST_FILE, {**state, "validation_elbo": best["value"], "model": model})
 
 
-def _restore_best(run_dir: Path, vae: VAE, config: Config, resume: TrainState) -> None:
+def _restore_best(run_dir: Path, vae: nn.Module, config: Config, resume: TrainState, shape: tuple[int, ...]) -> None:
     """Make ``best.pt`` that of the checkpoint being resumed: a run killed after it wrote a later one drops that."""
     if resume.best:
-        _save_best(run_dir, vae, config, resume.best)
+        _save_best(run_dir, vae, config, resume.best, shape)
     else:
         (run_dir / BEST_FILE).unlink(missing_ok=True)
 
@@ -477,16 +490,18 @@ def snapshot_path(run_dir: str | Path, epoch: int) -> Path:
     return Path(run_dir) / "snapshots" / f"epoch-{epoch:05d}.pt"
 
 
-def _save_snapshot(out: Path, vae: VAE, config: Config, state: TrainState) -> None:
+def _save_snapshot(out: Path, vae: nn.Module, config: Config, state: TrainState, shape: tuple[int, ...]) -> None:
     path = snapshot_path(out, state.epoch)
     path.parent.mkdir(exist_ok=True)
     train_seconds = sum(m["seconds"] for m in state.history)
-    snapshot = {"config": config.to_dict(), "event_shape": list(vae.event_shape), "epoch": state.epoch}
+    snapshot = {**_header(config, shape), "epoch": state.epoch}
     save_checkpoint(path, {**snapshot, "train_seconds": train_seconds, "model": vae.state_dict()})
 
 
-def load_snapshot(run_dir: str | Path, epoch: int, device: str | torch.device = "cpu") -> tuple[VAE, dict[str, Any]]:
-    """The VAE of a run after ``epoch`` (in eval mode) and its snapshot's ``epoch`` and ``train_seconds``."""
+def load_snapshot(
+    run_dir: str | Path, epoch: int, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The program of a run after ``epoch`` (in eval mode) and its snapshot's ``epoch`` and ``train_seconds``."""
     run_dir = Path(run_dir)
     _check_run(run_dir)
     config = Config.from_toml(run_dir / "config.toml")
@@ -509,7 +524,7 @@ def _summarize(
     out: Path,
     config: Config,
     data: Dataset,
-    vae: VAE,
+    vae: nn.Module,
     history: list[dict],
     distributed: Distributed | None,
 ) -> dict[str, Any]:
@@ -517,7 +532,7 @@ def _summarize(
     t = config.train
     best, seconds = _best(history), sum(m["seconds"] for m in history)
     if best is not None:  # fit left the best epoch's parameters in vae; written again for a run killed after them
-        _save_best(out, vae, config, {"epoch": best["epoch"], "value": best["validation_elbo"]})
+        _save_best(out, vae, config, {"epoch": best["epoch"], "value": best["validation_elbo"]}, data.event_shape)
     vae.eval()
     pictures = draw_pictures(vae, data, history, out, caption(config), t.seed)
     torch.manual_seed(t.seed)  # as evaluate_run does: `pyro-vae evaluate` reproduces these numbers in any one process
@@ -535,10 +550,11 @@ def _summarize(
         "train_objective": training_objective(t.elbo, t.beta, t.kl_warmup, t.free_bits),
         **{f"test_{k}": v for k, v in final.items() if k != "num_examples"},
         "path": history[-1]["path"],
-        "note": vae.likelihood.density_note(data.test),
+        "note": density_note(vae, data.test),
         "binarization": data.binarization_note("test"),
         "device": str(next(vae.parameters()).device),
         "processes": distributed.world_size if distributed else 1,
+        "pictures_skipped": skipped_pictures(vae, data),
         "files": [
             "config.toml",
             "metrics.jsonl",
@@ -566,8 +582,8 @@ def _check_run(run_dir: Path) -> None:
         )
 
 
-def load(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[VAE, Config]:
-    """The trained VAE of a run folder (in eval mode, on ``device``) and its config.
+def load(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Config]:
+    """The trained program of a run folder (in eval mode, on ``device``) and its config.
 
     The model is that of ``best.pt`` where the run kept one (a run with a validation set: the epoch
     with the best validation ELBO), else the last checkpoint's. A folder holding ``config.toml`` and
@@ -578,23 +594,30 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[VAE, 
         vae, config = load("runs/demo")
         images = vae.sample(16)  # shape (16, 8, 8)
     """
+    program, config, _ = loaded(run_dir, device)
+    return program, config
+
+
+def loaded(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Config, tuple[int, ...]]:
+    """:func:`load`, and the shape of the data points the program was trained on."""
     run_dir = Path(run_dir)
     _check_run(run_dir)
     config = Config.from_toml(run_dir / "config.toml")
     path = run_dir / BEST_FILE if (run_dir / BEST_FILE).is_file() else run_dir / "checkpoint.pt"
-    vae = _load_model(config, load_checkpoint(path), path)
-    return vae.to(device).eval(), config
+    state = load_checkpoint(path)
+    program = _load_model(config, state, path)
+    return program.to(device).eval(), config, tuple(state["event_shape"])
 
 
-def _load_model(config: Config, state: dict[str, Any], path: Path, run_dir: Path | None = None) -> VAE:
-    """The VAE of ``config`` with the parameters of the checkpoint ``state``, read from ``path`` in ``run_dir``."""
+def _load_model(config: Config, state: dict[str, Any], path: Path, run_dir: Path | None = None) -> nn.Module:
+    """The program of ``config`` with the parameters of the checkpoint ``state``, read from ``path`` in ``run_dir``."""
     missing = [key for key in ("event_shape", "model") if key not in state]
     if missing:
         raise RunError(
             f"checkpoint {path} has no {' or '.join(repr(k) for k in missing)}; "
             "it was not written by pyro-vae train: retrain"
         )
-    vae = build_vae(config, tuple(state["event_shape"]))
+    vae = build_model(config, tuple(state["event_shape"]))
     try:
         vae.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as e:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 from torch import Tensor, nn
 
 from pyro_vae.infer.estimators import has_fused_form
@@ -105,20 +106,23 @@ class _AtMeans(Messenger):
     """Each latent site of a guide takes its distribution's mean, where it has a finite one, instead of a draw."""
 
     def _pyro_sample(self, msg: dict[str, Any]) -> None:
-        if msg["is_observed"] or msg["done"]:
+        if msg["is_observed"] or msg["done"] or site_is_subsample(msg):
             return
         try:
             mean = msg["fn"].mean
-        except NotImplementedError:
+        except (NotImplementedError, AttributeError):
             return
         if mean.is_floating_point() and torch.isfinite(mean).all():
             msg["value"], msg["done"] = mean, True
 
 
 def _data_mean(model_trace: Any, x: Tensor) -> Tensor | None:
-    """The mean of the model's one observed site of ``x``'s shape, or ``None`` (no such site, or several)."""
-    sites = [s for s in observed_sites(model_trace) if tuple(s["value"].shape) == tuple(x.shape)]
-    return sites[0]["fn"].mean.detach() if len(sites) == 1 else None
+    """The mean of the model's one observed site of ``x`` (its values, perhaps reshaped), in ``x``'s shape.
+
+    ``None`` where no observed site, or more than one, holds as many values as ``x``.
+    """
+    sites = [s for s in observed_sites(model_trace) if s["value"].numel() == x.numel()]
+    return sites[0]["fn"].mean.detach().reshape(x.shape) if len(sites) == 1 else None
 
 
 @torch.no_grad()
