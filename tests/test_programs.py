@@ -510,3 +510,82 @@ def test_program_without_guide_refused(tool):
             pyro_vae.evaluate_elbo(_NoGuide(), x)
     msg = str(err.value)
     assert "\n" not in msg.strip() and "guide" in msg, msg
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 5. Scaling from outside: N/B and beta by effect handlers equal a program that scales itself
+# ------------------------------------------------------------------------------------------------------------
+
+
+class SelfScaling(TwoLayerGaussian):
+    """The same program, declaring ``num_data`` and ``beta`` and applying them itself, as ``VAE`` does."""
+
+    def model(self, x, num_data=None, beta=1.0):
+        with poutine.scale(scale=(num_data or len(x)) / len(x)), _latent_weight(beta):
+            super().model(x)
+
+    def guide(self, x, num_data=None, beta=1.0):
+        with poutine.scale(scale=(num_data or len(x)) / len(x)), _latent_weight(beta):
+            super().guide(x)
+
+
+def _latent_weight(beta):
+    """Scale (or mask, at 0) the latent sites by hand, with Pyro's own handlers applied to them alone."""
+    return _LatentOnly(poutine.mask(mask=False) if beta == 0 else poutine.scale(scale=beta))
+
+
+class _LatentOnly(poutine.messenger.Messenger):
+    """Passes latent sample sites (not the observed one, nor the plate's subsample site) to ``handler``."""
+
+    def __init__(self, handler):
+        super().__init__()
+        self.handler = handler
+
+    def _process_message(self, msg):
+        if msg["type"] == "sample" and not msg["is_observed"] and msg["name"] != "data":
+            self.handler._process_message(msg)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("estimator", ("mc", "analytic", "stl"))
+def test_scaling_from_outside_equals_a_program_that_scales_itself(estimator, beta):
+    x, guide = data(), wrong_guide(LG, "bottom_up")
+    plain, declared = TwoLayerGaussian(LG, guide), SelfScaling(LG, guide)
+    losses = []
+    for program in (plain, declared):
+        pyro.set_rng_seed(11)
+        loss = pyro_vae.Objective(program, estimator, num_particles=2, beta=beta)(x, num_data=7 * len(x))
+        grads = torch.autograd.grad(loss, list(program.parameters()), allow_unused=True)
+        losses.append((loss, grads))
+    (a, grads_a), (b, grads_b) = losses
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-10)
+    for g, h in zip(grads_a, grads_b):
+        assert (g is None) == (h is None) and (g is None or torch.allclose(g, h, rtol=1e-10, atol=1e-12))
+
+
+def test_a_bad_program_is_refused_before_a_run_folder_is_written(tmp_path):
+    from pyro_vae.runs.config import Config
+    from pyro_vae.runs.folders import train_run
+
+    class Global(nn.Module):
+        def __init__(self, event_shape: tuple) -> None:
+            super().__init__()
+            self.loc = nn.Parameter(torch.zeros(()))
+
+        def model(self, x):
+            g = pyro.sample("g_global", dist.Normal(self.loc, 1.0))
+            with pyro.plate("data", len(x), dim=-1):
+                pyro.sample("x", dist.Normal(g, 1.0).expand([len(x), x[0].numel()]).to_event(1), obs=x.flatten(1))
+
+        def guide(self, x):
+            pyro.sample("g_global", dist.Normal(self.loc, 1.0))
+
+    pyro_vae.MODELS.register("global_latent_test")(Global)
+    try:
+        config = Config.from_dict({"model": {"type": "global_latent_test"}, "train": {"epochs": 1}})
+        with pytest.raises(PyroVAEError) as error:
+            train_run(config, tmp_path / "run", progress=False)
+        assert "'g_global' is outside the data plate" in str(error.value) and "\n" not in str(error.value)
+        assert not (tmp_path / "run").exists()
+    finally:
+        pyro_vae.MODELS.unregister("global_latent_test")
