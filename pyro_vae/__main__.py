@@ -2,7 +2,7 @@
 
 import sys
 
-from pyro_vae.cli.main import main
+from pyro_vae.cli.main import entry
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pyro_vae.cli.signals import exit_status
+from pyro_vae.cli.signals import SIGNALS, exit_status
 from pyro_vae.errors import ConfigError, PyroVAEError, renamed_errors
 from pyro_vae.runs.config import Config, TrainConfig, apply_overrides, import_modules, set_key
 from pyro_vae.training.loop import TrainingInterrupted
@@ -407,6 +407,11 @@ def _train(args: argparse.Namespace) -> int:
             config = _train_config(args)
             out = args.out or Path("runs") / f"{Path(config.data.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
             summary = train_run(config, out, overwrite=args.overwrite, progress=not args.quiet, stop=stop)
+        return _report_run(summary)  # still recording signals: a late one has nothing left to stop
+
+
+def _report_run(summary: dict[str, Any]) -> int:
+    """What a finished run prints: where it is, its numbers, its files, and what to do next."""
     if not summary:  # a process of a data-parallel job other than process 0, which reports for all
         return 0
     tests = ", ".join(
@@ -653,5 +658,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def entry() -> int:
+    """The process's entry (``pyro-vae``, ``python -m pyro_vae``): :func:`main`, then SIGINT and SIGTERM ignored.
+
+    Once the command is done a signal has nothing left to stop; without this, one arriving while the
+    interpreter shuts down would end a finished run's process as killed.
+    """
+    status = main()
+    for s in SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    return status
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())
