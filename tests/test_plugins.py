@@ -176,8 +176,9 @@ def test_a_plugin_program_is_trained_evaluated_compared_plotted_and_resumed(tmp_
         assert set(result["sites"]) == {"z1", "z2"} and result["active_units"] == sum(
             site["active_units"] for site in result["sites"].values()
         )
-        for command in (["plot"], ["compare", "--repeats", "2", "--particles", "1"]):
+        for command in (["evaluate"], ["plot"], ["compare", "--repeats", "2", "--particles", "1"]):
             assert main([command[0], run, *command[1:]]) == 0, command  # no --import needed
+        assert (tmp_path / "run" / "samples.png").is_file()  # drawn by the program's own model, unconditioned
         assert main(["train", "--resume", run, "--epochs", "3", "--quiet"]) == 0
         assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
     finally:

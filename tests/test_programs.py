@@ -575,3 +575,16 @@ def test_a_bad_program_is_refused_before_a_run_folder_is_written(tmp_path):
         assert not (tmp_path / "run").exists()
     finally:
         pyro_vae.MODELS.unregister("global_latent_test")
+
+
+@pytest.mark.parametrize("order, defined", [("top_down", "z2"), ("bottom_up", None)])
+def test_diagnostics_per_site_and_where_the_mutual_information_is_defined(order, defined):
+    """Per-site reports; I(x; z) only for a site whose guide and prior depend on x alone (not on another draw)."""
+    x = data(200, seed=3)
+    prog = TwoLayerGaussian(LG, wrong_guide(LG, order))
+    report = pyro_vae.diagnostics(prog, x, num_samples=2)
+    assert set(report["sites"]) == {"z1", "z2"}
+    assert report["latent_dim"] == sum(site["latent_dim"] for site in report["sites"].values())
+    assert report["kl_total"] == pytest.approx(sum(site["kl_total"] for site in report["sites"].values()))
+    for name, site in report["sites"].items():
+        assert (site["mutual_information"] is not None) == (name == defined), (name, site["mutual_information"])

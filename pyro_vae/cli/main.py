@@ -488,19 +488,29 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _print_usage(result: dict[str, Any]) -> None:
-    """Is the latent code used? The diagnostics of ``evaluate``, a few lines."""
+    """Is the latent code used? The diagnostics of ``evaluate``, a few lines (a few more for each of several sites)."""
     print(
         f"latent code ({result['diagnostic_points']} points): {result['active_units']} of {result['latent_dim']} "
         f"dimensions active (variance of the posterior mean > {result['threshold']:g})"
     )
-    if result["kl_per_dim"] is not None:
-        ranked = sorted(result["kl_per_dim"], reverse=True)
+    _print_site_usage(result, "  ")
+    for name, site in result.get("sites", {}).items():
+        print(f"  site {name}: {site['active_units']} of {site['latent_dim']} dimensions active")
+        _print_site_usage(site, "    ")
+
+
+def _print_site_usage(report: dict[str, Any], indent: str) -> None:
+    if report["kl_per_dim"] is not None:
+        ranked = sorted(report["kl_per_dim"], reverse=True)
         shown = " ".join(f"{v:.2f}" for v in ranked[:8]) + (" ..." if len(ranked) > 8 else "")
-        print(f"  KL per dimension ({result['kl_method'].replace('_', ' ')}), largest first: {shown} nats")
+        print(f"{indent}KL per dimension ({report['kl_method'].replace('_', ' ')}), largest first: {shown} nats")
+    if report["mutual_information"] is None:
+        print(f"{indent}KL {report['kl_total']:.3f} nats per point ({report['kl_total_method'].replace('_', ' ')})")
+        return
     print(
-        f"  KL {result['kl_total']:.3f} = mutual information I(x; z) {result['mutual_information']:.3f} "
-        f"± {result['mutual_information_se']:.3f} + marginal KL(q(z) || p(z)) {result['marginal_kl']:.3f} "
-        f"± {result['marginal_kl_se']:.3f} nats per point"
+        f"{indent}KL {report['kl_total']:.3f} = mutual information I(x; z) {report['mutual_information']:.3f} "
+        f"± {report['mutual_information_se']:.3f} + marginal KL(q(z) || p(z)) {report['marginal_kl']:.3f} "
+        f"± {report['marginal_kl_se']:.3f} nats per point"
     )
 
 

@@ -218,6 +218,7 @@ def _leaf_traces(model: Callable, guide: Callable, batch: tuple, kwargs: dict) -
         site = guide_trace.nodes[name]
         if _floating(site["value"]):
             site["value"] = leaves[name] = site["value"].detach().requires_grad_()
+    guide_trace = poutine.trace(poutine.replay(guide, trace=guide_trace)).get_trace(*batch, **kwargs)  # on the leaves
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*batch, **kwargs)
     check_sites(guide_trace, model_trace)
     return guide_trace, model_trace, leaves

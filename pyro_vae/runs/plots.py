@@ -22,7 +22,7 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor, nn
 
 from pyro_vae.infer.estimators import has_fused_form
-from pyro_vae.infer.program import latent_sites, observed_sites, traces
+from pyro_vae.infer.program import latent_sites, sample_sites, traces
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs.storage import atomic_write
 from pyro_vae.training.data import Dataset
@@ -119,9 +119,11 @@ class _AtMeans(Messenger):
 def _data_mean(model_trace: Any, x: Tensor) -> Tensor | None:
     """The mean of the model's one observed site of ``x`` (its values, perhaps reshaped), in ``x``'s shape.
 
-    ``None`` where no observed site, or more than one, holds as many values as ``x``.
+    ``None`` where no observed site (or one unconditioned, for samples), or more than one, holds as many values as
+    ``x``.
     """
-    sites = [s for s in observed_sites(model_trace) if s["value"].numel() == x.numel()]
+    observed = [s for s in sample_sites(model_trace) if s["is_observed"] or s["infer"].get("was_observed")]
+    sites = [s for s in observed if s["value"].numel() == x.numel()]
     return sites[0]["fn"].mean.detach().reshape(x.shape) if len(sites) == 1 else None
 
 
