@@ -588,3 +588,49 @@ def test_diagnostics_per_site_and_where_the_mutual_information_is_defined(order,
     assert report["kl_total"] == pytest.approx(sum(site["kl_total"] for site in report["sites"].values()))
     for name, site in report["sites"].items():
         assert (site["mutual_information"] is not None) == (name == defined), (name, site["mutual_information"])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 6. The other tools on programs: compare, pictures' posterior means, Pyro's JIT
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_compare_skips_the_estimators_a_program_cannot_take_and_counts_unused_parameters_as_zero():
+    m = Mixture("wrong")
+    m.unused = nn.Parameter(torch.zeros(3, dtype=DT))  # reached by no site: a zero gradient, not a crash
+    result = pyro_vae.compare_estimators(m, m.sample_x(20), particles=(1,), repeats=3)
+    assert [row["estimator"] for row in result["rows"]] == ["mc"]
+    assert set(result["skipped"]) == {"analytic", "stl", "iwae", "dreg"}
+    assert all("'label'" in why for why in result["skipped"].values())
+    with pytest.raises(PyroVAEError, match="'label'"):  # asked for by name: refused in one line
+        pyro_vae.compare_estimators(m, m.sample_x(20), particles=(1,), repeats=3, estimators=["stl"])
+
+
+def test_posterior_means_of_a_program_with_several_latent_sites_are_refused_in_one_line():
+    from pyro_vae.runs.plots import posterior_means
+
+    with pytest.raises(PyroVAEError, match="one latent site; this one has 2"):
+        posterior_means(TwoLayerGaussian(LG, wrong_guide(LG, "top_down")), data())
+
+
+class _Registered(TwoLayerGaussian):
+    """Registers its parameters with Pyro under a fixed name, as many user programs do."""
+
+    def model(self, x):
+        pyro.module("fixed_name", self)
+        super().model(x)
+
+    def guide(self, x):
+        pyro.module("fixed_name", self)
+        super().guide(x)
+
+
+def test_the_jit_refuses_a_param_store_holding_another_modules_parameters_under_the_same_name():
+    pyro.clear_param_store()
+    guide = wrong_guide(LG, "top_down")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's warnings about Python values taken from tensors
+        pyro_vae.Objective(_Registered(LG, guide), "mc", jit=True)(data())
+        with pytest.raises(PyroVAEError, match="param store holds 'fixed_name\\$\\$\\$"):
+            pyro_vae.Objective(_Registered(LG, guide), "mc", jit=True)(data())
+    pyro.clear_param_store()

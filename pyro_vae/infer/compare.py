@@ -27,8 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pyro_vae.errors import ConfigError
 from pyro_vae.infer.estimators import ESTIMATORS, check_estimator
-from pyro_vae.infer.objectives import Objective, kl_methods
+from pyro_vae.infer.objectives import Objective, check_program, kl_methods
 
 __all__ = ["compare_estimators", "parameter_groups", "format_comparison", "snr_slopes"]
 
@@ -89,7 +90,10 @@ def _estimates(vae: nn.Module, x: Tensor, estimator: str, num_particles: int, re
         values.append(-loss.item())
         for name, params in groups.items():
             if params:
-                moments[name].add(torch.cat([p.grad.flatten() for p in params]))
+                # a parameter the loss does not reach (unused by this program's sites) has a zero gradient
+                moments[name].add(
+                    torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+                )
     vae.zero_grad(set_to_none=True)
     v = torch.tensor(values, dtype=torch.float64)
     stats = {name: m.summary() for name, m in moments.items()}
@@ -141,7 +145,8 @@ def compare_estimators(
         particles: numbers of particles :math:`L` to compare.
         repeats: independent estimates per estimator and :math:`L`; standard errors and
             variances are over these.
-        estimators: names from :data:`~pyro_vae.infer.estimators.ESTIMATORS` (default: all of them).
+        estimators: names from :data:`~pyro_vae.infer.estimators.ESTIMATORS` (default: every one that can treat
+            the program; the others are listed under ``skipped`` with why, e.g. a discrete site for ``stl``).
 
     Returns:
         ``{"kl": {site: "closed_form" | "sampled"}, "rows": [...], "agreement": [...]}``: ``kl``
@@ -153,9 +158,20 @@ def compare_estimators(
     """
     if repeats < 2:
         raise ValueError(f"repeats must be >= 2 to estimate a variance (got {repeats})")
-    names = list(estimators) if estimators else list(ESTIMATORS)
-    for name in names:
-        check_estimator(name)
+    skipped: dict[str, str] = {}
+    if estimators:
+        names = list(estimators)
+        for name in names:
+            check_estimator(name)
+            check_program(vae, x, name)
+    else:  # every registered estimator that can treat this program
+        names = []
+        for name in ESTIMATORS:
+            try:
+                check_program(vae, x, name)
+                names.append(name)
+            except ConfigError as e:
+                skipped[name] = str(e)
     rows = [_estimates(vae, x, name, num_particles, repeats) for num_particles in particles for name in names]
     agreement = [_agreement(rows, num_particles, names) for num_particles in particles]
     return {
@@ -164,6 +180,7 @@ def compare_estimators(
         "repeats": repeats,
         "rows": rows,
         "agreement": [a for pairs in agreement for a in pairs],
+        "skipped": skipped,
     }
 
 
@@ -202,6 +219,8 @@ def format_comparison(result: dict[str, Any]) -> str:
         f"batch of {result['num_examples']} points, {result['repeats']} repeats per row; bound in nats per point; "
         "var: total gradient variance over the group's coordinates; snr: mean over coordinates of |E g| / std",
     ]
+    for name, why in result.get("skipped", {}).items():
+        lines.append(f"{name} skipped: {why}")
     sampled = [site for site, how in result["kl"].items() if how == "sampled"]
     if sampled:
         lines.append(

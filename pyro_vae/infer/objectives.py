@@ -228,6 +228,8 @@ class Objective:
             return self._fused(x, num_data)
         if not self._checked:
             check_program(self.vae, x, self.name, self.free_bits)
+            if self.jit:
+                _check_param_store(self.vae, x)
             self._checked = True
         with warnings.catch_warnings():
             # Pyro's JIT runs on torch.jit.trace, which torch 2.x marks deprecated but still supports.
@@ -247,6 +249,26 @@ def check_free_bits_prior(vae: VAE) -> None:
             "or {free_bits=}0",
             "free_bits",
         )
+
+
+def _check_param_store(vae: nn.Module, x: Tensor) -> None:
+    """A :class:`ConfigError` where Pyro's param store holds another module's parameter under this program's name.
+
+    Pyro's JIT reads the parameters from the store; one left there by an earlier module registered with the same
+    ``pyro.module`` name would be read instead of the program's own.
+    """
+    with kept_rng(x):
+        guide_trace, model_trace = traces(vae, x[:2])
+    own = {id(p) for p in vae.parameters()}
+    for trace in (guide_trace, model_trace):
+        for site in trace.nodes.values():
+            if site["type"] == "param" and "$$$" in site["name"] and id(site["value"]) not in own:
+                raise ConfigError(
+                    f"{{jit}}: Pyro's param store holds {site['name']!r} of another module registered under the "
+                    "same pyro.module name, which the JIT would read instead of this program's; give pyro.module "
+                    "a name unique to each instance, or call pyro.clear_param_store() first",
+                    "jit",
+                )
 
 
 def check_program(vae: nn.Module, x: Tensor, estimator: str = "mc", free_bits: float = 0.0) -> None:

@@ -21,6 +21,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor, nn
 
+from pyro_vae.errors import ConfigError
 from pyro_vae.infer.estimators import has_fused_form
 from pyro_vae.infer.program import latent_sites, sample_sites, traces
 from pyro_vae.models.vae import VAE
@@ -356,7 +357,10 @@ def posterior_means(vae: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor
 
 def _site_mean(vae: nn.Module, x: Tensor) -> Tensor:
     guide_trace, _ = traces(vae, x)
-    (name,) = latent_sites(guide_trace)
+    sites = latent_sites(guide_trace)
+    if len(sites) != 1:
+        raise ConfigError(f"posterior means are drawn for a program of one latent site; this one has {len(sites)}")
+    (name,) = sites
     return guide_trace.nodes[name]["fn"].mean.reshape(len(x), -1)
 
 
