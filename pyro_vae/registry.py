@@ -195,8 +195,8 @@ def _where(constructor: Any) -> str:
 
 
 def _plain(value: Any) -> Any:
-    """Defaults as they appear in a config file (tuples become lists)."""
-    return list(value) if isinstance(value, tuple) else value
+    """Defaults as they appear in a config file (tuples become lists, nested ones too)."""
+    return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
 
 
 def check_value(value: Any, annotation: Any, path: str) -> Any:

@@ -41,6 +41,7 @@ from typing import Any
 from torch import nn
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.models.hierarchical import Hierarchical
 from pyro_vae.models.vae import make_vae
 from pyro_vae.registry import Registry
 
@@ -51,6 +52,7 @@ MODELS: Registry = Registry(
     "model", context=("event_shape", "latent_dim", "network", "prior", "likelihood"), group="pyro_vae.models"
 )
 MODELS.register("vae")(make_vae)
+MODELS.register("hierarchical")(Hierarchical)
 
 
 def check_methods(program: Any) -> None:
