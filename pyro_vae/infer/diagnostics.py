@@ -72,7 +72,7 @@ from torch.distributions import Distribution, Independent, Normal
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer.estimators import has_fused_form
-from pyro_vae.infer.program import closed_form_sites, conditioned_sites, kept_rng, latent_sites, traces
+from pyro_vae.infer.program import SiteStructure, device_of, finite_mean, kept_rng, latent_sites, site_structure, traces
 from pyro_vae.models.kl import closed_form_kl, per_dimension
 
 __all__ = [
@@ -141,8 +141,7 @@ def _encode(vae: nn.Module, x: Tensor, batch_size: int) -> tuple[Tensor, Tensor]
 
     Each batch moves to the model's device, so a large ``x`` may stay in host memory.
     """
-    tensor = next(iter([*vae.parameters(), *vae.buffers()]), None)
-    device = x.device if tensor is None else tensor.device
+    device = device_of(vae, x)
     locs, scales = zip(*(vae.encoder(xb.to(device)) for xb in x.split(batch_size)))
     return torch.cat(locs), torch.cat(scales)
 
@@ -248,33 +247,36 @@ class _Parts:
             loc, scale = (torch.broadcast_to(t, v.shape)[0] for t in (base.loc, base.scale))
             self.normal.append((loc, scale, v, q.log_prob(v), p.log_prob(v)))
 
-    def site(self, closed_form: bool, given_x: bool, surgery: bool) -> _Site:
-        exact = closed_form and given_x  # a closed form that depends on no other draw: exact given x
-        kl = torch.cat(self.kl)
-        total = Estimate(kl.double().mean(0), None, "closed_form") if exact else _mean(kl)
-        if closed_form and not exact:
-            total = total._replace(method="closed_form")
-        dims = None if any(d is None for d in self.dims) else torch.cat(self.dims)
-        per_dim = None if dims is None else (Estimate(dims.mean(0), None, "closed_form") if exact else _mean(dims))
-        if per_dim is not None and closed_form:
-            per_dim = per_dim._replace(method="closed_form")
-        defined = surgery and given_x and len(self.normal) == len(self.kl)
-        return _Site(torch.cat(self.means), per_dim, total, _traced_surgery(self.normal) if defined else None)
+    def site(self, structure: SiteStructure, surgery: bool) -> _Site:
+        method = "closed_form" if structure.closed_form else "sampled"
+        exact = structure.closed_form and not structure.conditioned  # depends on no other draw: exact given x
+        per_dim = None if any(d is None for d in self.dims) else self._estimate(torch.cat(self.dims), exact, method)
+        defined = surgery and not structure.conditioned and len(self.normal) == len(self.kl)
+        return _Site(
+            torch.cat(self.means),
+            per_dim,
+            self._estimate(torch.cat(self.kl), exact, method),
+            _traced_surgery(self.normal) if defined else None,
+        )
+
+    @staticmethod
+    def _estimate(terms: Tensor, exact: bool, method: str) -> Estimate:
+        """The mean of per-point terms: with no standard error where exact given x, else with its own."""
+        return Estimate(terms.double().mean(0), None, method) if exact else _mean(terms)._replace(method=method)
 
 
 def _traced_sites(vae: nn.Module, x: Tensor, num_samples: int, batch_size: int, surgery: bool) -> dict[str, _Site]:
     """Every latent site of any program, from Pyro traces of ``batch_size`` points at a time."""
-    device = _device(vae, x)
+    device = device_of(vae, x)
     first = x[:2].to(device)
     with kept_rng(first):
-        closed, conditioned = (f(vae.model, vae.guide, first) for f in (closed_form_sites, conditioned_sites))
-        closed, conditioned = dict(closed), dict(conditioned)
-    parts = {name: _Parts() for name in closed}
+        structure = site_structure(vae.model, vae.guide, first)
+    parts = {name: _Parts() for name in structure}
     for xb in x.split(batch_size):
         guide_trace, model_trace = traces(vae, xb.to(device), num_particles=num_samples)
         for name in latent_sites(guide_trace):
-            parts[name].add(guide_trace.nodes[name], model_trace.nodes[name], closed[name])
-    return {name: part.site(closed[name], not conditioned[name], surgery) for name, part in parts.items()}
+            parts[name].add(guide_trace.nodes[name], model_trace.nodes[name], structure[name].closed_form)
+    return {name: part.site(structure[name], surgery) for name, part in parts.items()}
 
 
 def _sites(vae: nn.Module, x: Tensor, num_samples: int, batch_size: int, surgery: bool = True) -> dict[str, _Site]:
@@ -282,21 +284,12 @@ def _sites(vae: nn.Module, x: Tensor, num_samples: int, batch_size: int, surgery
     return reader(vae, x, num_samples, batch_size, surgery)
 
 
-def _device(vae: nn.Module, x: Tensor) -> torch.device:
-    tensor = next(iter([*vae.parameters(), *vae.buffers()]), None)
-    return x.device if tensor is None else tensor.device
-
-
 def _posterior_mean(q: Distribution, value: Tensor) -> Tensor:
     """The guide's mean at each draw, or the draw itself where the distribution has no finite mean (a label)."""
-    try:
-        mean = q.mean
-    except NotImplementedError:
-        mean = None
-    if mean is None or not torch.isfinite(mean).all():
-        mean = value
+    mean = finite_mean(q)
+    mean = value if mean is None else mean
     return torch.broadcast_to(mean, value.shape).to(
-        torch.get_default_dtype() if not mean.is_floating_point() else mean.dtype
+        mean.dtype if mean.is_floating_point() else torch.get_default_dtype()
     )
 
 

@@ -87,6 +87,7 @@ __all__ = [
     "make_estimator",
     "FUSED_PROGRAMS",
     "has_fused_form",
+    "log_weight",
     "check_estimator",
     "reported_with",
     "value_name",
@@ -112,6 +113,12 @@ def has_fused_form(program: Any) -> bool:
     """
     cls = type(program)
     return cls in FUSED_PROGRAMS and not any(callable(v) and hasattr(cls, k) for k, v in vars(program).items())
+
+
+def log_weight(terms: dict[str, Tensor]) -> Tensor:
+    r""":math:`\log p(x, z) - \log q(z \mid x)` per particle and data point, from the terms of
+    :func:`~pyro_vae.infer.objectives.elbo_terms`: the sampled ELBO's term, and an importance weight's log."""
+    return terms["log_likelihood"] + terms["log_prior"] - terms["log_q"]
 
 
 def _name(cls: type) -> str:
@@ -263,7 +270,7 @@ class Estimator:
         """The estimate for each data point, shape ``(batch,)``, from :func:`pyro_vae.infer.objectives.elbo_terms`."""
         if self.closed_form_kl:
             return (terms["log_likelihood"] - terms["kl"]).mean(0)
-        return (terms["log_likelihood"] + terms["log_prior"] - terms["log_q"]).mean(0)
+        return log_weight(terms).mean(0)
 
 
 @ESTIMATORS.register("mc")
@@ -349,7 +356,7 @@ class IWAE(Estimator):
         return bound * (-(num_data if num_data is not None else batch) / batch)
 
     def per_example(self, terms: dict[str, Tensor]) -> Tensor:
-        log_w = terms["log_likelihood"] + terms["log_prior"] - terms["log_q"]
+        log_w = log_weight(terms)
         return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
 
 

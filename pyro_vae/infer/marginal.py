@@ -29,9 +29,9 @@ import torch
 from torch import Tensor, nn
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.infer.estimators import has_fused_form
+from pyro_vae.infer.estimators import has_fused_form, log_weight
 from pyro_vae.infer.objectives import elbo_terms
-from pyro_vae.infer.program import check_methods, kept_rng, sample_sites, traces
+from pyro_vae.infer.program import check_methods, kept_rng, observed_sites, sample_sites, traces
 
 __all__ = ["log_weights", "log_likelihood", "iwae_bound", "DECODER_ELEMENTS"]
 
@@ -66,20 +66,14 @@ def _sampler(vae: nn.Module, x: Tensor) -> Callable[[int], Tensor]:
 
 
 def _traced_log_weights(vae: nn.Module, x: Tensor, num_samples: int) -> Tensor:
-    terms = elbo_terms(vae, x, num_samples, closed_form={})
-    return terms["log_likelihood"] + terms["log_prior"] - terms["log_q"]
+    return log_weight(elbo_terms(vae, x, num_samples, closed_form={}))
 
 
-def _chunk(vae: nn.Module, x: Tensor) -> int:
-    """Draws per pass: :data:`DECODER_ELEMENTS` over the size of one draw's observed values for the batch."""
-    with kept_rng(x):
-        guide_trace, model_trace = traces(vae, x[:1])
-    size = sum(s["value"].numel() for s in sample_sites(model_trace) if s["is_observed"]) or 1
-    return max(1, DECODER_ELEMENTS // (len(x) * size))
+def _point_size(vae: nn.Module, x: Tensor) -> int:
+    """How many values one data point's observed sites hold, from one run of the program on ``x[:1]``.
 
-
-def _check_unweighted(vae: nn.Module, x: Tensor) -> None:
-    """A :class:`ConfigError` for a site whose log-density the program weights: log p(x) needs them as they are."""
+    A :class:`ConfigError` for a site whose log-density the program weights: log p(x) needs them as they are.
+    """
     with kept_rng(x):
         guide_trace, model_trace = traces(vae, x[:1])
     for site in sample_sites(guide_trace) + sample_sites(model_trace):
@@ -88,6 +82,7 @@ def _check_unweighted(vae: nn.Module, x: Tensor) -> None:
                 f"site {site['name']!r} is scaled or masked in the program; log p(x) needs every site's "
                 "density unweighted: drop the poutine.scale or mask there"
             )
+    return sum(site["value"].numel() for site in observed_sites(model_trace)) or 1
 
 
 @torch.no_grad()
@@ -110,10 +105,10 @@ def log_likelihood(vae: nn.Module, x: Tensor, num_samples: int = 1000, batch_siz
     was_training = vae.training
     vae.eval()
     try:
-        _check_unweighted(vae, x)
+        size = _point_size(vae, x)
         out = []
         for xb in x.split(batch_size):
-            chunk, draw = _chunk(vae, xb), _sampler(vae, xb)
+            chunk, draw = max(1, DECODER_ELEMENTS // (len(xb) * size)), _sampler(vae, xb)
             total = None  # running log-sum-exp over the chunks
             for start in range(0, num_samples, chunk):
                 lse = torch.logsumexp(draw(min(chunk, num_samples - start)), dim=0)

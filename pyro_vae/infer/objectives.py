@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO
+from pyro.poutine.trace_struct import Trace
 from torch import Tensor, nn
 
 from pyro_vae.errors import ConfigError
@@ -227,9 +228,7 @@ class Objective:
         if self.fused:
             return self._fused(x, num_data)
         if not self._checked:
-            check_program(self.vae, x, self.name, self.free_bits)
-            if self.jit:
-                _check_param_store(self.vae, x)
+            check_program(self.vae, x, self.name, self.free_bits, jit=self.jit)
             self._checked = True
         with warnings.catch_warnings():
             # Pyro's JIT runs on torch.jit.trace, which torch 2.x marks deprecated but still supports.
@@ -251,14 +250,12 @@ def check_free_bits_prior(vae: VAE) -> None:
         )
 
 
-def _check_param_store(vae: nn.Module, x: Tensor) -> None:
+def _check_param_store(vae: nn.Module, guide_trace: Trace, model_trace: Trace) -> None:
     """A :class:`ConfigError` where Pyro's param store holds another module's parameter under this program's name.
 
     Pyro's JIT reads the parameters from the store; one left there by an earlier module registered with the same
     ``pyro.module`` name would be read instead of the program's own.
     """
-    with kept_rng(x):
-        guide_trace, model_trace = traces(vae, x[:2])
     own = {id(p) for p in vae.parameters()}
     for trace in (guide_trace, model_trace):
         for site in trace.nodes.values():
@@ -271,15 +268,18 @@ def _check_param_store(vae: nn.Module, x: Tensor) -> None:
                 )
 
 
-def check_program(vae: nn.Module, x: Tensor, estimator: str = "mc", free_bits: float = 0.0) -> None:
+def check_program(vae: nn.Module, x: Tensor, estimator: str = "mc", free_bits: float = 0.0, jit: bool = False) -> None:
     """A one-line :class:`ConfigError` for a program that breaks the contract, or that ``estimator`` cannot train.
 
     The contract (:mod:`pyro_vae.infer.program`) is checked on a run of the first two points of ``x``; then what
     the estimator needs of every latent site (:meth:`~pyro_vae.infer.estimators.Estimator.check_site`), and, with
-    ``free_bits``, a KL term per latent dimension: guide and model distributions that are products over dimensions.
+    ``free_bits``, a KL term per latent dimension: guide and model distributions that are products over dimensions;
+    with ``jit``, that Pyro's param store holds the program's own parameters.
     """
     with kept_rng(x):
         guide_trace, model_trace = traces(vae, x[:2])
+    if jit:
+        _check_param_store(vae, guide_trace, model_trace)
     chosen = ESTIMATORS.get(estimator)
     for name in latent_sites(guide_trace):
         chosen.check_site(guide_trace.nodes[name])

@@ -47,7 +47,7 @@ import contextlib
 import functools
 import inspect
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyro
 import torch
@@ -72,8 +72,11 @@ __all__ = [
     "observed_sites",
     "check_sites",
     "per_point",
+    "SiteStructure",
+    "site_structure",
     "closed_form_sites",
-    "conditioned_sites",
+    "finite_mean",
+    "device_of",
     "kept_rng",
 ]
 
@@ -229,6 +232,39 @@ def _density(site: dict[str, Any]) -> Tensor:
     return site["fn"].log_prob(site["value"].detach())
 
 
+class SiteStructure(NamedTuple):
+    """What one run of a program tells of a latent site: read once, used by the analytic KL and the diagnostics."""
+
+    closed_form: bool  #: its KL term is exact in closed form (see :func:`closed_form_sites`)
+    conditioned: bool  #: its guide or model distribution depends on another latent draw (else on x alone)
+
+
+def site_structure(model: Callable, guide: Callable, *batch: Tensor, **kwargs: Any) -> dict[str, SiteStructure]:
+    """Each latent site's :class:`SiteStructure`, in the guide's order, from one run on two data points.
+
+    Dependence is read by autograd, with the guide's continuous draws made leaves (the guide replayed on them);
+    a discrete draw is assumed to be depended on: by a site the guide draws before it (whose closed form is then
+    not taken: exact, only noisier) and by every other site (conditioned).
+    """
+    with torch.enable_grad():
+        guide_trace, model_trace, leaves = _leaf_traces(model, guide, batch, kwargs)
+        order = latent_sites(guide_trace)
+        out = {}
+        for i, name in enumerate(order):
+            later, others = order[i + 1 :], [n for n in order if n != name]
+            prior = _density(model_trace.nodes[name])
+            closed = (
+                closed_form_kl(guide_trace.nodes[name]["fn"], model_trace.nodes[name]["fn"]) is not None
+                and all(n in leaves for n in later)
+                and not _depends(prior, [leaves[n] for n in later])
+            )
+            conditioned = any(n not in leaves for n in others) or _depends(
+                _density(guide_trace.nodes[name]).sum() + prior.sum(), [leaves[n] for n in others]
+            )
+            out[name] = SiteStructure(closed, conditioned)
+    return out
+
+
 def closed_form_sites(model: Callable, guide: Callable, *batch: Tensor, **kwargs: Any) -> dict[str, bool]:
     r"""Whether each latent site's KL term is exact in closed form, in the guide's order: the analytic choice.
 
@@ -240,44 +276,29 @@ def closed_form_sites(model: Callable, guide: Callable, *batch: Tensor, **kwargs
 
     A bottom-up guide breaks the second: it draws :math:`z_1 \sim q(z_1\mid x)` before :math:`z_2`, while
     :math:`p(z_1\mid z_2)` depends on :math:`z_2`; the KL at the sampled :math:`z_2` is then biased, and the
-    term is sampled instead. Dependence is read by autograd from one run on two data points, with the guide's
-    continuous draws made leaves; a discrete draw later in the guide is assumed to be depended on (the term
-    is then sampled: exact, only noisier).
+    term is sampled instead. Dependence is read as :func:`site_structure` reads it.
     """
-    with torch.enable_grad():
-        guide_trace, model_trace, leaves = _leaf_traces(model, guide, batch, kwargs)
-        order = latent_sites(guide_trace)
-        exact = {}
-        for i, name in enumerate(order):
-            later = order[i + 1 :]
-            exact[name] = (
-                closed_form_kl(guide_trace.nodes[name]["fn"], model_trace.nodes[name]["fn"]) is not None
-                and all(n in leaves for n in later)
-                and not _depends(_density(model_trace.nodes[name]), [leaves[n] for n in later])
-            )
-    return exact
+    return {name: s.closed_form for name, s in site_structure(model, guide, *batch, **kwargs).items()}
 
 
-def conditioned_sites(model: Callable, guide: Callable, *batch: Tensor, **kwargs: Any) -> dict[str, bool]:
-    """Whether each latent site's guide or model distribution depends on another latent draw (else on ``x`` alone).
+def finite_mean(fn: Any) -> Tensor | None:
+    """A distribution's mean where it has a finite, floating-point one (a label's Categorical has none)."""
+    try:
+        mean = fn.mean
+    except (NotImplementedError, AttributeError):
+        return None
+    return mean if mean.is_floating_point() and bool(torch.isfinite(mean).all()) else None
 
-    Read as :func:`closed_form_sites` reads dependence; a program with a discrete latent site counts every
-    other site as conditioned on it.
-    """
-    with torch.enable_grad():
-        guide_trace, model_trace, leaves = _leaf_traces(model, guide, batch, kwargs)
-        order = latent_sites(guide_trace)
-        out = {}
-        for name in order:
-            others = [leaves[n] for n in order if n != name and n in leaves]
-            discrete = any(n not in leaves for n in order if n != name)
-            densities = _density(guide_trace.nodes[name]).sum() + _density(model_trace.nodes[name]).sum()
-            out[name] = discrete or _depends(densities, others)
-    return out
+
+def device_of(program: nn.Module, default: Tensor) -> torch.device:
+    """Where a program's parameters (or buffers) are; ``default``'s device for one that has none."""
+    tensor = next(iter([*program.parameters(), *program.buffers()]), default)
+    return tensor.device
 
 
 def _depends(output: Tensor, inputs: list[Tensor]) -> bool:
     """Whether ``output`` is a function of any of ``inputs`` (leaves), by autograd's graph."""
     if not inputs or not output.requires_grad:
         return False
-    return any(g is not None for g in torch.autograd.grad(output.sum(), inputs, allow_unused=True))
+    grads = torch.autograd.grad(output.sum(), inputs, allow_unused=True, retain_graph=True)  # read twice a site
+    return any(g is not None for g in grads)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer.estimators import has_fused_form
-from pyro_vae.infer.program import latent_sites, sample_sites, traces
+from pyro_vae.infer.program import device_of, finite_mean, latent_sites, sample_sites, traces
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs.storage import atomic_write
 from pyro_vae.training.data import Dataset
@@ -109,11 +109,8 @@ class _AtMeans(Messenger):
     def _pyro_sample(self, msg: dict[str, Any]) -> None:
         if msg["is_observed"] or msg["done"] or site_is_subsample(msg):
             return
-        try:
-            mean = msg["fn"].mean
-        except (NotImplementedError, AttributeError):
-            return
-        if mean.is_floating_point() and torch.isfinite(mean).all():
+        mean = finite_mean(msg["fn"])
+        if mean is not None:
             msg["value"], msg["done"] = mean, True
 
 
@@ -374,17 +371,10 @@ def skipped_pictures(vae: nn.Module, data: Dataset) -> dict[str, str]:
         return skipped
     guide_trace, _ = traces(vae, data.test[:2])
     sites = latent_sites(guide_trace)
-    if len(sites) != 1 or not _has_mean(guide_trace.nodes[sites[0]]["fn"]):
+    if len(sites) != 1 or finite_mean(guide_trace.nodes[sites[0]]["fn"]) is None:
         skipped["latent.png"] = f"the program has {len(sites)} latent sites; the latent picture shows one with a mean"
     skipped.setdefault("manifold.png", "a grid of decoded codes needs the VAE's decoder")
     return skipped
-
-
-def _has_mean(fn: Any) -> bool:
-    try:
-        return fn.mean.is_floating_point() and bool(torch.isfinite(fn.mean).all())
-    except NotImplementedError:
-        return False
 
 
 def _latent_coordinates(vae: nn.Module, x: Tensor, max_points: int) -> tuple[Tensor, tuple[str, str], str]:
@@ -514,7 +504,7 @@ def draw_pictures(
     Their draws (reconstructions, samples) come from torch seeded with ``seed``, outside the
     caller's random stream: a run's pictures drawn again (``pyro-vae plot``) are the same pictures.
     """
-    device = next(iter([*vae.parameters(), *vae.buffers()]), data.test).device
+    device = device_of(vae, data.test)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         return _draw(vae, data, history, out, caption)
