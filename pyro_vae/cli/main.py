@@ -201,8 +201,9 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
     """Add ``train``: the run options, then the data, model and training groups."""
     train = commands.add_parser(
         "train",
-        help="train a VAE into a run folder",
-        description="Train a VAE into a run folder. Options override the config file, which overrides the defaults.",
+        help="train a program (a VAE by default) into a run folder",
+        description="Train a program (a VAE by default) into a run folder. "
+        "Options override the config file, which overrides the defaults.",
     )
     train.add_argument("--config", type=Path, help="TOML configuration file")
     train.add_argument(

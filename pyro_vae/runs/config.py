@@ -58,9 +58,6 @@ __all__ = [
 ]
 
 
-_REGISTRIES = {"network": NETWORKS, "prior": PRIORS, "likelihood": LIKELIHOODS}
-
-
 @dataclass
 class DataConfig:
     """Where the data come from and how they are prepared (see :func:`pyro_vae.training.data.load_dataset`)."""
@@ -93,11 +90,13 @@ class ModelConfig:
 
     #: The field that collects the table's other keys (the program's own parameters).
     extra_keys: ClassVar[str] = "params"
+    #: The settings that name a registry entry, ``{type = name, ...}``, with the registry that checks them.
+    components: ClassVar[dict[str, Registry]] = {"network": NETWORKS, "prior": PRIORS, "likelihood": LIKELIHOODS}
 
     def __post_init__(self) -> None:
         import_modules(self.imports)
         # Components are resolved with their defaults filled in, so a saved config is complete.
-        for name, registry in _REGISTRIES.items():
+        for name, registry in self.components.items():
             setattr(self, name, registry.validate(getattr(self, name), f"model.{name}"))
         MODELS.get(self.type, "model.type")  # an unknown name is refused with the known ones
         if self.params and not MODELS.parameters(self.type):  # a program without parameters: the VAE's own keys

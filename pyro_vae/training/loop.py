@@ -379,7 +379,7 @@ def _place(distributed: Distributed | None) -> tuple[int, int]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class _KLWeight:
+class _BetaSchedule:
     """The KL term's weight at each step: ``beta`` (``train.beta``) times the KL schedule's weight at that step."""
 
     beta: float
@@ -401,7 +401,7 @@ class _Context:
 
     vae: VAE
     objective: Objective
-    kl_weight: _KLWeight
+    kl_weight: _BetaSchedule
     distributed: Distributed | None
 
     @property
@@ -700,7 +700,7 @@ def _build(
     kl = kl_methods(vae, data.test[:2], elbo)
     if objective.jit:
         _compile(objective, data.train[:batch_size], len(data.train))
-    kl_weight = _KLWeight(beta=beta, schedule=kl_schedule, steps_per_epoch=steps_per_epoch)
+    kl_weight = _BetaSchedule(beta=beta, schedule=kl_schedule, steps_per_epoch=steps_per_epoch)
     c = _Context(vae=vae, objective=objective, kl_weight=kl_weight, distributed=distributed)
     return _Run(
         stepper=_Stepper(
