@@ -184,3 +184,20 @@ def test_a_plugin_program_is_trained_evaluated_compared_plotted_and_resumed(tmp_
     finally:
         MODELS.unregister("two_layers_plugin")
         sys.modules.pop("my_programs", None)
+
+
+@pytest.mark.slow  # two interpreters
+def test_an_installed_package_adds_a_program_through_its_entry_point(tmp_path):
+    site = tmp_path / "site"
+    (site / "two_layers_package-1.0.dist-info").mkdir(parents=True)
+    (site / "two_layers_package.py").write_text(TWO_LAYERS)
+    metadata = "Metadata-Version: 2.1\nName: two-layers-package\nVersion: 1.0\n"
+    (site / "two_layers_package-1.0.dist-info" / "METADATA").write_text(metadata)
+    points = "[pyro_vae.models]\ntwo_layers_plugin = two_layers_package\n"
+    (site / "two_layers_package-1.0.dist-info" / "entry_points.txt").write_text(points)
+    env = {"PYTHONPATH": str(site)}
+    assert "two_layers_plugin" in cli("models", cwd=tmp_path, env=env).stdout
+    options = ["--model", "two_layers_plugin", "--latent-dim", "3", "--epochs", "1", "--quiet", "--out", "run"]
+    trained = cli("train", *options, cwd=tmp_path, env=env)
+    assert trained.returncode == 0, trained.stderr  # no --import: the entry point was found
+    assert cli("evaluate", "run", cwd=tmp_path, env=env).returncode == 0
