@@ -4,9 +4,10 @@
     python benchmarks/speed.py --quick          # fewer rounds, steps and epochs: under a minute
     python benchmarks/speed.py --smoke          # tiny sizes on random data, seconds (the tests run this)
     python benchmarks/speed.py --only steps --batch 64 256 --repeats 7
+    python benchmarks/speed.py --only hierarchical   # table 7 alone
     python benchmarks/speed.py --data-root /data --device cuda
 
-Six tables; the first five for the MLP 784-400-50 VAE with a Bernoulli likelihood and Adam (lr 1e-3):
+Seven tables; the first five for the MLP 784-400-50 VAE with a Bernoulli likelihood and Adam (lr 1e-3):
 
 1. ms per training step (forward, backward, Adam) of every estimator of the library, and of
    Pyro's ``JitTraceMeanField_ELBO`` as shipped, beside a self-contained hand-written PyTorch VAE
@@ -28,6 +29,13 @@ Six tables; the first five for the MLP 784-400-50 VAE with a Bernoulli likelihoo
 6. ms per training step of a user's program, the two-stochastic-layer VAE of ``examples/custom_program.py``
    (784-400-50-400-20, tanh) on Pyro's traced path (``Objective(program, "mc")``), beside the same network's
    negative ELBO written out in plain tensor code from the same weights, at batch 100. It reports; no target.
+7. ms per training step of the library's hierarchical program, ``pyro_vae.MODELS["hierarchical"]`` with its
+   defaults (Burda et al.'s two layers: 784-100-100-z1 (100)-50-50-z2 (50) and back, tanh, Bernoulli), at batch
+   100, for ``mc`` (one draw) and ``iwae`` (K = 5): fused (``Objective(program, estimator, num_particles=K,
+   fused=True)``) and on Pyro's traced path (``fused=False``), beside the same network's loss written out in
+   plain tensor code from the same weights and draws. Target: the fused step within 1.10x of hand-written for
+   each estimator, the factor the one-layer VAE's fastest exact estimator is held to at batch 128 (table 1).
+   ``--smoke`` leaves this table out (``--smoke --only hierarchical`` runs it).
 
 Every timing is a median over rounds in which the configurations take turns (in a shuffled order), so a slow spell of
 the machine hits all of them alike, and every ratio is the median of the ratios within a round.
@@ -67,7 +75,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import pyro_vae
 from pyro_vae import VAE, DataError, Dataset, Objective
+from pyro_vae.infer.estimators import has_fused_form
 from pyro_vae.infer.marginal import DECODER_ELEMENTS
+from pyro_vae.models.hierarchical import Hierarchical
 from pyro_vae.training.optim import make_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,9 +85,13 @@ IMAGE = (28, 28)
 HIDDEN, LATENT = 400, 50
 LR = 1e-3
 NUM_DATA = 60_000  # the minibatch loss is scaled by NUM_DATA / batch, as for MNIST
-PARTS = ("steps", "program", "epochs", "memory", "likelihood", "compile")
+PARTS = ("steps", "program", "hierarchical", "epochs", "memory", "likelihood", "compile")
 PROGRAM_LATENTS = (LATENT, 20)  # z1, z2 of the two-layer program (part 6)
-PROGRAM_BATCH = 100
+PROGRAM_BATCH = 100  # parts 6 and 7
+# pyro_vae.MODELS["hierarchical"] with its defaults, Burda et al.'s two layers (part 7): sizes of z1, z2 and the
+# hidden layers of the guide's MLP to each (the model's mirror them)
+HIERARCHICAL_LATENTS = (100, 50)
+HIERARCHICAL_HIDDEN = ((100, 100), (50, 50))
 
 LossFn = Callable[[Tensor, int], Tensor]
 
@@ -132,6 +146,11 @@ class HandWritten(nn.Module):
         """The minibatch estimate of the whole data set's negative ELBO, scaled like the library's."""
         return num_data / len(x) * self(x)
 
+    @staticmethod
+    def _log_normal(z: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+        """log N(z; loc, diag(scale^2)), summed over the last dimension."""
+        return (-0.5 * ((z - loc) / scale).pow(2) - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+
 
 class HandWrittenVAE(HandWritten):
     """A typical PyTorch VAE: MLP encoder and decoder, Bernoulli pixels, closed-form KL against N(0, I)."""
@@ -181,10 +200,6 @@ class HandWrittenTwoLayerVAE(HandWritten):
         loc, raw_scale = params.chunk(2, dim=-1)
         return loc, F.softplus(raw_scale) + 1e-4
 
-    @staticmethod
-    def _log_normal(z: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
-        return (-0.5 * ((z - loc) / scale).pow(2) - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
-
     def forward(self, x: Tensor) -> Tensor:
         """The negative ELBO of the batch, summed over its points (one draw of z1 and z2 per point)."""
         x = x.flatten(1)
@@ -197,6 +212,65 @@ class HandWrittenTwoLayerVAE(HandWritten):
         log_p = log_prior_z2 + self._log_normal(z1, *self._gaussian(self.prior_z1(z2)))
         reconstruction = F.binary_cross_entropy_with_logits(self.decoder(z1), x, reduction="sum")
         return (log_q - log_p).sum() + reconstruction
+
+
+class HandWrittenHierarchicalVAE(HandWritten):
+    r"""Burda et al.'s two-stochastic-layer VAE as a PyTorch user writes it: x-100-100-z1 (100)-50-50-z2 (50), tanh.
+
+    .. math:: \log w = \log p(x\mid z_1) + \log p(z_1\mid z_2) + \log p(z_2) - \log q(z_1\mid x) - \log q(z_2\mid z_1)
+
+    at :math:`K` reparameterised draws per point, :math:`z_1` then :math:`z_2` (standard-normal tensors of shape
+    ``(K, B, 100)`` then ``(K, B, 50)``, no ``K`` when it is 1, as Pyro's guide draws them). ``mc``: the negative
+    mean of :math:`\log w` over the draws, summed over the batch; ``iwae``: the negative
+    :math:`\log \frac1K \sum_k w_k`, summed over the batch. The layers are declared in the library program's order
+    (the guide's networks, then the model's).
+    """
+
+    def __init__(
+        self,
+        estimator: str = "mc",
+        num_particles: int = 1,
+        data_dim: int = 784,
+        latent_dims: tuple[int, int] = HIERARCHICAL_LATENTS,
+        hidden: tuple[tuple[int, ...], tuple[int, ...]] = HIERARCHICAL_HIDDEN,
+    ) -> None:
+        super().__init__()
+        (z1, z2), (h1, h2) = latent_dims, hidden
+        self.encoder_z1 = self._mlp([data_dim, *h1, 2 * z1])
+        self.encoder_z2 = self._mlp([z1, *h2, 2 * z2])
+        self.decoder = self._mlp([z1, *reversed(h1), data_dim])
+        self.prior_z1 = self._mlp([z2, *reversed(h2), 2 * z1])
+        self.estimator, self.num_particles = estimator, num_particles
+
+    @staticmethod
+    def _mlp(sizes: Sequence[int]) -> nn.Sequential:
+        layers: list[nn.Module] = []
+        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(n_in, n_out), nn.Tanh()]
+        return nn.Sequential(*layers[:-1])
+
+    @staticmethod
+    def _gaussian(params: Tensor) -> tuple[Tensor, Tensor]:
+        loc, raw_scale = params.chunk(2, dim=-1)
+        return loc, F.softplus(raw_scale) + 1e-6
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The negative ELBO (mc) or IWAE bound (iwae) of the batch, summed over its points."""
+        K, x = self.num_particles, x.flatten(1)
+        loc1, scale1 = self._gaussian(self.encoder_z1(x))
+        z1 = loc1 + scale1 * torch.randn((K, *loc1.shape) if K > 1 else loc1.shape, device=x.device)
+        loc2, scale2 = self._gaussian(self.encoder_z2(z1))
+        z2 = loc2 + scale2 * torch.randn_like(loc2)
+        log_q = self._log_normal(z1, loc1, scale1) + self._log_normal(z2, loc2, scale2)
+        log_prior_z2 = (-0.5 * z2.pow(2) - 0.5 * math.log(2 * math.pi)).sum(-1)
+        log_p = log_prior_z2 + self._log_normal(z1, *self._gaussian(self.prior_z1(z2)))
+        logits = self.decoder(z1)
+        if self.estimator == "mc":
+            reconstruction = F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="sum")
+            return ((log_q - log_p).sum() + reconstruction) / K
+        bce = F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+        log_w = (log_p - log_q - bce).reshape(K, -1)
+        return -(torch.logsumexp(log_w, 0) - math.log(K)).sum()
 
 
 def _linears(module: nn.Module) -> list[nn.Linear]:
@@ -267,6 +341,9 @@ COMPILE_ROWS = [
 ]
 #: The hand-written VAE compiled as the library compiles: the loss under torch.compile, the fused Adam.
 COMPILE_SAME_WAY = "hand-written, torch.compile, Adam(fused=True)"
+#: The parts ``--smoke`` leaves out unless ``--only`` names them: compiling takes minutes whatever the sizes; the
+#: hierarchical program's same-draws lines are not among those tests/test_benchmarks.py counts in its smoke run.
+SMOKE_LEAVES_OUT = ("compile", "hierarchical")
 #: Above this share of time with a task waiting for a CPU, a table says its timings are skewed.
 CONTENTION_WARNING = 0.05
 
@@ -571,6 +648,114 @@ def program_part(sizes: Sizes, device: str) -> None:
     program = new_program(state, device)
     hand = copy_weights(program, HandWrittenTwoLayerVAE())
     print(same_draws(hand.loss, Objective(program, "mc"), x, "program (mc, Pyro's path)"))
+
+
+# --- 7. the hierarchical program -----------------------------------------------------------
+
+#: The estimators of part 7 and their number of particles K.
+HIERARCHICAL_ESTIMATORS = {"mc": 1, "iwae": 5}
+HIERARCHICAL_FUSED_ROW = "Objective(program, estimator, num_particles=K, fused=True)"
+HIERARCHICAL_PYRO_ROW = "Objective(program, estimator, num_particles=K, fused=False) (Pyro's traced path)"
+#: The fused hierarchical step against the hand-written one, for each estimator: the factor the one-layer VAE's
+#: fastest exact (fused) estimator is held to at batch 128 (STEP_TARGETS), the nearest batch to part 7's 100.
+HIERARCHICAL_TARGET = STEP_TARGETS[128]
+
+
+def new_hierarchical(state: dict[str, Tensor] | None = None, device: str = "cpu") -> Hierarchical:
+    """``pyro_vae.MODELS["hierarchical"]`` at MNIST size with its defaults, with ``state`` if given."""
+    program = Hierarchical(IMAGE)
+    if state is not None:
+        program.load_state_dict(state)
+    return program.to(device)
+
+
+def hierarchical_rows() -> list[str]:
+    """The rows of part 7 in the order printed: the fused one only where the program declares a fused form."""
+    fused = [HIERARCHICAL_FUSED_ROW] if has_fused_form(new_hierarchical()) else []
+    return [HAND_PROGRAM_ROW, *fused, HIERARCHICAL_PYRO_ROW]
+
+
+def hierarchical_loss(row: str, estimator: str, state: dict[str, Tensor], device: str) -> tuple[LossFn, nn.Module]:
+    """A row's loss for one estimator from a fresh copy of the weights ``state``, and the module it trains."""
+    program, K = new_hierarchical(state, device), HIERARCHICAL_ESTIMATORS[estimator]
+    if row == HAND_PROGRAM_ROW:
+        hand = copy_weights(program, HandWrittenHierarchicalVAE(estimator, K))
+        return hand.loss, hand
+    return Objective(program, estimator, num_particles=K, fused=row == HIERARCHICAL_FUSED_ROW), program
+
+
+def time_hierarchical(
+    rows: list[str], state: dict[str, Tensor], x: Tensor, sizes: Sizes, device: str
+) -> dict[str, list[float]]:
+    """Seconds per step of every row and estimator (keys ``'estimator: row'``), one value per round."""
+    measurements = {}
+    for estimator in HIERARCHICAL_ESTIMATORS:
+        for row in rows:
+
+            def setup(row: str = row, estimator: str = estimator) -> tuple[LossFn, torch.optim.Optimizer]:
+                pyro.clear_param_store()  # every round's Pyro row starts from the same (empty) store
+                loss_fn, module = hierarchical_loss(row, estimator, state, device)
+                return loss_fn, torch.optim.Adam(module.parameters(), lr=LR)
+
+            measurements[f"{estimator}: {row}"] = step_timer(setup, x, sizes, device)
+    return interleaved(measurements, sizes.repeats)
+
+
+def hierarchical_part(sizes: Sizes, device: str) -> None:
+    """A training step of the library's hierarchical program, fused and on Pyro's path, against it written by hand."""
+    pyro.set_rng_seed(0)
+    state = new_hierarchical().state_dict()
+    x = torch.rand(PROGRAM_BATCH, *IMAGE, device=device).bernoulli()
+    rows = hierarchical_rows()
+    contention = Contention()
+    rounds = time_hierarchical(rows, state, x, sizes, device)
+    contention_text = contention.report()
+    ratios = {
+        (row, e): median_ratio(rounds[f"{e}: {row}"], rounds[f"{e}: {HAND_PROGRAM_ROW}"])
+        for row in rows
+        for e in HIERARCHICAL_ESTIMATORS
+    }
+    table = [
+        [row, *(c for e in HIERARCHICAL_ESTIMATORS for c in hierarchical_cells(rounds[f"{e}: {row}"], ratios[row, e]))]
+        for row in rows
+    ]
+    header = ["configuration"] + [h for e, K in HIERARCHICAL_ESTIMATORS.items() for h in (f"{e} K={K}: ms", "x hand")]
+    print_table("ms per training step of the hierarchical program", hierarchical_note(sizes), header, table)
+    print(contention_text)
+    for estimator in HIERARCHICAL_ESTIMATORS:
+        if HIERARCHICAL_FUSED_ROW in rows:
+            ratio = verdict(ratios[HIERARCHICAL_FUSED_ROW, estimator], HIERARCHICAL_TARGET)
+        else:
+            ratio = "not measured: Hierarchical declares no fused form (pyro_vae.infer.estimators.FUSED_PROGRAMS)"
+        print(f"fused hierarchical step ({estimator}) vs hand-written: {ratio}")
+    for estimator in HIERARCHICAL_ESTIMATORS:
+        for row in rows[1:]:
+            hand, library = (hierarchical_loss(r, estimator, state, device)[0] for r in (HAND_PROGRAM_ROW, row))
+            path = "fused" if row == HIERARCHICAL_FUSED_ROW else "Pyro's path"
+            print(same_draws(hand, library, x, f"library ({estimator}, {path})"))
+
+
+def hierarchical_cells(times: list[float], ratio: float) -> list[str]:
+    """A row's two cells for one estimator: ms, and the ratio to hand-written."""
+    return [f"{1000 * statistics.median(times):.2f}", f"{ratio:.2f}"]
+
+
+def hierarchical_note(sizes: Sizes) -> str:
+    """What part 7's table measures, and how."""
+    (z1, z2), (h1, h2) = HIERARCHICAL_LATENTS, HIERARCHICAL_HIDDEN
+    guide = f"q(z1|x) 784-{'-'.join(map(str, h1))}-{z1}, q(z2|z1) {z1}-{'-'.join(map(str, h2))}-{z2}"
+    model = f"p(z1|z2) {z2}-{'-'.join(map(str, h2[::-1]))}-{z1}, p(x|z1) {z1}-{'-'.join(map(str, h1[::-1]))}-784"
+    return (
+        f'pyro_vae.MODELS["hierarchical"] with its defaults (Burda et al.\'s two layers): {guide}, {model}, tanh, '
+        f"N(0, I) top prior, Bernoulli; batch {PROGRAM_BATCH}.\n"
+        "mc: the sampled ELBO, one draw (Trace_ELBO); iwae: the importance-weighted bound of K draws (TraceIWAE_ELBO "
+        "on Pyro's path); the hand-written rows compute the same from the same draws.\n"
+        f"Every row steps with torch.optim.Adam (lr {LR:g}), loss scaled by {NUM_DATA} / batch; each row trains a "
+        "fresh copy of the same initial weights each round.\n"
+        f"ms: median over {sizes.repeats} interleaved rounds of the median of {sizes.steps} steps "
+        f"(after {sizes.warmup} untimed); x hand: median over the rounds of ms / hand-written ms of the same estimator "
+        "in the same round."
+    )
 
 
 # --- 5. torch.compile ------------------------------------------------------------------------
@@ -995,8 +1180,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.default_malloc:
         _with_fixed_malloc(argv)
     sizes = resolve_sizes(args)
-    if args.smoke and "compile" in args.only and args.only == list(PARTS):
-        args.only.remove("compile")  # compiling takes minutes whatever the sizes; --only compile runs it
+    if args.smoke and args.only == list(PARTS):
+        args.only = [part for part in PARTS if part not in SMOKE_LEAVES_OUT]  # --only runs them
     if not args.no_header:
         print_header()
     start = time.perf_counter()
@@ -1005,6 +1190,8 @@ def main(argv: list[str] | None = None) -> None:
         steps_part(sizes, args.device)
     if "program" in args.only:
         program_part(sizes, args.device)
+    if "hierarchical" in args.only:
+        hierarchical_part(sizes, args.device)
     if "compile" in args.only:
         compile_part(sizes, args.device)
     if memory_here or {"epochs", "likelihood"} & set(args.only):
