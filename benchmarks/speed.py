@@ -341,9 +341,8 @@ COMPILE_ROWS = [
 ]
 #: The hand-written VAE compiled as the library compiles: the loss under torch.compile, the fused Adam.
 COMPILE_SAME_WAY = "hand-written, torch.compile, Adam(fused=True)"
-#: The parts ``--smoke`` leaves out unless ``--only`` names them: compiling takes minutes whatever the sizes; the
-#: hierarchical program's same-draws lines are not among those tests/test_benchmarks.py counts in its smoke run.
-SMOKE_LEAVES_OUT = ("compile", "hierarchical")
+#: The parts ``--smoke`` leaves out unless ``--only`` names them: compiling takes minutes whatever the sizes.
+SMOKE_LEAVES_OUT = ("compile",)
 #: Above this share of time with a task waiting for a CPU, a table says its timings are skewed.
 CONTENTION_WARNING = 0.05
 

@@ -1,8 +1,11 @@
 """Small models and data shared by the tests."""
 
+import functools
+
 import torch
 
 from pyro_vae import make_vae
+from pyro_vae.models.hierarchical import Hierarchical
 
 EVENT_SHAPE = (4, 4)
 
@@ -12,6 +15,20 @@ def tiny_vae(latent_dim: int = 2, hidden=(8,), double: bool = True, prior=None, 
         EVENT_SHAPE, latent_dim, network={"type": "mlp", "hidden": list(hidden)}, prior=prior, likelihood=likelihood
     )
     return vae.double() if double else vae
+
+
+def tiny_hierarchical(latent_dims=(3, 2), hidden=((8,), (4,)), double: bool = True, prior=None, likelihood=None):
+    """A small :class:`~pyro_vae.models.hierarchical.Hierarchical` (two layers by default) on the tiny images."""
+    program = Hierarchical(EVENT_SHAPE, latent_dims, hidden, prior=prior, likelihood=likelihood)
+    return program.double() if double else program
+
+
+#: The programs that declare a fused form, small: each fused-equals-reference test runs on every one.
+FUSED = {
+    "vae": tiny_vae,
+    "hierarchical": tiny_hierarchical,
+    "hierarchical-3": functools.partial(tiny_hierarchical, latent_dims=(3, 2, 2), hidden=((8,), (4,), (4,))),
+}
 
 
 def tiny_batch(n: int = 6, double: bool = True):

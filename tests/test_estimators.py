@@ -14,7 +14,7 @@ from pyro_vae.cli.main import main
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer.objectives import choose_path, elbo_per_example, evaluate_elbo, kl_methods
 
-from helpers import tiny_batch, tiny_vae
+from helpers import FUSED, tiny_batch, tiny_vae
 
 NUM_DATA = 60
 
@@ -38,18 +38,27 @@ WEIGHTS = [
 @pytest.mark.parametrize("num_particles", [1, 3])
 @pytest.mark.parametrize("prior", list(PRIORS))
 @pytest.mark.parametrize("name,beta", WEIGHTS)
-def test_fused_loss_equals_the_pyro_reference(name, beta, prior, num_particles, float64):
-    vae, x = tiny_vae(prior={"type": prior}, double=False), tiny_batch()
+@pytest.mark.parametrize("program", list(FUSED))
+def test_fused_loss_equals_the_pyro_reference(program, name, beta, prior, num_particles, float64):
+    vae, x = FUSED[program](prior={"type": prior}, double=False), tiny_batch()
     assert_fused_equals_reference(vae, x, name, num_particles, beta)
 
 
 @pytest.mark.parametrize("likelihood", list(LIKELIHOODS) + ["gaussian-learned"])
 @pytest.mark.parametrize("name", list(ESTIMATORS))
-def test_fused_loss_equals_the_pyro_reference_for_every_likelihood(name, likelihood, float64):
+@pytest.mark.parametrize("program", list(FUSED))
+def test_fused_loss_equals_the_pyro_reference_for_every_likelihood(program, name, likelihood, float64):
     spec = (
         {"type": "gaussian", "learn_scale": "per_pixel"} if likelihood == "gaussian-learned" else {"type": likelihood}
     )
-    assert_fused_equals_reference(tiny_vae(likelihood=spec, double=False), tiny_batch(), name, 2, 1.0)
+    assert_fused_equals_reference(FUSED[program](likelihood=spec, double=False), tiny_batch(), name, 2, 1.0)
+
+
+@pytest.mark.parametrize("program", list(FUSED))
+def test_a_fused_form_declares_the_closed_forms_that_the_traces_find_exact(program):
+    vae = FUSED[program]()
+    methods = kl_methods(vae, tiny_batch(), "analytic")
+    assert list(methods.values()) == ["closed_form" if exact else "sampled" for exact in vae.fused_exact]
 
 
 #: Free bits with every estimator that implements it, every prior that is a product over dimensions,
@@ -65,8 +74,9 @@ FREE_BITS = [
 
 @pytest.mark.parametrize("num_particles,beta", [(1, 1.0), (3, 0.5)])
 @pytest.mark.parametrize("name,prior,free_bits", FREE_BITS)
-def test_fused_free_bits_equals_the_pyro_reference(name, prior, free_bits, num_particles, beta, float64):
-    vae, x = tiny_vae(prior={"type": prior}, double=False), tiny_batch()
+@pytest.mark.parametrize("program", list(FUSED))
+def test_fused_free_bits_equals_the_pyro_reference(program, name, prior, free_bits, num_particles, beta, float64):
+    vae, x = FUSED[program](prior={"type": prior}, double=False), tiny_batch()
     assert_fused_equals_reference(vae, x, name, num_particles, beta, free_bits)
 
 

@@ -60,11 +60,12 @@ def test_sites_per_layer_and_the_analytic_kl_of_the_top_layer_alone(layers):
     assert methods == {name: "closed_form" if name == top else "sampled" for name in methods}
 
 
+@pytest.mark.parametrize("fused,path", [(False, "pyro"), ("auto", "fused")])
 @pytest.mark.parametrize("estimator", ["mc", "analytic", "stl", "iwae", "dreg"])
-def test_every_estimator_trains_on_pyros_path(estimator):
+def test_every_estimator_trains_on_both_paths(estimator, fused, path):
     program, x = small(), digits().train[:32]
-    objective = pyro_vae.Objective(program, estimator, num_particles=3, fused="auto")
-    assert objective.path == "pyro"
+    objective = pyro_vae.Objective(program, estimator, num_particles=3, fused=fused)
+    assert objective.path == path
     loss = objective(x, num_data=1000)
     loss.backward()
     assert math.isfinite(loss.item()) and all(p.grad is not None for p in program.parameters())

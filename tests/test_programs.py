@@ -627,3 +627,26 @@ def test_the_jit_refuses_a_param_store_holding_another_modules_parameters_under_
         with pytest.raises(PyroVAEError, match="param store holds 'fixed_name\\$\\$\\$"):
             pyro_vae.Objective(_Registered(LG, guide), "mc", jit=True)(data())
     pyro.clear_param_store()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 4. Sticking the landing and DReG keep a guide site's dependence on an earlier draw
+# ------------------------------------------------------------------------------------------------------------
+
+GUIDE_PARAMS = ("Wf", "cf", "Lf", "C", "Ws", "cs", "Ls")
+
+
+@pytest.mark.parametrize("num_particles", [1, 3])
+@pytest.mark.parametrize("estimator", ["stl", "dreg"])
+@pytest.mark.parametrize("order", ["top_down", "bottom_up"])
+def test_gradients_without_a_score_term_vanish_at_the_exact_posterior_for_every_draw(order, estimator, num_particles):
+    """At the exact posterior log p(x, z) - log q(z|x) = log p(x) for every z, so the path derivative is zero at
+    every draw. The guide's second site is drawn from the first (its mean is C f + ...): holding the guide's
+    parameters by detaching each site's distribution would drop that dependence and leave a gradient."""
+    prog = TwoLayerGaussian(LG, exact_guide(LG, order))
+    params = [getattr(prog, name) for name in GUIDE_PARAMS]
+    for seed in range(3):
+        pyro.set_rng_seed(seed)
+        loss = pyro_vae.Objective(prog, estimator, num_particles=num_particles)(data())
+        for name, grad in zip(GUIDE_PARAMS, torch.autograd.grad(loss, params)):
+            assert grad.abs().max() < 1e-8, (name, grad)

@@ -38,8 +38,8 @@ mutual information and marginal KL to first order in :math:`1/N`, whose finite-:
 does not cover). Closed forms are exact given :math:`x`: their standard error is ``None``.
 
 **Any program.** Each measure is taken per latent site, from Pyro traces of the program (a site's
-:math:`\mathbb E_q[z]` averaged over the draws of the sites it is conditioned on); a program with a fused form,
-:class:`~pyro_vae.models.vae.VAE`, is read from its encoder directly. The mutual information and the marginal KL
+:math:`\mathbb E_q[z]` averaged over the draws of the sites it is conditioned on); the
+:class:`~pyro_vae.models.vae.VAE` is read from its encoder directly. The mutual information and the marginal KL
 are defined for a site whose guide and model distributions depend on :math:`x` alone, with a diagonal-Normal
 guide; elsewhere they are ``None``. With several latent sites the report's top level combines them (units and
 dimensions added up, KL terms summed, per-dimension lists joined in the guide's order) and ``sites`` holds each
@@ -71,9 +71,10 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.infer.estimators import has_fused_form
+from pyro_vae.infer.estimators import runs_as
 from pyro_vae.infer.program import SiteStructure, device_of, finite_mean, kept_rng, latent_sites, site_structure, traces
 from pyro_vae.models.kl import closed_form_kl, per_dimension
+from pyro_vae.models.vae import VAE
 
 __all__ = [
     "Estimate",
@@ -280,7 +281,7 @@ def _traced_sites(vae: nn.Module, x: Tensor, num_samples: int, batch_size: int, 
 
 
 def _sites(vae: nn.Module, x: Tensor, num_samples: int, batch_size: int, surgery: bool = True) -> dict[str, _Site]:
-    reader = _encoded_sites if has_fused_form(vae) else _traced_sites
+    reader = _encoded_sites if runs_as(vae, VAE) else _traced_sites
     return reader(vae, x, num_samples, batch_size, surgery)
 
 
@@ -342,7 +343,7 @@ def activity(vae: nn.Module, x: Tensor, batch_size: int = 100) -> Tensor:
         Importance Weighted Autoencoders (Burda, Grosse & Salakhutdinov, 2016), section 5.2.
     """
     _check(x, batch_size=batch_size)
-    if has_fused_form(vae):
+    if runs_as(vae, VAE):
         with _evaluating(vae):
             return _encode(vae, x, batch_size)[0].var(0)
     return _one_site(vae, x, 1, batch_size).means.var(0)

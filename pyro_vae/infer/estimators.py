@@ -63,8 +63,9 @@ from pyro_vae.infer.references import (
     TraceIWAE_ELBO,
     TraceSTL_ELBO,
     square_weights,
-    stopped,
 )
+from pyro_vae.models.fused import Draw, gaussian
+from pyro_vae.models.hierarchical import Hierarchical
 from pyro_vae.models.kl import (  # importing kl also registers the Gaussian closed form
     UnitNormal,
     closed_form_kl,
@@ -87,6 +88,7 @@ __all__ = [
     "make_estimator",
     "FUSED_PROGRAMS",
     "has_fused_form",
+    "runs_as",
     "log_weight",
     "check_estimator",
     "reported_with",
@@ -103,16 +105,21 @@ ESTIMATORS: Registry = Registry("estimator", context=("num_particles",), group="
 #: Programs whose ELBO the estimators' fused tensor code computes (:meth:`Estimator.fused_loss`), each held to
 #: Pyro's reference by the tests (``tests/test_fused.py``). Exact classes: a subclass may redefine its program,
 #: and is fused only once it is added here, with a test that holds it to the reference.
-FUSED_PROGRAMS: set[type] = {VAE}
+#: Each declares the fused form of :mod:`pyro_vae.models.fused`.
+FUSED_PROGRAMS: set[type] = {VAE, Hierarchical}
+
+
+def runs_as(program: Any, cls: type) -> bool:
+    """Whether ``program`` is an instance of exactly ``cls`` that runs as its class says.
+
+    An instance that replaces a method of its class (``vae.decode = ...``) runs another program.
+    """
+    return type(program) is cls and not any(callable(v) and hasattr(cls, k) for k, v in vars(program).items())
 
 
 def has_fused_form(program: Any) -> bool:
-    """Whether ``program`` declares a fused form: its class is in :data:`FUSED_PROGRAMS` and runs as its class says.
-
-    An instance that replaces a method of its class (``vae.decode = ...``) runs another program: not fused.
-    """
-    cls = type(program)
-    return cls in FUSED_PROGRAMS and not any(callable(v) and hasattr(cls, k) for k, v in vars(program).items())
+    """Whether ``program`` declares a fused form: it runs as a class in :data:`FUSED_PROGRAMS` (:func:`runs_as`)."""
+    return type(program) in FUSED_PROGRAMS and runs_as(program, type(program))
 
 
 def log_weight(terms: dict[str, Tensor]) -> Tensor:
@@ -184,11 +191,6 @@ class Estimator:
                 f"({type(fn).__name__}) cannot be reparameterized; train this program with {{estimator=}}'mc'",
                 "estimator",
             )
-        if cls.stop_guide:
-            try:
-                stopped(fn)
-            except ConfigError as e:
-                raise ConfigError(f"site {name!r}: {e}") from None
 
     @classmethod
     def check_options(cls, beta: float = 1.0, jit: bool = False, free_bits: float = 0.0) -> None:
@@ -228,42 +230,47 @@ class Estimator:
         return (self.jit_reference if jit else self.reference)(**options)
 
     def fused_loss(
-        self, vae: VAE, x: Tensor, num_data: int | None = None, beta: float = 1.0, free_bits: float = 0.0
+        self, vae: Any, x: Tensor, num_data: int | None = None, beta: float = 1.0, free_bits: float = 0.0
     ) -> Tensor:
         r"""The negative (beta-weighted) ELBO that :meth:`pyro_elbo` computes, as plain tensor code.
 
         .. math:: \text{loss} = -\frac{N}{B}\sum_{n=1}^{B}\frac1L\sum_{l=1}^{L}\Big(\log p(x_n\mid z_n^{(l)})
             + \beta\,[\log p(z_n^{(l)}) - \log q(z_n^{(l)}\mid x_n)]\Big), \qquad z_n^{(l)} \sim q(z\mid x_n),
 
-        with :math:`\beta\,\mathrm{KL}(q\,\|\,p)` in place of the bracket where the estimator uses
-        the closed form and one is registered, and with free bits :math:`\lambda` > 0 the bracket's
-        sum over the batch replaced by :math:`-B\sum_j \max(\lambda, \overline{\mathrm{KL}}_j)`
-        (:func:`free_bits_kl`).
-        The draws are those Pyro makes, ``q.rsample``: one standard-normal tensor :math:`\epsilon` of
-        shape ``(L, B, latent_dim)`` (without ``L`` when it is 1, which spares the networks a reshape
-        each way) and :math:`z = \mu + \sigma\epsilon`.
+        summed over the program's latent sites, with :math:`\beta\,\mathrm{KL}(q\,\|\,p)` in place of a
+        site's bracket where the estimator uses the closed form and it is exact, and with free bits
+        :math:`\lambda` > 0 a site's bracket summed over the batch replaced by
+        :math:`-B\sum_j \max(\lambda, \overline{\mathrm{KL}}_j)` (:func:`free_bits_kl`).
+        The program is one that declares the fused form (:mod:`pyro_vae.models.fused`); its draws are those Pyro
+        makes, ``q.rsample``: for the VAE one standard-normal tensor :math:`\epsilon` of shape
+        ``(L, B, latent_dim)`` (without ``L`` when it is 1, which spares the networks a reshape each way) and
+        :math:`z = \mu + \sigma\epsilon`.
         """
         L = self.num_particles
-        loc, scale = vae.encoder(x)
-        q = vae.posterior(loc, scale)  # the guide's q(z|x), as VAE.encode makes it
-        z = q.rsample((L,) if L > 1 else ())
-        elbo = vae.likelihood.total_log_prob(vae.decoder(z), x)
+        draws = vae.fused_guide(x, L)
+        zs = [draw.z for draw in draws]
+        priors, out = vae.fused_model(zs)
+        elbo = vae.likelihood.total_log_prob(out, x)
         if beta:  # beta = 0 drops the latent terms (Pyro's mask), rather than multiplying them by 0
-            elbo = elbo + self._latent_terms(vae, q, z, loc, scale, beta, free_bits)
+            held = vae.fused_held_guide(x, draws, zs) if self.stop_guide else [draw[:2] for draw in draws]
+            for draw, prior, exact, params in zip(draws, priors, vae.fused_exact, held):
+                elbo = elbo + self._latent_terms(draw, prior, exact, params, beta, free_bits)
         batch = x.shape[0]
         return elbo * (-(num_data if num_data is not None else batch) / batch / L)
 
     def _latent_terms(
-        self, vae: VAE, q: Distribution, z: Tensor, loc: Tensor, scale: Tensor, beta: float, free_bits: float
+        self, draw: Draw, prior: Distribution, exact: bool, held: tuple[Tensor, Tensor], beta: float, free_bits: float
     ) -> Tensor:
-        """beta times the sum over particles and data points of log p(z) - log q(z|x), or of -KL."""
-        L, prior = self.num_particles, vae.prior()
+        """beta times the sum over particles and data points of one site's log p(z) - log q(z|x), or of -KL."""
+        L, closed = self.num_particles, self.closed_form_kl and exact
         if free_bits:
-            return -(beta * L) * free_bits_kl(coordinate_kl(q, prior, z, self.closed_form_kl), free_bits)
-        kl = _total_kl(q, prior) if self.closed_form_kl else None
-        if kl is not None:  # the same for every particle
-            return -(kl if beta * L == 1 else beta * L * kl)
-        latent = _total_log_ratio(prior, z, loc, scale, self.stop_guide)
+            kl = coordinate_kl(gaussian(draw.loc, draw.scale), prior, draw.z, closed)
+            return -(beta * L) * free_bits_kl(kl, free_bits)
+        kl = _total_kl(gaussian(draw.loc, draw.scale), prior) if closed else None
+        if kl is not None:  # the same for every particle where q's parameters have no particle dimension
+            particles = draw.z.numel() // draw.loc.numel()
+            return -(kl if beta * particles == 1 else beta * particles * kl)
+        latent = _total_log_ratio(prior, draw.z, *held, self.stop_guide)
         return latent if beta == 1 else beta * latent
 
     def per_example(self, terms: dict[str, Tensor]) -> Tensor:
@@ -338,19 +345,23 @@ class IWAE(Estimator):
     free_bits = False
 
     def fused_loss(
-        self, vae: VAE, x: Tensor, num_data: int | None = None, beta: float = 1.0, free_bits: float = 0.0
+        self, vae: Any, x: Tensor, num_data: int | None = None, beta: float = 1.0, free_bits: float = 0.0
     ) -> Tensor:
         self.check_options(beta, free_bits=free_bits)
         L = self.num_particles
-        loc, scale = vae.encoder(x)
-        q = vae.posterior(loc, scale)
-        z = q.rsample((L,) if L > 1 else ())
-        guide = vae.posterior(loc.detach(), scale.detach()) if self.stop_guide else q
-        log_w = vae.decode(z).log_prob(x) + vae.prior().log_prob(z) - guide.log_prob(z)
-        if L == 1:  # Pyro adds no particle dimension for one particle
-            z, log_w = z.unsqueeze(0), log_w.unsqueeze(0)
-        if self.stop_guide:
-            square_weights([z], log_w)
+        draws = vae.fused_guide(x, L)
+        # DReG weights the gradient of the log-weight at each draw: at a copy of it, so that what reaches a draw
+        # through a later one (z2 drawn from z1) is not weighted twice
+        zs = [draw.z.view_as(draw.z) if self.stop_guide else draw.z for draw in draws]
+        priors, out = vae.fused_model(zs)
+        guide = vae.fused_held_guide(x, draws, zs) if self.stop_guide else [draw[:2] for draw in draws]
+        log_w = vae.likelihood(out).log_prob(x)
+        for z, prior, params in zip(zs, priors, guide):
+            log_w = log_w + prior.log_prob(z) - gaussian(*params).log_prob(z)
+        if L == 1:  # Pyro adds no particle dimension for one particle (and one weight is 1)
+            log_w = log_w.unsqueeze(0)
+        elif self.stop_guide:
+            square_weights(zs, log_w)
         bound = (torch.logsumexp(log_w, 0) - math.log(L)).sum()
         batch = x.shape[0]
         return bound * (-(num_data if num_data is not None else batch) / batch)
@@ -381,19 +392,19 @@ class DReG(IWAE):
 
 
 def _total_log_ratio(prior: Distribution, z: Tensor, loc: Tensor, scale: Tensor, stop_guide: bool) -> Tensor:
-    r""":math:`\sum [\log p(z) - \log q(z \mid x)]` over every particle and data point of the draws :math:`z`.
+    r""":math:`\sum [\log p(z) - \log q(z \mid \cdot)]` over every particle and data point of the draws :math:`z`.
 
-    .. math:: -\log q(z \mid x) = \sum_j \tfrac12\epsilon_j^2 + \log\sigma_j + \tfrac12\log 2\pi,
+    .. math:: -\log q(z \mid \cdot) = \sum_j \tfrac12\epsilon_j^2 + \log\sigma_j + \tfrac12\log 2\pi,
 
     the value of ``-q.log_prob(z)`` and, since :math:`z` moves with :math:`\mu` and :math:`\sigma`,
     the same total derivative, in a third of the operations (:math:`\epsilon = (z - \mu)/\sigma` needs no
     gradient). Against the standard normal prior the two normalising constants cancel:
-    :math:`\tfrac12\sum(\epsilon^2 - z^2) + \sum\log\sigma`. With ``stop_guide`` the guide's parameters
-    are held fixed: :math:`\epsilon = (z - \bar\mu)/\bar\sigma` keeps its gradient through :math:`z`
-    alone, and the score term is gone (sticking the landing).
+    :math:`\tfrac12\sum(\epsilon^2 - z^2) + \sum\log\sigma`. With ``stop_guide``, ``loc`` and ``scale`` are the
+    guide's parameters held fixed (``fused_held_guide``): :math:`\epsilon = (z - \bar\mu)/\bar\sigma` keeps its
+    gradient through :math:`z` (and through :math:`\bar\mu, \bar\sigma`'s dependence on earlier draws), and the
+    score term is gone (sticking the landing).
     """
     if stop_guide:
-        loc, scale = loc.detach(), scale.detach()
         eps = (z - loc) / scale
     else:
         with torch.no_grad():

@@ -29,9 +29,10 @@ import torch
 from torch import Tensor, nn
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.infer.estimators import has_fused_form, log_weight
+from pyro_vae.infer.estimators import log_weight, runs_as
 from pyro_vae.infer.objectives import elbo_terms
 from pyro_vae.infer.program import check_methods, kept_rng, observed_sites, sample_sites, traces
+from pyro_vae.models.vae import VAE
 
 __all__ = ["log_weights", "log_likelihood", "iwae_bound", "DECODER_ELEMENTS"]
 
@@ -47,14 +48,14 @@ def log_weights(vae: nn.Module, x: Tensor, num_samples: int) -> Tensor:
     .. math:: \log w_k = \log p(x, z_k) - \log q(z_k\mid x), \qquad z_k \sim q(z\mid x),
 
     summed over every site of the program, from Pyro traces (:func:`~pyro_vae.infer.objectives.elbo_terms`). A
-    program with a fused form (:class:`~pyro_vae.models.vae.VAE`) is evaluated from its parts without traces.
+    :class:`~pyro_vae.models.vae.VAE` is evaluated from its parts without traces.
     """
     return _sampler(vae, x)(num_samples)
 
 
 def _sampler(vae: nn.Module, x: Tensor) -> Callable[[int], Tensor]:
-    """:func:`log_weights` of ``x`` for a number of draws; a fused program's guide and prior are evaluated once."""
-    if not has_fused_form(vae):
+    """:func:`log_weights` of ``x`` for a number of draws; the VAE's guide and prior are evaluated once."""
+    if not runs_as(vae, VAE):
         return lambda num_samples: _traced_log_weights(vae, x, num_samples)
     q, prior = vae.encode(x), vae.prior()
 

@@ -81,7 +81,8 @@ def choose_path(
     """The path (one of :data:`PATHS`) an :class:`Objective` for ``program`` takes.
 
     A program is fused only where it declares a fused form (:func:`~pyro_vae.infer.estimators.has_fused_form`:
-    :class:`~pyro_vae.models.vae.VAE` does, held to Pyro's reference by the tests); any other takes Pyro's path.
+    :class:`~pyro_vae.models.vae.VAE` and :class:`~pyro_vae.models.hierarchical.Hierarchical` do, held to Pyro's
+    reference by the tests); any other takes Pyro's path.
     ``fused="auto"`` fuses wherever that is declared and ``jit`` does not ask for Pyro's JIT. ``compile``
     compiles the fused path, whatever ``fused`` says.
     """

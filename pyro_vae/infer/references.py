@@ -20,18 +20,22 @@ Pyro ships no JIT-compiled variants of these; the fused path is the fast one.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import check_fully_reparametrized, torch_item
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
-from torch import Tensor
-from torch.distributions import Distribution, Independent, MultivariateNormal, kl_divergence
+from torch import Tensor, nn
+from torch.distributions import kl_divergence
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer.program import closed_form_sites, kept_rng
@@ -44,25 +48,65 @@ __all__ = [
     "TraceDReG_ELBO",
     "TraceSTL_ELBO",
     "TraceFreeBits_ELBO",
-    "stopped",
+    "held",
     "square_weights",
 ]
 
 
-def stopped(d: Distribution) -> Distribution:
-    """``d`` with its parameters detached: the same density of a value, but no gradient to the guide's parameters."""
-    if isinstance(d, Independent):
-        return Independent(stopped(d.base_dist), d.reinterpreted_batch_ndims, validate_args=False)
-    if isinstance(d, MultivariateNormal):
-        return type(d)(d.loc.detach(), scale_tril=d.scale_tril.detach(), validate_args=False)
-    params = {k: v.detach() for k, v in vars(d).items() if k in d.arg_constraints and torch.is_tensor(v)}
+class _HeldParams(Messenger):
+    """Every ``pyro.param`` value detached: the same numbers, no gradient to the parameter."""
+
+    def _pyro_post_param(self, msg: dict[str, Any]) -> None:
+        msg["value"] = msg["value"].detach()
+
+
+@contextlib.contextmanager
+def held(fn: Callable) -> Iterator[None]:
+    """The parameters ``fn`` computes with held fixed: its ``pyro.param`` values, and the parameters of the module
+    whose method it is (a program's ``guide``), each replaced by a copy that passes no gradient back.
+
+    What the held parameters compute still depends on its inputs: a guide site whose distribution depends on
+    an earlier draw keeps that dependence, which the sticking-the-landing and DReG gradients need.
+    """
+    owner = getattr(inspect.unwrap(fn), "__self__", None)
+    swapped = []
+    if isinstance(owner, nn.Module):
+        for module in owner.modules():
+            for name, p in module._parameters.items():
+                if p is not None:
+                    swapped.append((module, name, p))
+                    # a new leaf: pyro.module still sees a trainable parameter (no warning); its gradient is dropped
+                    module._parameters[name] = p.detach().requires_grad_(p.requires_grad)
     try:
-        return type(d)(**params, validate_args=False)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"the sticking-the-landing and DReG gradients hold the guide's parameters fixed, and a "
-            f"{type(d).__name__} cannot be rebuilt from its detached parameters; use mc or iwae"
-        ) from None
+        with _HeldParams():
+            yield
+    finally:
+        for module, name, p in swapped:
+            module._parameters[name] = p
+
+
+def _with_values(trace: Trace, values: dict[str, Tensor]) -> Trace:
+    """A copy of ``trace`` whose sites in ``values`` hold those values (to replay a program against)."""
+    copy = trace.copy()
+    for name, value in values.items():
+        copy.nodes[name] = {**trace.nodes[name], "value": value}
+    return copy
+
+
+class _HeldGuide:
+    """The guide's log-densities with its parameters held fixed, for the gradients without a score term."""
+
+    def _held_log_q(self, guide: Callable, guide_trace: Trace, values: dict, args: tuple, kwargs: dict) -> dict:
+        r"""Each guide site's unscaled :math:`\log q(z)` at ``values`` (else the trace's own), with the guide's
+        parameters held fixed (:func:`held`): the guide, vectorized as it ran, replayed against ``guide_trace``.
+
+        The gradient reaches the draws, and through each site's dependence on earlier draws, but not the guide's
+        parameters: the score term is gone and the path derivative is whole.
+        """
+        replayed = poutine.replay(self._vectorized_num_particles(guide), trace=_with_values(guide_trace, values))
+        with held(guide):
+            trace = poutine.trace(replayed).get_trace(*args, **kwargs)
+        return {site["name"]: site["fn"].log_prob(site["value"]) for site in _sample_sites(trace)}
 
 
 def square_weights(latents: list[Tensor], log_w: Tensor) -> None:
@@ -153,7 +197,7 @@ def _sample_sites(trace: Trace) -> list[dict[str, Any]]:
     return [s for s in trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
 
 
-class TraceIWAE_ELBO(Trace_ELBO):
+class TraceIWAE_ELBO(_HeldGuide, Trace_ELBO):
     r"""The importance-weighted bound :math:`\mathcal L_K`, per data point, from Pyro traces (the ``iwae`` reference).
 
     With :math:`K` = ``num_particles`` vectorized particles, the log-weight of particle :math:`k` and
@@ -168,8 +212,7 @@ class TraceIWAE_ELBO(Trace_ELBO):
     stop_guide = False
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Tensor:
-        ((model_trace, guide_trace),) = self._get_traces(model, guide, args, kwargs)
-        log_w, scale, latents = self._log_weights(model_trace, guide_trace)
+        log_w, scale, latents = self._log_weights(model, guide, args, kwargs)
         if self.num_particles == 1:  # Pyro adds no particle dimension for one particle
             log_w, latents = log_w.unsqueeze(0), [z.unsqueeze(0) for z in latents]
         if self.stop_guide:
@@ -185,27 +228,39 @@ class TraceIWAE_ELBO(Trace_ELBO):
         loss.backward()
         return loss.item()
 
-    def _log_weights(self, model_trace: Trace, guide_trace: Trace) -> tuple[Tensor, float, list[Tensor]]:
+    def _log_weights(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple:
+        """The log-weights, the sites' common scale, and the draws whose gradient DReG weights.
+
+        With ``stop_guide`` the model and the held guide (:meth:`_held_log_q`) see a copy of each draw (a view):
+        the weight multiplies the gradient of the log-weight there, not what reaches a draw through a later one.
+        """
+        if self.stop_guide:
+            guide_trace = poutine.trace(self._vectorized_num_particles(guide)).get_trace(*args, **kwargs)
+            values = {site["name"]: site["value"].view_as(site["value"]) for site in _sample_sites(guide_trace)}
+            replayed = poutine.replay(self._vectorized_num_particles(model), trace=_with_values(guide_trace, values))
+            model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
+            model_trace.compute_log_prob()
+            log_q = self._held_log_q(guide, guide_trace, values, args, kwargs)
+        else:
+            ((model_trace, guide_trace),) = self._get_traces(model, guide, args, kwargs)
+            values = {site["name"]: site["value"] for site in _sample_sites(guide_trace)}
+            log_q = {site["name"]: site["unscaled_log_prob"] for site in _sample_sites(guide_trace)}
         sites = _sample_sites(model_trace) + _sample_sites(guide_trace)
         scales = {float(site["scale"]) for site in sites}
         if len(scales) != 1 or any(site["mask"] is not None for site in sites):
             raise ConfigError(
                 "beta weights the KL term of the ELBO; the importance-weighted bound has none: use beta = 1"
             )
-        log_w = sum(site["unscaled_log_prob"] for site in _sample_sites(model_trace))
-        latents = []
-        for site in _sample_sites(guide_trace):
-            log_q = stopped(site["fn"]).log_prob(site["value"]) if self.stop_guide else site["unscaled_log_prob"]
-            log_w = log_w - log_q
-            latents.append(site["value"])
-        return log_w, scales.pop(), latents
+        log_w = sum(site["unscaled_log_prob"] for site in _sample_sites(model_trace)) - sum(log_q.values())
+        return log_w, scales.pop(), list(values.values())
 
 
 class TraceDReG_ELBO(TraceIWAE_ELBO):
     r"""The importance-weighted bound with doubly reparameterized encoder gradients, from Pyro traces (``dreg``).
 
     The value is :class:`TraceIWAE_ELBO`'s; :math:`\log q` is evaluated with the guide's parameters
-    held fixed, and the gradient reaching each draw is weighted once more (:func:`square_weights`).
+    held fixed (:func:`held`), and the gradient of the log-weight at each draw is weighted once more
+    (:func:`square_weights`).
 
     Reference:
         Doubly Reparameterized Gradient Estimators for Monte Carlo Objectives
@@ -215,11 +270,12 @@ class TraceDReG_ELBO(TraceIWAE_ELBO):
     stop_guide = True
 
 
-class TraceSTL_ELBO(Trace_ELBO):
+class TraceSTL_ELBO(_HeldGuide, Trace_ELBO):
     r"""The ELBO with the sticking-the-landing gradient, from Pyro traces (the ``stl`` reference).
 
     :class:`~pyro.infer.Trace_ELBO`'s estimate, with each guide site's :math:`\log q(z)` evaluated at
-    the guide's parameters held fixed: the value is the same, the score term is gone from the gradient.
+    the guide's parameters held fixed (:func:`held`): the value is the same, the score term is gone from
+    the gradient, and the dependence of a site's distribution on earlier draws is kept.
 
     Reference:
         Sticking the Landing: Simple, Lower-Variance Gradient Estimators for Variational Inference
@@ -229,9 +285,9 @@ class TraceSTL_ELBO(Trace_ELBO):
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Tensor:
         ((model_trace, guide_trace),) = self._get_traces(model, guide, args, kwargs)
         elbo = sum(site["log_prob"].sum() for site in _sample_sites(model_trace))
+        log_q = self._held_log_q(guide, guide_trace, {}, args, kwargs)
         for site in _sample_sites(guide_trace):
-            log_q = stopped(site["fn"]).log_prob(site["value"])
-            elbo = elbo - scale_and_mask(log_q, site["scale"], site["mask"]).sum()
+            elbo = elbo - scale_and_mask(log_q[site["name"]], site["scale"], site["mask"]).sum()
         return -elbo / self.num_particles
 
 

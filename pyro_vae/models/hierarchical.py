@@ -35,6 +35,7 @@ import pyro.distributions as dist
 from torch import Tensor, nn
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.models.fused import Draw, gaussian, held_call
 from pyro_vae.models.likelihoods import LIKELIHOODS
 from pyro_vae.models.networks import Activation, MLPDecoder, MLPEncoder, _loc_scale
 from pyro_vae.models.priors import PRIORS
@@ -45,11 +46,6 @@ __all__ = ["Hierarchical"]
 _instances = itertools.count()
 
 Dims = tuple[Annotated[int, AtLeast(1)], ...]
-
-
-def _normal(loc: Tensor, scale: Tensor) -> dist.TorchDistribution:
-    # validate_args=False: the scale is positive by construction (as the VAE's guide)
-    return dist.Normal(loc, scale, validate_args=False).to_event(1)
 
 
 class _Top(nn.Module):
@@ -130,7 +126,7 @@ class Hierarchical(nn.Module):
         with pyro.plate("data", len(x), dim=-1):
             z = pyro.sample(f"z{layers}", self.prior())
             for layer in range(layers - 1, 0, -1):
-                z = pyro.sample(f"z{layer}", _normal(*_loc_scale(self.decoders[layer](z))))
+                z = pyro.sample(f"z{layer}", gaussian(*_loc_scale(self.decoders[layer](z))))
             pyro.sample("x", self.likelihood(self.decoders[0](z)), obs=x)
 
     def guide(self, x: Tensor) -> None:
@@ -139,4 +135,32 @@ class Hierarchical(nn.Module):
         with pyro.plate("data", len(x), dim=-1):
             h = x
             for layer, encoder in enumerate(self.encoders, 1):
-                h = pyro.sample(f"z{layer}", _normal(*encoder(h)))
+                h = pyro.sample(f"z{layer}", gaussian(*encoder(h)))
+
+    # --- the fused form (pyro_vae.models.fused): the same program as plain tensor code ---
+
+    @property
+    def fused_exact(self) -> tuple[bool, ...]:
+        """Only the top layer's closed-form KL is exact: each lower layer's prior depends on the draw above it,
+        which the bottom-up guide makes later."""
+        return (False,) * (len(self.encoders) - 1) + (True,)
+
+    def fused_guide(self, x: Tensor, num_particles: int) -> list[Draw]:
+        """The guide's draws, bottom-up, as :meth:`guide` makes them: the particles enter at ``z1``."""
+        draws, h = [], x
+        for layer, encoder in enumerate(self.encoders):
+            loc, scale = encoder(h)
+            h = gaussian(loc, scale).rsample((num_particles,) if layer == 0 and num_particles > 1 else ())
+            draws.append(Draw(loc, scale, h))
+        return draws
+
+    def fused_model(self, zs: list[Tensor]) -> tuple[list[dist.TorchDistribution], Tensor]:
+        """The top prior, each lower layer's :math:`p(z_l \\mid z_{l+1})` at ``zs``, and the likelihood's input."""
+        priors = [gaussian(*_loc_scale(decoder(z))) for decoder, z in zip(self.decoders[1:], zs[1:])]
+        return priors + [self.prior()], self.decoders[0](zs[0])
+
+    def fused_held_guide(self, x: Tensor, draws: list[Draw], zs: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+        """Each layer's guide parameters with the encoders' parameters held fixed, at the layer below's value in
+        ``zs``: the dependence on the draw below stays (:func:`~pyro_vae.models.fused.held_call`)."""
+        first = (draws[0].loc.detach(), draws[0].scale.detach())
+        return [first] + [held_call(encoder, z) for encoder, z in zip(self.encoders[1:], zs)]

@@ -31,6 +31,7 @@ import torch
 from pyro import poutine
 from torch import Tensor, nn
 
+from pyro_vae.models.fused import Draw, gaussian
 from pyro_vae.models.likelihoods import LIKELIHOODS, Likelihood
 from pyro_vae.models.networks import NETWORKS
 from pyro_vae.models.priors import PRIORS, Prior
@@ -97,10 +98,8 @@ class VAE(nn.Module):
     @staticmethod
     def posterior(loc: Tensor, scale: Tensor) -> dist.TorchDistribution:
         """The guide's diagonal Normal with the encoder's ``loc`` and ``scale``."""
-        # validate_args=False: networks return a positive scale by construction, and a NaN from a
-        # diverging encoder is caught (with its epoch and step) by the training loop's finite checks;
-        # checking every call costs two device synchronisations per step.
-        return dist.Normal(loc, scale, validate_args=False).to_event(1)
+        # unvalidated: checking every call costs two device synchronisations per step
+        return gaussian(loc, scale)
 
     def decode(self, z: Tensor) -> dist.TorchDistribution:
         r"""The likelihood :math:`p(x \mid z)`, with its event over all data dimensions."""
@@ -135,6 +134,23 @@ class VAE(nn.Module):
         with self._plate(x, num_data):
             with kl_weight(beta):
                 return pyro.sample(self.latent_site, self.encode(x))
+
+    #: The fused form (:mod:`pyro_vae.models.fused`): the closed-form KL of ``z`` is exact.
+    fused_exact: ClassVar[tuple[bool, ...]] = (True,)
+
+    def fused_guide(self, x: Tensor, num_particles: int) -> list[Draw]:
+        """The guide's draw of ``z`` as plain tensor code (:mod:`pyro_vae.models.fused`)."""
+        loc, scale = self.encoder(x)
+        z = gaussian(loc, scale).rsample((num_particles,) if num_particles > 1 else ())
+        return [Draw(loc, scale, z)]
+
+    def fused_model(self, zs: list[Tensor]) -> tuple[list[dist.TorchDistribution], Tensor]:
+        """The prior of ``z`` and the likelihood's input at ``zs = [z]`` (:mod:`pyro_vae.models.fused`)."""
+        return [self.prior()], self.decoder(zs[0])
+
+    def fused_held_guide(self, x: Tensor, draws: list[Draw], zs: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+        """The guide's parameters held fixed: q(z|x) depends on x alone, so they are the draw's, detached."""
+        return [(draw.loc.detach(), draw.scale.detach()) for draw in draws]
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:

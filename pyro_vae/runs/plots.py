@@ -22,7 +22,7 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor, nn
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.infer.estimators import has_fused_form
+from pyro_vae.infer.estimators import runs_as
 from pyro_vae.infer.program import device_of, finite_mean, latent_sites, sample_sites, traces
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs.storage import atomic_write
@@ -131,7 +131,7 @@ def reconstruct(vae: nn.Module, x: Tensor) -> Tensor | None:
 
     ``None`` where the model has no single observed site of ``x``'s shape.
     """
-    if has_fused_form(vae):
+    if runs_as(vae, VAE):
         return vae.reconstruct(x)
     guide_trace = poutine.trace(_AtMeans()(vae.guide)).get_trace(x)
     return _data_mean(poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x), x)
@@ -143,7 +143,7 @@ def generate(vae: nn.Module, x: Tensor) -> Tensor | None:
 
     The model runs unconditioned (``poutine.uncondition``); ``None`` as for :func:`reconstruct`.
     """
-    if has_fused_form(vae):
+    if runs_as(vae, VAE):
         return vae.sample(len(x))
     return _data_mean(poutine.trace(poutine.uncondition(vae.model)).get_trace(x), x)
 
@@ -347,7 +347,7 @@ def principal_directions(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 @torch.no_grad()
 def posterior_means(vae: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
     """The guide's mean E[z | x] for every row of ``x``: of a program's one latent site, flattened to a row."""
-    if has_fused_form(vae):
+    if runs_as(vae, VAE):
         return torch.cat([vae.encode(xb).mean for xb in x.split(batch_size)])
     return torch.cat([_site_mean(vae, xb) for xb in x.split(batch_size)])
 
@@ -367,7 +367,7 @@ def skipped_pictures(vae: nn.Module, data: Dataset) -> dict[str, str]:
     if image_shape(tuple(data.event_shape)) is None:
         for name in ("reconstructions.png", "samples.png", "manifold.png"):
             skipped[name] = "the data are not images"
-    if has_fused_form(vae):
+    if runs_as(vae, VAE):
         return skipped
     guide_trace, _ = traces(vae, data.test[:2])
     sites = latent_sites(guide_trace)
@@ -514,7 +514,7 @@ def _draw(vae: nn.Module, data: Dataset, history: list[dict], out: Path, caption
     drawn, skipped = [], skipped_pictures(vae, data)
     if plot_reconstructions(vae, data.test, out / "reconstructions.png", caption):
         drawn.append("reconstructions.png")
-    program = None if has_fused_form(vae) else data.test  # any other program samples by running its model
+    program = None if runs_as(vae, VAE) else data.test  # any other program samples by running its model
     if "samples.png" not in skipped and plot_samples(vae, out / "samples.png", caption, x=program):
         drawn.append("samples.png")
     if "latent.png" not in skipped:
