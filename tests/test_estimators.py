@@ -152,8 +152,9 @@ def test_listing_shows_every_estimator(capsys):
 @pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf Tensor is being accessed")
 @pytest.mark.parametrize("prior", [{"type": "standard_normal"}, {"type": "student_t"}])
 @pytest.mark.parametrize("name", list(ESTIMATORS))
-def test_compiled_loss_equals_the_pyro_reference(name, prior, float64):
-    vae, x = tiny_vae(prior=prior, double=False), tiny_batch()
+@pytest.mark.parametrize("program", ["vae", "hierarchical"])
+def test_compiled_loss_equals_the_pyro_reference(program, name, prior, float64):
+    vae, x = FUSED[program](prior=prior, double=False), tiny_batch()
     params = [p for p in vae.parameters() if p.requires_grad]
     reference, compiled = Objective(vae, name, 2), Objective(vae, name, 2, compile=True)
     assert compiled.path == "compiled"

@@ -417,16 +417,21 @@ def _scalar(t: Tensor | None) -> float | None:
     return None if t is None else t.double().item()
 
 
-def latent_usage(vae: nn.Module, x: Tensor, batch_size: int = 1000, threshold: float = 0.01) -> dict[str, Any]:
-    """``active_units`` and ``kl_per_dim`` of ``x``, from one draw per point: what training records each epoch.
+def latent_usage(
+    vae: nn.Module, x: Tensor, batch_size: int = 1000, threshold: float = 0.01, num_samples: int = 1
+) -> dict[str, Any]:
+    r"""``active_units`` and ``kl_per_dim`` of ``x``, from one draw per point: what training records each epoch.
+
+    ``num_samples`` draws per point instead average a site's :math:`\mathbb E_q[z]` over the draws of the sites it
+    is conditioned on (the upper layers of a bottom-up guide), and its sampled KL over its own.
 
     With several latent sites, units are added up, ``kl_per_dim`` joins the sites' lists (``None`` if one is
     not factorised), and ``sites`` holds each site's pair. A sampled per-dimension KL takes one draw per point
     from torch's generator; wrap the call in :func:`torch.random.fork_rng` to leave a run's random stream as it was.
     """
-    _check(x, batch_size=batch_size, threshold=threshold)
+    _check(x, num_samples, batch_size, threshold)
     with _evaluating(vae):
-        sites = _sites(vae, x, 1, batch_size, surgery=False)
+        sites = _sites(vae, x, num_samples, batch_size, surgery=False)
     usage = {
         name: {
             "active_units": int((site.means.var(0) > threshold).sum()),
