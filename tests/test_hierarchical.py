@@ -5,6 +5,7 @@ structure, the same rule for the analytic KL); here: its architecture, its regis
 """
 
 import math
+import re
 
 import pyro
 import pytest
@@ -90,3 +91,17 @@ def test_a_vamp_prior_on_the_top_layer():
     assert kl_methods(program, x, "analytic") == {"z1": "sampled", "z2": "sampled"}  # no closed form for a mixture
     pyro_vae.Objective(program, "mc")(x).backward()
     assert program.prior.pseudo_inputs.grad is not None
+
+
+def test_evaluate_says_the_active_units_of_each_layer(tmp_path, capsys):
+    from pyro_vae.cli.main import main
+
+    out = tmp_path / "run"
+    shape = ["--set", "model.latent_dims=4,2", "--set", "model.hidden=[[16],[8]]"]
+    assert main(["train", "--model", "hierarchical", *shape, "--epochs", "1", "--quiet", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out)]) == 0
+    text = capsys.readouterr().out
+    line = next(line for line in text.splitlines() if line.startswith("latent code"))
+    units = re.search(r": (\d+) \+ (\d+) = (\d+) of 4 \+ 2 dimensions active", line)
+    assert units and int(units[1]) + int(units[2]) == int(units[3]), line

@@ -490,8 +490,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _print_usage(result: dict[str, Any]) -> None:
     """Is the latent code used? The diagnostics of ``evaluate``, a few lines (a few more for each of several sites)."""
+    sites = result.get("sites", {}).values()
+    units, dims = result["active_units"], result["latent_dim"]
+    if len(sites) > 1:  # per layer, as Burda et al. report a hierarchy's: "units in layer 1 + units in layer 2"
+        units = " + ".join(str(site["active_units"]) for site in sites) + f" = {units}"
+        dims = " + ".join(str(site["latent_dim"]) for site in sites)
     print(
-        f"latent code ({result['diagnostic_points']} points): {result['active_units']} of {result['latent_dim']} "
+        f"latent code ({result['diagnostic_points']} points): {units} of {dims} "
         f"dimensions active (variance of the posterior mean > {result['threshold']:g})"
     )
     _print_site_usage(result, "  ")
