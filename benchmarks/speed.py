@@ -30,7 +30,7 @@ Seven tables; the first five for the MLP 784-400-50 VAE with a Bernoulli likelih
    (784-400-50-400-20, tanh) on Pyro's traced path (``Objective(program, "mc")``), beside the same network's
    negative ELBO written out in plain tensor code from the same weights, at batch 100. It reports; no target.
 7. ms per training step of the library's hierarchical program, ``pyro_vae.MODELS["hierarchical"]`` with its
-   defaults (Burda et al.'s two layers: 784-100-100-z1 (100)-50-50-z2 (50) and back, tanh, Bernoulli), at batch
+   defaults (Burda et al.'s two layers: 784-200-200-z1 (100)-100-100-z2 (50) and back, tanh, Bernoulli), at batch
    100, for ``mc`` (one draw) and ``iwae`` (K = 5): fused (``Objective(program, estimator, num_particles=K,
    fused=True)``) and on Pyro's traced path (``fused=False``), beside the same network's loss written out in
    plain tensor code from the same weights and draws. Target: the fused step within 1.10x of hand-written for
@@ -91,7 +91,7 @@ PROGRAM_BATCH = 100  # parts 6 and 7
 # pyro_vae.MODELS["hierarchical"] with its defaults, Burda et al.'s two layers (part 7): sizes of z1, z2 and the
 # hidden layers of the guide's MLP to each (the model's mirror them)
 HIERARCHICAL_LATENTS = (100, 50)
-HIERARCHICAL_HIDDEN = ((100, 100), (50, 50))
+HIERARCHICAL_HIDDEN = ((200, 200), (100, 100))
 
 LossFn = Callable[[Tensor, int], Tensor]
 
@@ -215,7 +215,7 @@ class HandWrittenTwoLayerVAE(HandWritten):
 
 
 class HandWrittenHierarchicalVAE(HandWritten):
-    r"""Burda et al.'s two-stochastic-layer VAE as a PyTorch user writes it: x-100-100-z1 (100)-50-50-z2 (50), tanh.
+    r"""Burda et al.'s two-stochastic-layer VAE as a PyTorch user writes it: x-200-200-z1 (100)-100-100-z2 (50), tanh.
 
     .. math:: \log w = \log p(x\mid z_1) + \log p(z_1\mid z_2) + \log p(z_2) - \log q(z_1\mid x) - \log q(z_2\mid z_1)
 

@@ -33,16 +33,16 @@ def small(**kwargs):
 def test_the_default_is_burda_et_al_two_layer_architecture():
     program = build_model(Config.from_dict({"model": {"type": "hierarchical"}}), (28, 28))
     sizes = lambda mlp: [(m.in_features, m.out_features) for m in mlp.net if isinstance(m, torch.nn.Linear)]  # noqa: E731
-    assert sizes(program.encoders[0]) == [(784, 100), (100, 100), (100, 200)]  # x -> 100 -> 100 -> z1 (100)
-    assert sizes(program.encoders[1]) == [(100, 50), (50, 50), (50, 100)]  # z1 -> 50 -> 50 -> z2 (50)
-    assert sizes(program.decoders[1]) == [(50, 50), (50, 50), (50, 200)]  # z2 -> 50 -> 50 -> z1
-    assert sizes(program.decoders[0]) == [(100, 100), (100, 100), (100, 784)]  # z1 -> 100 -> 100 -> x
+    assert sizes(program.encoders[0]) == [(784, 200), (200, 200), (200, 200)]  # x -> 200 -> 200 -> z1 (100)
+    assert sizes(program.encoders[1]) == [(100, 100), (100, 100), (100, 100)]  # z1 -> 100 -> 100 -> z2 (50)
+    assert sizes(program.decoders[1]) == [(50, 100), (100, 100), (100, 200)]  # z2 -> 100 -> 100 -> z1
+    assert sizes(program.decoders[0]) == [(100, 200), (200, 200), (200, 784)]  # z1 -> 200 -> 200 -> x
     assert all(isinstance(m, torch.nn.Tanh) for mlp in program.encoders for m in mlp.net[1::2])
 
 
 def test_its_config_round_trips_with_the_defaults_filled_in():
     config = Config.from_dict({"model": {"type": "hierarchical"}})
-    assert config.model.params == {"latent_dims": [100, 50], "hidden": [[100, 100], [50, 50]], "activation": "tanh"}
+    assert config.model.params == {"latent_dims": [100, 50], "hidden": [[200, 200], [100, 100]], "activation": "tanh"}
     assert Config.from_toml_string(config.to_toml()) == config
 
 

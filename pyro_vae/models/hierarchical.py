@@ -9,8 +9,8 @@ layers is a diagonal Gaussian whose location and scale come from an MLP; the top
 :data:`~pyro_vae.models.priors.PRIORS` and :math:`p(x \mid z_1)` from
 :data:`~pyro_vae.models.likelihoods.LIKELIHOODS`. Sites are named per layer, ``z1`` .. ``zL``, and ``x``.
 
-The defaults are the two-layer architecture of Burda et al.: x → 100 → 100 → z1 (100) → 50 → 50 → z2 (50),
-mirrored in the model, tanh between layers.
+The defaults are the two-layer architecture of Burda et al. (appendix C, and ``hidden_units_q`` in the authors'
+code): x → 200 → 200 → z1 (100) → 100 → 100 → z2 (50), mirrored in the model, tanh between layers.
 
 The guide draws :math:`z_1` before :math:`z_2`, while the model's :math:`p(z_1 \mid z_2)` depends on
 :math:`z_2`: the analytic estimator takes the closed-form KL of the top layer only and samples the others
@@ -81,7 +81,7 @@ class Hierarchical(nn.Module):
         self,
         event_shape: tuple[int, ...],
         latent_dims: Dims = (100, 50),
-        hidden: tuple[Dims, ...] = ((100, 100), (50, 50)),
+        hidden: tuple[Dims, ...] = ((200, 200), (100, 100)),
         activation: Activation = "tanh",
         prior: dict[str, Any] | None = None,
         likelihood: dict[str, Any] | None = None,
