@@ -650,3 +650,27 @@ def test_gradients_without_a_score_term_vanish_at_the_exact_posterior_for_every_
         loss = pyro_vae.Objective(prog, estimator, num_particles=num_particles)(data())
         for name, grad in zip(GUIDE_PARAMS, torch.autograd.grad(loss, params)):
             assert grad.abs().max() < 1e-8, (name, grad)
+
+
+@pytest.mark.parametrize("estimator", ["stl", "dreg"])
+def test_a_guide_of_pyro_params_is_held_too(estimator):
+    """A guide written with ``pyro.param`` (no module): its parameters are held by the same handler."""
+    pyro.clear_param_store()
+    x = torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):  # the exact posterior N(x/2, 1/2), through parameters a * x and s
+        a = pyro.param("a", torch.tensor(0.5, dtype=torch.float64))
+        s = pyro.param("s", torch.tensor(0.5, dtype=torch.float64).sqrt())
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(a * x, s))
+
+    elbo = pyro_vae.make_elbo(estimator, num_particles=3)
+    loss = elbo.differentiable_loss(model, guide, x)
+    params = [pyro.param("a").unconstrained(), pyro.param("s").unconstrained()]
+    for grad in torch.autograd.grad(loss, params):
+        assert grad.abs().max() < 1e-10, grad
