@@ -27,6 +27,7 @@ from torch.distributions import kl_divergence
 
 import pyro_vae
 from pyro_vae import PyroVAEError
+from pyro_vae.errors import ConfigError
 
 DT = torch.float64
 ESTIMATORS = ("mc", "analytic", "stl", "iwae", "dreg")
@@ -674,3 +675,29 @@ def test_a_guide_of_pyro_params_is_held_too(estimator):
     params = [pyro.param("a").unconstrained(), pyro.param("s").unconstrained()]
     for grad in torch.autograd.grad(loss, params):
         assert grad.abs().max() < 1e-10, grad
+
+
+def test_a_guide_that_hides_its_module_is_refused_rather_than_half_held():
+    """A guide that is not the module's own method (wrapped by a handler) cannot have the module's parameters
+    held: stl and dreg refuse it in one line instead of returning the full gradient."""
+    prog = TwoLayerGaussian(LG, exact_guide(LG, "bottom_up"))
+
+    def guide(x):  # the module's parameters reached through pyro.module, from a plain function
+        pyro.module("two_layer", prog)
+        prog.guide(x)
+
+    def model(x):
+        pyro.module("two_layer", prog)
+        prog.model(x)
+
+    for estimator in ("stl", "dreg"):
+        with pytest.raises(ConfigError, match="hold them fixed only where the guide is a method"):
+            pyro_vae.make_elbo(estimator, num_particles=2).differentiable_loss(model, guide, data())
+
+
+def test_dreg_guesses_the_plate_nesting_as_pyro_does():
+    from pyro_vae.infer.references import TraceDReG_ELBO
+
+    prog = TwoLayerGaussian(LG, exact_guide(LG, "bottom_up"))
+    loss = TraceDReG_ELBO(num_particles=3, vectorize_particles=True).differentiable_loss(prog.model, prog.guide, data())
+    assert torch.isfinite(loss)

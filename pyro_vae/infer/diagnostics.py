@@ -420,7 +420,8 @@ def _scalar(t: Tensor | None) -> float | None:
 def latent_usage(
     vae: nn.Module, x: Tensor, batch_size: int = 1000, threshold: float = 0.01, num_samples: int = 1
 ) -> dict[str, Any]:
-    r"""``active_units`` and ``kl_per_dim`` of ``x``, from one draw per point: what training records each epoch.
+    r"""``active_units`` and ``kl_per_dim`` of ``x``, from ``num_samples`` draws per point (one: what training
+    records each epoch).
 
     ``num_samples`` draws per point instead average a site's :math:`\mathbb E_q[z]` over the draws of the sites it
     is conditioned on (the upper layers of a bottom-up guide), and its sampled KL over its own.

@@ -103,7 +103,7 @@ BOUNDS: dict[str, str] = {"elbo": "ELBO", "iwae": "IWAE bound"}
 ESTIMATORS: Registry = Registry("estimator", context=("num_particles",), group="pyro_vae.estimators")
 
 #: Programs whose ELBO the estimators' fused tensor code computes (:meth:`Estimator.fused_loss`), each held to
-#: Pyro's reference by the tests (``tests/test_fused.py``). Exact classes: a subclass may redefine its program,
+#: Pyro's reference by the tests (``tests/test_estimators.py``). Exact classes: a subclass may redefine its program,
 #: and is fused only once it is added here, with a test that holds it to the reference.
 #: Each declares the fused form of :mod:`pyro_vae.models.fused`.
 FUSED_PROGRAMS: set[type] = {VAE, Hierarchical}
@@ -148,7 +148,7 @@ class _JitTrace_ELBO(JitTrace_ELBO):
 
 
 class Estimator:
-    """An estimator of a lower bound on :math:`\\log p(x)` for the VAE's model/guide pair.
+    """An estimator of a lower bound on :math:`\\log p(x)` for a program's model/guide pair.
 
     Args:
         num_particles: draws of :math:`z` per data point, in one vectorized pass.

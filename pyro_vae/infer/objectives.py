@@ -136,9 +136,12 @@ def fused_loss(
     hold it to that. What it saves is Pyro's per-step bookkeeping (traces, messengers, the param
     store), which costs a few milliseconds a step whatever the batch size.
 
-    It is valid for the model and guide of :class:`~pyro_vae.models.vae.VAE` itself; a subclass that
-    redefines either is a different program, and :class:`Objective` refuses to fuse it.
+    It is valid for a program that declares a fused form (:class:`~pyro_vae.models.vae.VAE`,
+    :class:`~pyro_vae.models.hierarchical.Hierarchical`); a subclass that redefines either method is a different
+    program, and is refused.
     """
+    if not has_fused_form(vae):
+        raise ConfigError(f"fused_loss: {_why_not_fused(vae)}; use Objective(program, fused=False)")
     if free_bits:
         check_free_bits_prior(vae)
     return make_estimator(estimator, num_particles).fused_loss(vae, x, num_data, beta, free_bits)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,10 +31,11 @@ import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
-from pyro.infer.util import check_fully_reparametrized, torch_item
+from pyro.infer.util import check_fully_reparametrized, is_validation_enabled, torch_item
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
+from pyro.util import check_model_guide_match
 from torch import Tensor, nn
 from torch.distributions import kl_divergence
 
@@ -66,23 +68,31 @@ def held(fn: Callable) -> Iterator[None]:
     whose method it is (a program's ``guide``), each replaced by a copy that passes no gradient back.
 
     What the held parameters compute still depends on its inputs: a guide site whose distribution depends on
-    an earlier draw keeps that dependence, which the sticking-the-landing and DReG gradients need.
+    an earlier draw keeps that dependence, which the sticking-the-landing and DReG gradients need. The guide is
+    run again with them: a guide with random layers (dropout) would draw them anew, so its log q would not be
+    that of the draw.
     """
-    owner = getattr(inspect.unwrap(fn), "__self__", None)
+    owner = _owner(fn)
     swapped = []
-    if isinstance(owner, nn.Module):
-        for module in owner.modules():
+    try:
+        for module in owner.modules() if owner is not None else ():
             for name, p in module._parameters.items():
                 if p is not None:
                     swapped.append((module, name, p))
-                    # a new leaf: pyro.module still sees a trainable parameter (no warning); its gradient is dropped
-                    module._parameters[name] = p.detach().requires_grad_(p.requires_grad)
-    try:
-        with _HeldParams():
+                    module._parameters[name] = p.detach()
+        with _HeldParams(), warnings.catch_warnings():
+            # pyro.module skips a parameter that needs no gradient, and says so: these copies need none by design
+            warnings.filterwarnings("ignore", message=".*was not registered in the param store")
             yield
     finally:
         for module, name, p in swapped:
             module._parameters[name] = p
+
+
+def _owner(fn: Callable) -> nn.Module | None:
+    """The module whose method ``fn`` is (through ``functools.wraps``), if any."""
+    owner = getattr(inspect.unwrap(fn), "__self__", None)
+    return owner if isinstance(owner, nn.Module) else None
 
 
 def _with_values(trace: Trace, values: dict[str, Tensor]) -> Trace:
@@ -106,6 +116,13 @@ class _HeldGuide:
         replayed = poutine.replay(self._vectorized_num_particles(guide), trace=_with_values(guide_trace, values))
         with held(guide):
             trace = poutine.trace(replayed).get_trace(*args, **kwargs)
+        modules = [s["name"] for s in trace.nodes.values() if s["type"] == "param" and "$$$" in s["name"]]
+        if modules and _owner(guide) is None:
+            raise ConfigError(
+                f"the guide uses a module's parameters ({modules[0].split('$$$')[0]!r}, through pyro.module), and "
+                "sticking the landing and DReG can hold them fixed only where the guide is a method of that module "
+                "(a program's guide, as Objective passes it); pass program.guide itself, or use mc or iwae"
+            )
         return {site["name"]: site["fn"].log_prob(site["value"]) for site in _sample_sites(trace)}
 
 
@@ -235,10 +252,14 @@ class TraceIWAE_ELBO(_HeldGuide, Trace_ELBO):
         the weight multiplies the gradient of the log-weight there, not what reaches a draw through a later one.
         """
         if self.stop_guide:
+            if self.max_plate_nesting == float("inf"):  # as Pyro's _get_traces does before vectorizing
+                self._guess_max_plate_nesting(model, guide, args, kwargs)
             guide_trace = poutine.trace(self._vectorized_num_particles(guide)).get_trace(*args, **kwargs)
             values = {site["name"]: site["value"].view_as(site["value"]) for site in _sample_sites(guide_trace)}
             replayed = poutine.replay(self._vectorized_num_particles(model), trace=_with_values(guide_trace, values))
             model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
+            if is_validation_enabled():
+                check_model_guide_match(model_trace, guide_trace)
             model_trace.compute_log_prob()
             log_q = self._held_log_q(guide, guide_trace, values, args, kwargs)
         else:

@@ -20,7 +20,7 @@ fused loss to Pyro's reference on the same draws, for every estimator.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pyro.distributions as dist
 import torch
@@ -44,7 +44,7 @@ def gaussian(loc: Tensor, scale: Tensor) -> dist.TorchDistribution:
     return dist.Normal(loc, scale, validate_args=False).to_event(1)
 
 
-def held_call(module: nn.Module, *inputs: Tensor) -> Tensor:
+def held_call(module: nn.Module, *inputs: Tensor) -> Any:
     """``module(*inputs)`` with its parameters held fixed: the gradient reaches the inputs, not the parameters."""
     held = {name: p.detach() for name, p in module.named_parameters()}
     return torch.func.functional_call(module, held, inputs)
