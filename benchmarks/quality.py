@@ -18,7 +18,8 @@ binarization draws once with ``pyro_vae.training.data.BINARIZATION_SEED`` (0), t
 The table (preset, budget, epochs, training seconds, log p(x) ± SE, the published number, the
 difference) is printed and written to ``benchmarks/quality/results.json``; ``log_likelihood.png``
 beside it draws test log p(x) against training time from the snapshots each run keeps
-(K = 5000 on the first ``--curve-images`` test images), the published values as horizontal lines.
+(K = 5000 on the first ``--curve-images`` test images), the published values as horizontal lines,
+and beside that the test bound each run recorded after every epoch (its ``metrics.jsonl``).
 An evaluation is reused while the run's model file is unchanged, a learning-curve point while its
 snapshot is (or where the snapshot is gone); ``--reevaluate`` redoes them.
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import itertools
 import json
 import math
 import statistics
@@ -406,42 +408,58 @@ def print_table(rows: list[dict]) -> None:
 
 
 def plot(rows: list[dict], path: Path) -> None:
+    """Two panels against training time: log p(x) at each run's snapshots (its final value where none are kept),
+    and the test bound each run trains, recorded after every epoch in its ``metrics.jsonl``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
     for i, r in enumerate(rows):
-        color = f"C{i}"
-        level = r["log_likelihood"] if r["published"] is None else r["published"]
-        points = [p for p in r["curve"] if p["log_likelihood"] > level - 40]
-        if points:
-            hours = [p["train_seconds"] / 3600 for p in points]
-            ax.errorbar(
-                hours,
-                [p["log_likelihood"] for p in points],
-                yerr=[2 * p["se"] for p in points],
-                marker="o",
-                color=color,
-                label=f"{r['preset']} ({r['budget']})",
-            )
-        if r["published"] is not None:
-            ax.axhline(r["published"], color=color, linestyle="--", linewidth=1)
-    ax.set_xscale("log")
-    ax.set_xlabel("training time (hours, log scale)")
-    ax.set_ylabel("test log p(x) (nats)")
+        color, label = f"C{i}", f"{r['preset']} ({r['budget']})"
+        _plot_log_likelihood(left, r, color, label)
+        _plot_bound(right, r, color, label)
     images = {p["images"] for r in rows for p in r["curve"]}
-    ax.set_title(
-        f"MNIST log p(x) (K = {rows[0]['num_samples']}, first {'/'.join(map(str, images))} test images) "
-        "against training time; dashed: published",
-        fontsize=9,
+    left.set_title(
+        f"test log p(x), K = {rows[0]['num_samples']}: dots at snapshots (first {'/'.join(map(str, images))} "
+        "images), stars at the end (all); dashed: published",
+        fontsize=8,
     )
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    right.set_title("test bound after every epoch: the ELBO (VAE) or the IWAE bound (IWAE rows)", fontsize=8)
+    right.set_ylabel("test bound (nats)")
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_xlabel("training time (hours, log scale)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _plot_log_likelihood(ax: Any, r: dict, color: str, label: str) -> None:
+    level = r["log_likelihood"] if r["published"] is None else r["published"]
+    points = [p for p in r["curve"] if p["log_likelihood"] > level - 40]
+    if points:
+        hours = [p["train_seconds"] / 3600 for p in points]
+        lls, yerr = [p["log_likelihood"] for p in points], [2 * p["se"] for p in points]
+        ax.errorbar(hours, lls, yerr=yerr, marker="o", color=color, label=label)
+        label = None
+    ax.plot(r["train_seconds"] / 3600, r["log_likelihood"], marker="*", markersize=11, color=color, label=label)
+    if r["published"] is not None:
+        ax.axhline(r["published"], color=color, linestyle="--", linewidth=1)
+    ax.set_ylabel("test log p(x) (nats)")
+
+
+def _plot_bound(ax: Any, r: dict, color: str, label: str) -> None:
+    history = read_metrics(REPO / r["run"] / "metrics.jsonl")
+    if not history:
+        return
+    hours = [h / 3600 for h in itertools.accumulate(m["seconds"] for m in history)]
+    bound = [m["test_elbo"] for m in history]
+    start = next((i for i, b in enumerate(bound) if b > bound[-1] - 15), 0)  # leave out the first epochs' climb
+    ax.plot(hours[start:], bound[start:], color=color, linewidth=1, label=label)
 
 
 def train_in_processes(names: list[str], argv: list[str], jobs: int) -> None:
