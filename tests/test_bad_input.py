@@ -416,6 +416,36 @@ CASES = [
         files={"x.npz": npz(x=UNIT, y=np.arange(10))},
     ),
     case(
+        "data-labels-not-integers",
+        "train --dataset {tmp}/x.npz",
+        r"data set x\.npz: (train|test) labels are not integers: 2\.5 at index 7; store class indices 0, 1, \.\.\.",
+        files={"x.npz": npz(x=UNIT, y=np.where(np.arange(20) == 7, 2.5, np.arange(20) % 2))},
+    ),
+    case(
+        "data-labels-out-of-range",
+        "train --dataset {tmp}/x.npz --set data.num_classes=2",
+        r"data set x\.npz: (train|test) labels: label 5 at index 3 is out of range; classes are 0\.\.1",
+        files={"x.npz": npz(x=UNIT, y=np.where(np.arange(20) == 3, 5, np.arange(20) % 2))},
+    ),
+    case(
+        "data-labels-negative",
+        "train --dataset {tmp}/x.npz",
+        r"label -2 at index 3 is out of range; classes are 0 or more",
+        files={"x.npz": npz(x=UNIT, y=np.where(np.arange(20) == 3, -2, np.arange(20) % 2))},
+    ),
+    case("data-labels-fewer-than-classes", "train --labels 5", r"data\.labels = 5 is fewer than the 10 classes"),
+    case(
+        "data-labels-more-than-points",
+        "train --labels 5000",
+        r"data\.labels = 5000 is more than the 1438 training points; keep at most that many",
+    ),
+    case(
+        "data-labels-without-labels",
+        "train --dataset {tmp}/x.npy --labels 4",
+        r"data\.labels = 4, but data set x\.npy has no training labels",
+        files={"x.npy": npy(UNIT)},
+    ),
+    case(
         "data-train-without-test",
         "train --dataset {tmp}/x.npz",
         r"x\.npz has 'train' but no 'test' array; add one",

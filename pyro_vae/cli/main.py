@@ -128,6 +128,7 @@ _TRAIN_OPTIONS: dict[str, str] = {
     "download": "data.download",
     "binarize": "data.binarize",
     "validation": "data.validation",
+    "labels": "data.labels",
     "model": "model.type",
     "latent_dim": "model.latent_dim",
     "network": "model.network.type",  # before its parameters: a new type starts from that network's defaults
@@ -234,6 +235,13 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
         metavar="N",
         help="hold N training points out as a validation set (a fixed split); the run keeps the model of the epoch "
         "with the best validation ELBO (best.pt)",
+    )
+    g.add_argument(
+        "--labels",
+        type=int,
+        metavar="N",
+        help="keep N training labels, balanced across classes and drawn with data.label_seed; the rest are "
+        "unlabelled (default: all)",
     )
     g = train.add_argument_group("model")
     g.add_argument("--model", metavar="NAME", help="model.type: the program to train (pyro-vae models)")

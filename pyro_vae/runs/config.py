@@ -68,6 +68,11 @@ class DataConfig:
     binarize: Literal["none", "static", "dynamic"] = "none"
     # training points held out as a validation set (fixed split); for early stopping and the best model
     validation: Annotated[int, AtLeast(0)] = 0
+    # training labels kept, balanced across classes and chosen with label_seed; the rest unlabelled (0: all)
+    labels: Annotated[int, AtLeast(0)] = 0
+    label_seed: int = 0
+    # the number of classes of the labels (0: 10 for digits and mnist, else one more than the largest label)
+    num_classes: Annotated[int, AtLeast(0)] = 0
 
 
 @dataclass
@@ -412,6 +417,9 @@ def load_data(config: Config, device: str | torch.device = "cpu") -> Dataset:
         device=device,
         seed=config.train.seed,
         validation=d.validation,
+        labels=d.labels,
+        label_seed=d.label_seed,
+        num_classes=d.num_classes,
     )
 
 

@@ -33,6 +33,7 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from pyro_vae.errors import DataError
+from pyro_vae.training.labels import UNLABELLED, Batch, check_labels, count_classes, keep_labels, labelled_batches
 
 __all__ = [
     "Dataset",
@@ -42,6 +43,7 @@ __all__ = [
     "TEST_FRACTION",
     "SPLIT_SEED",
     "BINARIZATION_SEED",
+    "NUM_CLASSES",
 ]
 
 #: Fraction of a data set without its own test split that is held out for testing.
@@ -52,6 +54,8 @@ SPLIT_SEED = 0
 #: whatever its own seed, is evaluated on the same binary images.
 BINARIZATION_SEED = 0
 BINARIZATIONS = ("none", "static", "dynamic")
+#: The classes of the built-in data sets' labels.
+NUM_CLASSES = {"digits": 10, "mnist": 10}
 FILE_SUFFIXES = (".npy", ".npz", ".pt")
 
 
@@ -74,6 +78,9 @@ class _Arrays(NamedTuple):
 class Dataset:
     """A train/test pair of tensors of shape ``(N, *event_shape)`` with optional integer labels.
 
+    ``train_labels`` holds :data:`~pyro_vae.training.labels.UNLABELLED` (-1) where a label is not kept
+    (``data.labels``); ``num_classes`` is the number of classes (``None`` without labels).
+
     ``binarize = "dynamic"`` draws a fresh binary image from the grey values of each training
     minibatch (:meth:`batches`); the test and validation sets are then binarized once, with the
     fixed seed :data:`BINARIZATION_SEED`, so that evaluations are comparable. ``validation`` is
@@ -87,6 +94,12 @@ class Dataset:
     test_labels: Tensor | None = None
     binarize: str = "none"
     validation: Tensor | None = None
+    num_classes: int | None = None
+
+    @property
+    def num_labelled(self) -> int:
+        """How many training points keep their label."""
+        return 0 if self.train_labels is None else int((self.train_labels != UNLABELLED).sum())
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -125,6 +138,21 @@ class Dataset:
         for first in range(start * batch_size, len(order) - batch_size + 1, batch_size):
             batch = self.train[order[first : first + batch_size]]
             yield torch.bernoulli(batch) if self.binarize == "dynamic" else batch
+
+    def labelled_batches(
+        self,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        start: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> Iterator[Batch]:
+        """One epoch of :class:`~pyro_vae.training.labels.Batch`: all labelled or all unlabelled, in the ratio the
+        data have (:func:`~pyro_vae.training.labels.labelled_batches`); binarized as :meth:`batches`."""
+        if self.train_labels is None:
+            raise DataError(f"data set {self.name} has no labels; use a data set with labels, or a program without")
+        for batch in labelled_batches(self.train, self.train_labels, batch_size, generator, start, rank, world_size):
+            yield batch._replace(x=torch.bernoulli(batch.x)) if self.binarize == "dynamic" else batch
 
 
 def _split(x: Tensor, labels: Tensor | None) -> _Arrays:
@@ -404,6 +432,9 @@ def load_dataset(
     device: str | torch.device = "cpu",
     seed: int = 0,
     validation: int = 0,
+    labels: int = 0,
+    label_seed: int = 0,
+    num_classes: int = 0,
 ) -> Dataset:
     """Load a data set, check it, binarize it as asked, and move it to ``device``.
 
@@ -422,6 +453,10 @@ def load_dataset(
             :data:`BINARIZATION_SEED`, whatever the seed).
         validation: points held out of the training set as a validation set (chosen with
             :data:`SPLIT_SEED`; 0: none).
+        labels: keep this many training labels, balanced across classes and chosen with ``label_seed``
+            (:func:`~pyro_vae.training.labels.keep_labels`); the rest are unlabelled (0: keep them all).
+        num_classes: the number of classes (0: 10 for the built-in data sets, else one more than the
+            largest label).
     """
     if binarize not in BINARIZATIONS:
         raise DataError(f"data.binarize: unknown binarization {binarize!r}; known: {', '.join(BINARIZATIONS)}")
@@ -429,24 +464,38 @@ def load_dataset(
     name = dataset if dataset in DATASETS else Path(dataset).name
     _check_shapes(name, arrays.train, arrays.test, arrays.train_labels, arrays.test_labels)
     splits, rows, train_labels = _splits(name, arrays, validation)
+    labelled = _labels(name, (train_labels, arrays.test_labels), rows, labels, label_seed, num_classes)
+    train_labels, test_labels, classes = labelled
     splits = _binarize(name, splits, rows, binarize, seed)
+    fix = f"rescale the data into {support_text} or choose a likelihood whose support fits it"
     for split, x in splits.items():
-        _check(
-            x,
-            f"{name} ({split})",
-            support,
-            support_text,
-            f"rescale the data into {support_text} or choose a likelihood whose support fits it",
-            rows[split],
-        )
-    device = torch.device(device)
-    held_out, test_labels = splits.get("validation"), arrays.test_labels
+        _check(x, f"{name} ({split})", support, support_text, fix, rows[split])
+    to = lambda t: None if t is None else t.to(device)  # noqa: E731
     return Dataset(
         name=name,
-        train=splits["train"].to(device),
-        test=splits["test"].to(device),
-        train_labels=None if train_labels is None else train_labels.to(device),
-        test_labels=None if test_labels is None else test_labels.to(device),
+        train=to(splits["train"]),
+        test=to(splits["test"]),
+        train_labels=to(train_labels),
+        test_labels=to(test_labels),
         binarize=binarize,
-        validation=None if held_out is None else held_out.to(device),
+        validation=to(splits.get("validation")),
+        num_classes=classes,
     )
+
+
+def _labels(
+    name: str, labels: tuple[Tensor | None, Tensor | None], rows: dict[str, Tensor], keep: int, seed: int, classes: int
+) -> tuple[Tensor | None, Tensor | None, int | None]:
+    """The checked training and test labels, the kept subset of the training ones, and the number of classes
+    (``rows``: where each split's points are stored, see :class:`_Arrays`)."""
+    classes = classes or NUM_CLASSES.get(name) or None
+    train, test = (
+        None if y is None else check_labels(y, f"data set {name}: {split} labels", classes, rows[split])
+        for y, split in zip(labels, ("train", "test"))
+    )
+    if train is None:
+        if keep:
+            raise DataError(f"data.labels = {keep}, but data set {name} has no training labels; give it labels")
+        return None, test, None
+    classes = classes or count_classes(train, test)
+    return (keep_labels(train, keep, classes, seed) if keep else train), test, classes

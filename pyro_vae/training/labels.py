@@ -1,0 +1,146 @@
+r"""Labels: checked, a balanced subset kept with a recorded seed, and minibatches that carry them.
+
+A data set's training labels are a tensor of class indices in ``[0, num_classes)``, with
+:data:`UNLABELLED` (-1) where a point's label is not kept (``data.labels``). A program that takes labels
+(``model(x, y=None)``) is trained on minibatches that are all labelled or all unlabelled, in the ratio the
+data have, each weighted so that a step is an unbiased estimate of the full-data objective
+(:func:`labelled_batches`).
+
+Example:
+    >>> labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2])
+    >>> kept = keep_labels(labels, 3, num_classes=3, seed=0)
+    >>> sorted(kept[kept != UNLABELLED].tolist())
+    [0, 1, 2]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from pyro_vae.errors import DataError
+
+__all__ = ["UNLABELLED", "Batch", "check_labels", "count_classes", "keep_labels", "labelled_batches"]
+
+#: The label of a training point whose label is not kept: the program sees ``y = None`` for it.
+UNLABELLED = -1
+
+
+def check_labels(labels: Tensor, where: str, num_classes: int | None = None, rows: Tensor | None = None) -> Tensor:
+    """``labels`` as ``int64`` class indices, or a one-line :class:`DataError` naming the first bad one.
+
+    Integral floating-point values are taken; anything else (fractions, NaN, negative values, values at or
+    above ``num_classes``) is refused with the index of the first offender: ``rows[i]``, where label ``i`` is
+    stored, when ``rows`` is given.
+    """
+    at = (lambda i: i) if rows is None else (lambda i: int(rows[i]))
+    if labels.dtype == torch.bool or labels.is_complex():
+        raise DataError(f"{where} are {labels.dtype}, not integer class indices; store them as integers 0, 1, ...")
+    if labels.is_floating_point():
+        bad = ~(torch.isfinite(labels) & (labels == labels.round()))
+        if bad.any():
+            i = int(bad.nonzero()[0, 0])
+            raise DataError(
+                f"{where} are not integers: {labels[i].item()} at index {at(i)}; store class indices 0, 1, ..."
+            )
+    labels = labels.long()
+    out = (labels < 0) if num_classes is None else (labels < 0) | (labels >= num_classes)
+    if out.any():
+        i = int(out.nonzero()[0, 0])
+        known = "0 or more" if num_classes is None else f"0..{num_classes - 1}"
+        raise DataError(f"{where}: label {labels[i].item()} at index {at(i)} is out of range; classes are {known}")
+    return labels
+
+
+def count_classes(*labels: Tensor | None) -> int | None:
+    """The number of classes that labels imply, one more than the largest (``None`` without labels)."""
+    present = [y for y in labels if y is not None and len(y)]
+    return max(int(y.max()) for y in present) + 1 if present else None
+
+
+def keep_labels(labels: Tensor, n: int, num_classes: int, seed: int) -> Tensor:
+    r"""``labels`` with all but ``n`` replaced by :data:`UNLABELLED`, balanced across classes.
+
+    Each class keeps :math:`\lfloor n / C \rfloor` labels, and :math:`n \bmod C` classes, drawn with ``seed``,
+    one more; the points of each class are drawn with ``seed`` too, so the same ``n`` and ``seed`` keep the
+    same labels on every machine.
+    """
+    if n < num_classes:
+        raise DataError(f"data.labels = {n} is fewer than the {num_classes} classes; keep at least one label per class")
+    if n > len(labels):
+        raise DataError(f"data.labels = {n} is more than the {len(labels)} training points; keep at most that many")
+    generator = torch.Generator().manual_seed(seed)
+    quota = torch.full((num_classes,), n // num_classes)
+    quota[torch.randperm(num_classes, generator=generator)[: n % num_classes]] += 1
+    kept = torch.full_like(labels, UNLABELLED)
+    for c in range(num_classes):
+        members = (labels == c).nonzero().flatten().cpu()
+        if len(members) < quota[c]:
+            raise DataError(
+                f"data.labels = {n} asks for {int(quota[c])} labels of class {c}, which has {len(members)} "
+                "training points; keep fewer labels"
+            )
+        chosen = members[torch.randperm(len(members), generator=generator)[: quota[c]]].to(labels.device)
+        kept[chosen] = c
+    return kept
+
+
+class Batch(NamedTuple):
+    """A training minibatch: points, their labels (``None`` for unlabelled ones), and the weight of the step.
+
+    ``num_data / len(x)`` is the factor of the batch's terms that makes the step an unbiased estimate of
+    the full-data objective (the program contract's minibatch scaling, :func:`~pyro_vae.infer.program.bind`).
+    """
+
+    x: Tensor
+    y: Tensor | None
+    num_data: float
+
+
+def _parts(labels: Tensor, generator: torch.Generator, rank: int, world_size: int) -> tuple[Tensor, Tensor]:
+    """This process's shard of a random order of the labelled points, and of the unlabelled ones."""
+    parts = []
+    for mask in (labels != UNLABELLED, labels == UNLABELLED):
+        index = mask.nonzero().flatten().cpu()
+        index = index[torch.randperm(len(index), generator=generator)]
+        parts.append(index[rank::world_size][: len(index) // world_size])
+    return parts[0], parts[1]
+
+
+def labelled_batches(
+    train: Tensor,
+    labels: Tensor,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    start: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[Batch]:
+    r"""One epoch of minibatches, each all labelled or all unlabelled, in a random order.
+
+    With :math:`N_l` labelled and :math:`N_u` unlabelled points, the epoch has
+    :math:`S_l = \max(1, \lfloor N_l/B \rfloor)` labelled batches (of :math:`\lfloor N_l/S_l \rfloor` points:
+    all of them when there are fewer than :math:`B`) and :math:`S_u = \lfloor N_u/B \rfloor` unlabelled ones,
+    so a step is labelled with probability :math:`S_l/S`, in the ratio the data have. A batch of kind
+    :math:`k` and :math:`b_k` points is weighted :math:`N_k S / (S_k b_k)` a point, which makes every step an
+    unbiased estimate of the full-data objective, :math:`\sum_{\text{labelled}} + \sum_{\text{unlabelled}}`.
+    ``start`` skips that many batches of the epoch, as :meth:`~pyro_vae.training.data.Dataset.batches` does.
+    With ``world_size`` processes each takes its shard of both orders; their ``k``-th batches together are
+    one batch of the whole job.
+    """
+    labelled, unlabelled = _parts(labels, generator, rank, world_size)
+    counts = [len(labelled), len(unlabelled)]
+    steps = [max(1, counts[0] // batch_size) if counts[0] else 0, counts[1] // batch_size]
+    sizes = [counts[0] // steps[0] if steps[0] else 0, batch_size]
+    kinds = torch.tensor([0] * steps[0] + [1] * steps[1])[torch.randperm(sum(steps), generator=generator)]
+    used = [int((kinds[:start] == k).sum()) for k in (0, 1)]
+    weights = [counts[k] * world_size * sum(steps) / (steps[k] * sizes[k]) if steps[k] else 0.0 for k in (0, 1)]
+    for kind in kinds[start:].tolist():
+        index = (labelled, unlabelled)[kind][used[kind] * sizes[kind] : (used[kind] + 1) * sizes[kind]]
+        used[kind] += 1
+        index = index.to(train.device)
+        y = labels[index] if kind == 0 else None
+        yield Batch(train[index], y, weights[kind] * len(index))

@@ -1,0 +1,128 @@
+"""Labels: checked, a balanced seeded subset kept, and minibatches in the data's ratio, weighted without bias."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pyro_vae.errors import DataError
+from pyro_vae.training.data import load_dataset
+from pyro_vae.training.labels import UNLABELLED, check_labels, keep_labels, labelled_batches
+
+
+def _kept_per_class(kept: torch.Tensor, num_classes: int) -> list[int]:
+    return torch.bincount(kept[kept != UNLABELLED], minlength=num_classes).tolist()
+
+
+@pytest.mark.parametrize("n, expected", [(50, [5] * 10), (10, [1] * 10)])
+def test_keep_labels_is_balanced(n, expected):
+    data = load_dataset("digits", labels=n, label_seed=1)
+    assert data.num_classes == 10 and data.num_labelled == n
+    assert _kept_per_class(data.train_labels, 10) == expected
+    full = load_dataset("digits").train_labels
+    kept = data.train_labels != UNLABELLED
+    assert torch.equal(data.train_labels[kept], full[kept])  # a kept label is the point's own
+
+
+def test_keep_labels_spreads_the_remainder_and_is_seeded():
+    labels = torch.arange(3).repeat(20)
+    first, again, other = (keep_labels(labels, 7, 3, seed) for seed in (4, 4, 5))
+    assert sorted(_kept_per_class(first, 3)) == [2, 2, 3]
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_all_labels_by_default():
+    data = load_dataset("digits")
+    assert data.num_labelled == len(data.train) and data.num_classes == 10
+
+
+@pytest.mark.parametrize(
+    "labels, classes, message",
+    [
+        (torch.tensor([0.0, 2.5, 1.0]), None, r"not integers: 2\.5 at index 1"),
+        (torch.tensor([0.0, float("nan")]), None, r"not integers: nan at index 1"),
+        (torch.tensor([0, -1, 1]), None, r"label -1 at index 1 is out of range; classes are 0 or more"),
+        (torch.tensor([0, 1, 3]), 3, r"label 3 at index 2 is out of range; classes are 0\.\.2"),
+        (torch.tensor([True, False]), None, r"are torch\.bool, not integer class indices"),
+    ],
+)
+def test_bad_labels_are_refused(labels, classes, message):
+    with pytest.raises(DataError, match=message):
+        check_labels(labels, "labels", classes)
+
+
+def test_integral_floats_are_labels():
+    assert check_labels(torch.tensor([0.0, 2.0]), "labels").tolist() == [0, 2]
+
+
+@pytest.mark.parametrize(
+    "n, message",
+    [(5, r"data\.labels = 5 is fewer than the 10 classes"), (2000, r"more than the 1438 training points")],
+)
+def test_label_counts_are_refused(n, message):
+    with pytest.raises(DataError, match=message):
+        load_dataset("digits", labels=n)
+
+
+def _epoch(labels, batch_size, start=0, rank=0, world_size=1, seed=0):
+    x = torch.arange(len(labels), dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    return list(labelled_batches(x, labels, batch_size, generator, start, rank, world_size))
+
+
+def test_batches_keep_the_data_ratio_and_each_point_once():
+    labels = torch.full((330,), UNLABELLED)
+    labels[torch.arange(0, 330, 11)] = 1  # 30 labelled points, 300 unlabelled
+    batches = _epoch(labels, 30)
+    assert [b.y is not None for b in batches].count(True) == 1 and len(batches) == 11
+    seen = torch.cat([b.x for b in batches]).long()
+    assert sorted(seen.tolist()) == list(range(330))
+    for b in batches:
+        assert (b.y is not None) == bool((labels[b.x.long()] != UNLABELLED).all())
+
+
+@pytest.mark.parametrize("num_labelled, batch_size", [(30, 30), (12, 30), (95, 20)])
+def test_each_step_estimates_the_full_data_sum(num_labelled, batch_size):
+    """A step's weighted sum, averaged over the steps of an epoch, is the full-data sum (exactly, when the
+    batches cover every point; kinds chosen in proportion make it unbiased)."""
+    n = 300 + num_labelled
+    labels = torch.full((n,), UNLABELLED)
+    labels[:num_labelled] = 0
+    f = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    batches = _epoch(labels, batch_size)
+    steps = [b.num_data / len(b.x) * f[b.x.long()].sum() for b in batches]
+    covered = torch.cat([b.x for b in batches]).long()
+    parts = [(labels != UNLABELLED), (labels == UNLABELLED)]
+    expected = 0.0
+    for mask in parts:  # each part's points seen this epoch stand for the whole part
+        seen = mask[covered]
+        expected += f[covered[seen]].mean() * mask.sum()
+    assert torch.stack(steps).mean().item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+def test_resuming_inside_an_epoch_gives_its_remaining_batches():
+    labels = torch.tensor([0, 1] * 20 + [UNLABELLED] * 200)
+    whole, rest = _epoch(labels, 20), _epoch(labels, 20, start=4)
+    assert len(rest) == len(whole) - 4
+    for a, b in zip(whole[4:], rest):
+        assert torch.equal(a.x, b.x) and a.num_data == b.num_data
+        assert (a.y is None and b.y is None) or torch.equal(a.y, b.y)
+
+
+def test_shards_of_a_job_make_the_single_process_epoch():
+    labels = torch.tensor([0, 1] * 20 + [UNLABELLED] * 200)
+    shards = [_epoch(labels, 10, rank=r, world_size=2) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1])
+    for a, b in zip(*shards):
+        assert (a.y is None) == (b.y is None)  # the k-th batches are of one kind
+    points = torch.cat([b.x for shard in shards for b in shard]).long()
+    assert len(set(points.tolist())) == len(points) == 240
+
+
+def test_dataset_batches_binarize_and_need_labels():
+    data = load_dataset("digits", binarize="dynamic", labels=20)
+    batch = next(data.labelled_batches(100, torch.Generator().manual_seed(0)))
+    assert set(batch.x.unique().tolist()) <= {0.0, 1.0}
+    data.train_labels = None
+    with pytest.raises(DataError, match="has no labels"):
+        next(data.labelled_batches(100))
