@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -126,3 +128,73 @@ def test_dataset_batches_binarize_and_need_labels():
     data.train_labels = None
     with pytest.raises(DataError, match="has no labels"):
         next(data.labelled_batches(100))
+
+
+class _TinyM2(torch.nn.Module):
+    """A small M2-like program whose label is observed where given and latent (sampled) where not."""
+
+    def __init__(self, d: int = 64, classes: int = 10, z: int = 2) -> None:
+        super().__init__()
+        self.classify, self.encode = torch.nn.Linear(d, classes), torch.nn.Linear(d + classes, 2 * z)
+        self.decode, self.classes, self.z = torch.nn.Linear(z + classes, d), classes, z
+        self.calls: list[str] = []
+
+    def _one_hot(self, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        one_hot = torch.nn.functional.one_hot(y, self.classes).float()
+        return torch.broadcast_to(
+            one_hot, torch.broadcast_shapes(one_hot.shape[:-1], like.shape[:-1]) + one_hot.shape[-1:]
+        )
+
+    def model(self, x, y=None):
+        import pyro
+        import pyro.distributions as dist
+
+        self.calls.append(("labelled" if y is not None else "unlabelled", len(x)))
+        pyro.module("tiny_m2", self)
+        x = x.reshape(len(x), -1)
+        with pyro.plate("data", len(x), dim=-1):
+            y = pyro.sample("y", dist.Categorical(logits=torch.zeros(self.classes)), obs=y)
+            z = pyro.sample("z", dist.Normal(torch.zeros(self.z), 1.0).to_event(1))
+            logits = self.decode(torch.cat([z.expand(*self._one_hot(y, z).shape[:-1], -1), self._one_hot(y, z)], -1))
+            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+
+    def guide(self, x, y=None):
+        import pyro
+        import pyro.distributions as dist
+
+        pyro.module("tiny_m2", self)
+        x = x.reshape(len(x), -1)
+        with pyro.plate("data", len(x), dim=-1):
+            if y is None:
+                y = pyro.sample("y", dist.Categorical(logits=self.classify(x)))
+            code = self._one_hot(y, x)
+            h = self.encode(torch.cat([x.expand(*code.shape[:-1], -1), code], -1))
+            pyro.sample(
+                "z", dist.Normal(h[..., : self.z], torch.nn.functional.softplus(h[..., self.z :]) + 1e-3).to_event(1)
+            )
+
+
+def test_labels_reach_a_program_that_takes_them():
+    import pyro
+
+    import pyro_vae
+
+    pyro.clear_param_store()
+    data = load_dataset("digits", labels=50, binarize="static")
+    program = _TinyM2()
+    history = pyro_vae.fit(program, data, epochs=2, batch_size=100, elbo="mc", progress=False)
+    assert len(history) == 2 and all(math.isfinite(h["train_elbo"]) for h in history)
+    steps = [kind for kind, size in program.calls if size in (50, 100)]  # not the checks' two-point calls
+    assert steps.count("labelled") == 2  # one batch of the 50 labelled points an epoch, with their labels
+    assert all(size == 50 for kind, size in program.calls if kind == "labelled")
+
+
+def test_a_program_that_needs_labels_at_every_call_is_refused_in_one_line():
+    import pyro_vae
+
+    class Conditional(_TinyM2):
+        def model(self, x, y):
+            return super().model(x, y)
+
+    with pytest.raises(Exception, match=r"Conditional\.model\(x, y\) needs labels at every call"):
+        pyro_vae.fit(Conditional(), load_dataset("digits", labels=50), epochs=1, progress=False)

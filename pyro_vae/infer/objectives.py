@@ -35,7 +35,9 @@ from pyro_vae.infer.program import (
     bind,
     check_methods,
     closed_form_sites,
+    first_points,
     kept_rng,
+    label_use,
     latent_sites,
     observed_sites,
     per_point,
@@ -210,6 +212,7 @@ class Objective:
         # Bound once: Pyro's JIT caches compiled code by id(model), and ``vae.model`` makes a new
         # bound-method object (a new id) at every attribute access, which would re-trace each step.
         self.model, self.guide = bind(vae.model), bind(vae.guide)
+        self.labels = label_use(vae)  # whether a batch carries y (see pyro_vae.models.programs.label_use)
         self._checked = self.fused  # the fused form is the declared program's own; any other is checked once
         self._fused = self._fused_loss
         if self.path == "compiled":
@@ -228,18 +231,21 @@ class Objective:
     def jit(self) -> bool:
         return self.path == "jit"
 
-    def __call__(self, x: Tensor, num_data: int | None = None) -> Tensor:
+    def __call__(self, x: Tensor, num_data: int | None = None, y: Tensor | None = None) -> Tensor:
+        """The loss of minibatch ``x`` (with labels ``y``, ``None`` where they are latent, for a program that
+        takes them), an estimate of the negative ELBO of ``num_data`` points."""
         if self.fused:
             return self._fused(x, num_data)
+        batch = (x,) if self.labels == "none" else (x, y)
         if not self._checked:
-            check_program(self.vae, x, self.name, self.free_bits, jit=self.jit)
+            check_program(self.vae, x, self.name, self.free_bits, jit=self.jit, y=y)
             self._checked = True
         with warnings.catch_warnings():
             # Pyro's JIT runs on torch.jit.trace, which torch 2.x marks deprecated but still supports.
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated")
             # A NaN loss is reported by the training loop, with the epoch and step; Pyro's warning would repeat it.
             warnings.filterwarnings("ignore", message="Encountered NaN")
-            return self.elbo.differentiable_loss(self.model, self.guide, x, num_data=num_data, beta=self.beta)
+            return self.elbo.differentiable_loss(self.model, self.guide, *batch, num_data=num_data, beta=self.beta)
 
 
 def check_free_bits_prior(vae: VAE) -> None:
@@ -272,7 +278,9 @@ def _check_param_store(vae: nn.Module, guide_trace: Trace, model_trace: Trace) -
                 )
 
 
-def check_program(vae: nn.Module, x: Tensor, estimator: str = "mc", free_bits: float = 0.0, jit: bool = False) -> None:
+def check_program(
+    vae: nn.Module, x: Tensor, estimator: str = "mc", free_bits: float = 0.0, jit: bool = False, y: Tensor | None = None
+) -> None:
     """A one-line :class:`ConfigError` for a program that breaks the contract, or that ``estimator`` cannot train.
 
     The contract (:mod:`pyro_vae.infer.program`) is checked on a run of the first two points of ``x``; then what
@@ -281,7 +289,7 @@ def check_program(vae: nn.Module, x: Tensor, estimator: str = "mc", free_bits: f
     with ``jit``, that Pyro's param store holds the program's own parameters.
     """
     with kept_rng(x):
-        guide_trace, model_trace = traces(vae, x[:2])
+        guide_trace, model_trace = traces(vae, *first_points(vae, x, y))
     if jit:
         _check_param_store(vae, guide_trace, model_trace)
     chosen = ESTIMATORS.get(estimator)

@@ -60,12 +60,14 @@ from torch import Tensor, nn
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.models.kl import closed_form_kl
-from pyro_vae.models.programs import check_methods
+from pyro_vae.models.programs import check_methods, label_use
 
 __all__ = [
     "KLWeight",
     "bind",
     "check_methods",
+    "label_use",
+    "first_points",
     "traces",
     "sample_sites",
     "latent_sites",
@@ -151,6 +153,14 @@ def traces(program: nn.Module, *batch: Tensor, num_particles: int = 1) -> tuple[
     model_trace = poutine.trace(poutine.replay(particles(program.model), trace=guide_trace)).get_trace(*batch)
     check_sites(guide_trace, model_trace)
     return guide_trace, model_trace
+
+
+def first_points(program: nn.Module, x: Tensor, y: Tensor | None = None, n: int = 2) -> tuple[Tensor | None, ...]:
+    """The batch of the first ``n`` points that ``program`` is called with: ``(x,)``, or ``(x, y)`` for a program
+    that takes labels (:func:`label_use`; ``y`` may be ``None``)."""
+    if label_use(program) == "none":
+        return (x[:n],)
+    return x[:n], None if y is None else y[:n]
 
 
 def sample_sites(trace: Trace) -> list[dict[str, Any]]:

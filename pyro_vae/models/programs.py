@@ -36,6 +36,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from torch import nn
@@ -45,7 +46,7 @@ from pyro_vae.models.hierarchical import Hierarchical
 from pyro_vae.models.vae import make_vae
 from pyro_vae.registry import Registry
 
-__all__ = ["MODELS", "build_program", "check_methods"]
+__all__ = ["MODELS", "build_program", "check_methods", "label_use"]
 
 #: Programs by name; each entry is a constructor of an ``nn.Module`` with ``model`` and ``guide`` methods.
 MODELS: Registry = Registry(
@@ -65,6 +66,16 @@ def check_methods(program: Any) -> None:
             raise ConfigError(
                 f"{name} has no {method} method: a program is an nn.Module with model(x) and guide(x); add {method}"
             )
+
+
+def label_use(program: Any) -> str:
+    """How a program takes labels, read from its ``model``'s signature: ``"none"`` (``model(x)``), ``"optional"``
+    (``model(x, y=None)``: ``y`` is observed where given and latent where ``None``) or ``"required"``
+    (``model(x, y)``: always observed)."""
+    y = inspect.signature(program.model).parameters.get("y")
+    if y is None:
+        return "none"
+    return "optional" if y.default is None else "required"
 
 
 def build_program(spec: dict[str, Any], path: str = "model", **context: Any) -> nn.Module:

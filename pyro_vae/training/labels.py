@@ -23,7 +23,7 @@ from torch import Tensor
 
 from pyro_vae.errors import DataError
 
-__all__ = ["UNLABELLED", "Batch", "check_labels", "count_classes", "keep_labels", "labelled_batches"]
+__all__ = ["UNLABELLED", "Batch", "check_labels", "count_classes", "keep_labels", "labelled_batches", "epoch_steps"]
 
 #: The label of a training point whose label is not kept: the program sees ``y = None`` for it.
 UNLABELLED = -1
@@ -100,6 +100,18 @@ class Batch(NamedTuple):
     num_data: float
 
 
+def _plan(counts: list[int], batch_size: int) -> tuple[list[int], list[int]]:
+    """The labelled and unlabelled batches of an epoch, and their sizes, from the points of each kind."""
+    steps = [max(1, counts[0] // batch_size) if counts[0] else 0, counts[1] // batch_size]
+    return steps, [counts[0] // steps[0] if steps[0] else 0, batch_size]
+
+
+def epoch_steps(labels: Tensor, batch_size: int, world_size: int = 1) -> int:
+    """The number of minibatches in an epoch of :func:`labelled_batches` (in each process of a job)."""
+    labelled = int((labels != UNLABELLED).sum())
+    return sum(_plan([labelled // world_size, (len(labels) - labelled) // world_size], batch_size)[0])
+
+
 def _parts(labels: Tensor, generator: torch.Generator, rank: int, world_size: int) -> tuple[Tensor, Tensor]:
     """This process's shard of a random order of the labelled points, and of the unlabelled ones."""
     parts = []
@@ -133,8 +145,7 @@ def labelled_batches(
     """
     labelled, unlabelled = _parts(labels, generator, rank, world_size)
     counts = [len(labelled), len(unlabelled)]
-    steps = [max(1, counts[0] // batch_size) if counts[0] else 0, counts[1] // batch_size]
-    sizes = [counts[0] // steps[0] if steps[0] else 0, batch_size]
+    steps, sizes = _plan(counts, batch_size)
     kinds = torch.tensor([0] * steps[0] + [1] * steps[1])[torch.randperm(sum(steps), generator=generator)]
     used = [int((kinds[:start] == k).sum()) for k in (0, 1)]
     weights = [counts[k] * world_size * sum(steps) / (steps[k] * sizes[k]) if steps[k] else 0.0 for k in (0, 1)]

@@ -45,7 +45,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -53,17 +53,19 @@ from typing import Any, Literal
 import numpy as np
 import pyro
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.infer.diagnostics import latent_usage
 from pyro_vae.infer.estimators import BOUNDS, ESTIMATORS, reported_with, value_name
 from pyro_vae.infer.objectives import Objective, evaluate_bounds, kl_methods
+from pyro_vae.infer.program import label_use
 from pyro_vae.models.vae import VAE
 from pyro_vae.training.annealing import KL_SCHEDULES, Constant, KLSchedule, check_kl_schedule, make_kl_schedule
 from pyro_vae.training.data import Dataset
 from pyro_vae.training.distributed import Distributed, data_parallel
+from pyro_vae.training.labels import Batch, epoch_steps
 from pyro_vae.training.optim import load_schedule_state, make_lr_schedule, make_optimizer, schedule_state
 
 __all__ = [
@@ -266,8 +268,11 @@ def svi_step(
     num_data: int,
     clip_grad_norm: float = 0.0,
     where: tuple[int, int] = (0, 0),
+    y: Tensor | None = None,
 ) -> float:
     """One SVI step on minibatch ``x``; returns the loss (negative ELBO estimate of all ``num_data`` points).
+
+    ``y``: the minibatch's labels, for a program that takes them (``None``: unlabelled, or a program without).
 
     ``objective`` is an :class:`~pyro_vae.infer.objectives.Objective`, or one wrapped by
     :func:`~pyro_vae.training.distributed.data_parallel`, whose backward pass averages the gradient over processes.
@@ -277,7 +282,7 @@ def svi_step(
     rescales the gradient to at most that total norm.
     """
     optimizer.zero_grad(set_to_none=True)
-    loss = objective(x, num_data)
+    loss = objective(x, num_data) if y is None else objective(x, num_data, y)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Encountered NaN")  # Pyro's; the check below names the epoch and step
         loss.backward()
@@ -445,6 +450,15 @@ class _Stepper:
     order: torch.Generator
     batch_size: int
     clip_grad_norm: float
+    labelled: bool  # the program takes labels and the data have them: minibatches carry y (labelled_batches)
+
+    def batches(self, first: int) -> Iterator[Batch]:
+        """The epoch's minibatches from the ``first``-th on, in this process's shard."""
+        c, data = self.context, self.data
+        place = {"start": first, "rank": c.rank, "world_size": c.world_size}
+        if self.labelled:
+            return data.labelled_batches(self.batch_size, self.order, **place)
+        return (Batch(x, None, len(data.train)) for x in data.batches(self.batch_size, self.order, **place))
 
     def epoch(
         self, epoch: int, start: TrainState, progress: _Progress, stops: _Stops, snapshot: _Snapshot
@@ -453,13 +467,12 @@ class _Stepper:
         c = self.context
         first = start.step if epoch == start.epoch + 1 else 0
         total, elapsed = (start.total, start.seconds) if first else (0.0, 0.0)
-        epoch_order, num_data = self.order.get_state(), len(self.data.train)
+        epoch_order = self.order.get_state()
         c.vae.train()
         began = time.perf_counter()
-        batches = self.data.batches(self.batch_size, self.order, start=first, rank=c.rank, world_size=c.world_size)
-        for step, x in enumerate(batches, first + 1):
+        for step, (x, y, num_data) in enumerate(self.batches(first), first + 1):
             c.objective.beta = c.kl_weight.at(epoch, step)
-            total += svi_step(self.loss, self.optimizer, x, num_data, self.clip_grad_norm, where=(epoch, step))
+            total += svi_step(self.loss, self.optimizer, x, num_data, self.clip_grad_norm, where=(epoch, step), y=y)
             progress.bar.update()
             seconds = elapsed + time.perf_counter() - began
             stops.check(lambda: snapshot(epoch - 1, step, total, seconds, epoch_order))  # noqa: B023 (called at once)
@@ -662,6 +675,25 @@ def _check_settings(
     check_data_parallel(distributed, jit, compile)
 
 
+def _takes_labels(vae: nn.Module, data: Dataset) -> bool:
+    """Whether minibatches carry labels: the program takes them and the data have them (one line where a program
+    needs them and the data have none, or where evaluation cannot pass them yet)."""
+    use = label_use(vae)
+    if use == "required":
+        raise ConfigError(
+            f"{type(vae).__name__}.model(x, y) needs labels at every call, which evaluation cannot pass yet; "
+            "give y a default of None (y latent where it is not given)"
+        )
+    return use == "optional" and data.train_labels is not None
+
+
+def _steps_per_epoch(data: Dataset, labelled: bool, batch_size: int, world_size: int) -> int:
+    """The minibatches of an epoch in each process (all-labelled and all-unlabelled ones where ``labelled``)."""
+    if labelled:
+        return epoch_steps(data.train_labels, batch_size, world_size)
+    return len(data.train) // world_size // batch_size
+
+
 def _build(
     vae: VAE,
     data: Dataset,
@@ -687,7 +719,8 @@ def _build(
     """Check the settings, seed every generator, and build the pieces of a run from the settings of :func:`fit`."""
     _check_settings(data, distributed, batch_size=batch_size, clip_grad_norm=clip_grad_norm, jit=jit, compile=compile)
     rank, world_size = _place(distributed)
-    steps_per_epoch = len(data.train) // world_size // batch_size
+    labelled = _takes_labels(vae, data)
+    steps_per_epoch = _steps_per_epoch(data, labelled, batch_size, world_size)
     kl_schedule = make_kl_schedule(kl_warmup, steps_per_epoch)
     check_kl_schedule(kl_schedule, elbo, compile)
     pyro.set_rng_seed((seed + rank) % 2**32)  # NumPy, which Pyro seeds too, takes 32-bit seeds
@@ -711,6 +744,7 @@ def _build(
             order=order,
             batch_size=batch_size,
             clip_grad_norm=clip_grad_norm,
+            labelled=labelled,
         ),
         measures=_Measures(context=c, data=data, kl=kl),
         validation=_Validation(context=c, x=data.validation, patience=early_stopping),
