@@ -320,7 +320,11 @@ def kl_methods(vae: nn.Module, x: Tensor, estimator: str | None = None) -> dict[
 
 
 def elbo_terms(
-    vae: nn.Module, x: Tensor, num_particles: int = 1, closed_form: dict[str, bool] | None = None
+    vae: nn.Module,
+    x: Tensor,
+    num_particles: int = 1,
+    closed_form: dict[str, bool] | None = None,
+    y: Tensor | None = None,
 ) -> dict[str, Tensor]:
     r"""Each term of the ELBO per particle and data point, summed over the program's sites, from one run of each.
 
@@ -328,12 +332,14 @@ def elbo_terms(
     the observed sites; ``log_prior`` and ``log_q``, :math:`\log p(z)` and :math:`\log q(z\mid x)` summed over the
     latent sites; and ``kl``, the sum over latent sites of the closed-form :math:`\mathrm{KL}(q\|p)` where it is
     exact (``closed_form``, by default :func:`~pyro_vae.infer.program.closed_form_sites`) and of the sampled
-    :math:`\log q - \log p` elsewhere. Densities are Pyro's: scaled and masked as the program says.
+    :math:`\log q - \log p` elsewhere. Densities are Pyro's: scaled and masked as the program says. ``y``: the
+    labels of ``x`` for a program that takes them (:func:`~pyro_vae.infer.program.label_use`; ``None``: latent).
     """
+    batch = first_points(vae, x, y, len(x))
     if closed_form is None:
         with kept_rng(x):
-            closed_form = closed_form_sites(vae.model, vae.guide, x)
-    guide_trace, model_trace = traces(vae, x, num_particles=num_particles)
+            closed_form = closed_form_sites(vae.model, vae.guide, *batch)
+    guide_trace, model_trace = traces(vae, *batch, num_particles=num_particles)
     shape = torch.Size((num_particles, len(x)))
     latent = latent_sites(guide_trace)
     log_p = [per_point(model_trace.nodes[name], shape) for name in latent]
@@ -379,8 +385,10 @@ def evaluate_elbo(
     batch_size: int = 1000,
     estimators: Sequence[str] = REPORTED,
     reduce: Callable[[Tensor], Tensor] | None = None,
+    y: Tensor | None = None,
 ) -> dict[str, float]:
-    """Mean per-example ELBO of ``x`` under each estimator, with its standard error.
+    """Mean per-example ELBO of ``x`` (with labels ``y``, for a program that takes them) under each estimator,
+    with its standard error.
 
     The standard error is that of a mean over the data points,
     ``std(per-example ELBO) / sqrt(num_examples)``; it covers both the spread of the data and
@@ -402,9 +410,10 @@ def evaluate_elbo(
     try:
         parts: dict[str, list[Tensor]] = {e: [] for e in chosen}
         with kept_rng(x):
-            closed_form = closed_form_sites(vae.model, vae.guide, x)
-        for xb in x.split(batch_size):
-            terms = elbo_terms(vae, xb, num_particles, closed_form)
+            closed_form = closed_form_sites(vae.model, vae.guide, *first_points(vae, x, y))
+        chunks = x.split(batch_size)
+        for xb, yb in zip(chunks, [None] * len(chunks) if y is None else y.split(batch_size)):
+            terms = elbo_terms(vae, xb, num_particles, closed_form, yb)
             for e, estimator in chosen.items():
                 parts[e].append(estimator.per_example(terms))
         values = {e: torch.cat(v) for e, v in parts.items()}

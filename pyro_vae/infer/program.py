@@ -224,7 +224,7 @@ def _floating(value: Tensor) -> bool:
 
 def _leaf_traces(model: Callable, guide: Callable, batch: tuple, kwargs: dict) -> tuple[Trace, Trace, dict]:
     """Traces of two data points with the guide's continuous draws made leaves, so autograd can read dependence."""
-    batch = tuple(b[:2] for b in batch)
+    batch = tuple(None if b is None else b[:2] for b in batch)
     guide_trace = poutine.trace(guide).get_trace(*batch, **kwargs)
     leaves = {}
     for name in latent_sites(guide_trace):
