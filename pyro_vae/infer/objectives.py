@@ -35,12 +35,14 @@ from pyro_vae.infer.program import (
     bind,
     check_methods,
     closed_form_sites,
+    enumerated_sites,
     first_points,
     kept_rng,
     label_use,
     latent_sites,
     observed_sites,
     per_point,
+    sample_sites,
     traces,
 )
 from pyro_vae.models.kl import closed_form_kl, per_dimension
@@ -339,8 +341,9 @@ def elbo_terms(
     if closed_form is None:
         with kept_rng(x):
             closed_form = closed_form_sites(vae.model, vae.guide, *batch)
-    guide_trace, model_trace = traces(vae, *batch, num_particles=num_particles)
-    shape = torch.Size((num_particles, len(x)))
+    guide_trace, model_trace = traces(vae, *batch, num_particles=num_particles, enumerate=True)
+    enumerated = enumerated_sites(guide_trace)
+    shape = _enumerated_shape(guide_trace, model_trace, torch.Size((num_particles, len(x))))
     latent = latent_sites(guide_trace)
     log_p = [per_point(model_trace.nodes[name], shape) for name in latent]
     log_q = [per_point(guide_trace.nodes[name], shape) for name in latent]
@@ -348,12 +351,29 @@ def elbo_terms(
         _closed_kl(guide_trace.nodes[name], model_trace.nodes[name], shape) if closed_form.get(name) else q - p
         for name, p, q in zip(latent, log_p, log_q)
     ]
-    return {
+    terms = {
         "log_likelihood": _total([per_point(site, shape) for site in observed_sites(model_trace)], shape),
         "log_prior": _total(log_p, shape),
         "log_q": _total(log_q, shape),
         "kl": _total(kl, shape),
     }
+    return _summed_out(terms, [guide_trace.nodes[name] for name in enumerated], shape)
+
+
+def _enumerated_shape(guide_trace: Trace, model_trace: Trace, shape: torch.Size) -> torch.Size:
+    """``shape`` (particles, batch) with the enumerated values' dimensions to its left, as the sites have them."""
+    sites = sample_sites(guide_trace) + sample_sites(model_trace)
+    return torch.broadcast_shapes(shape, *(s["fn"].log_prob(s["value"]).shape for s in sites))
+
+
+def _summed_out(terms: dict[str, Tensor], enumerated: list[dict], shape: torch.Size) -> dict[str, Tensor]:
+    r"""Each term's expectation over the enumerated sites' values under the guide,
+    :math:`\sum_y q(y \mid x)\,T(y)`, exact: the dimensions left of (particles, batch) summed out."""
+    if not enumerated:
+        return terms
+    log_q = functools.reduce(torch.add, [s["fn"].log_prob(s["value"]) for s in enumerated])
+    weight, dims = torch.broadcast_to(log_q.exp(), shape), tuple(range(len(shape) - 2))
+    return {name: (weight * term).sum(dims) for name, term in terms.items()}
 
 
 def _closed_kl(guide_site: dict, model_site: dict, shape: torch.Size) -> Tensor:

@@ -71,6 +71,7 @@ __all__ = [
     "traces",
     "sample_sites",
     "latent_sites",
+    "enumerated_sites",
     "observed_sites",
     "check_sites",
     "per_point",
@@ -141,15 +142,20 @@ def bind(fn: Callable) -> Callable:
     return bound
 
 
-def traces(program: nn.Module, *batch: Tensor, num_particles: int = 1) -> tuple[Trace, Trace]:
+def traces(
+    program: nn.Module, *batch: Tensor | None, num_particles: int = 1, enumerate: bool = False
+) -> tuple[Trace, Trace]:
     """One run of the guide, vectorized over ``num_particles`` at dim -2, and of the model replayed against it.
 
     The contract is checked (:func:`check_sites`); every site's value and density have the particle dimension
-    first, then the batch.
+    first, then the batch. With ``enumerate``, the guide's sites marked ``infer={"enumerate": "parallel"}``
+    take every value of their support at once, in dimensions left of the particles' (``poutine.enum``); else
+    they are sampled like any other site.
     """
     check_methods(program)
     particles = pyro.plate("particles", num_particles, dim=-2)
-    guide_trace = poutine.trace(particles(program.guide)).get_trace(*batch)
+    guide = poutine.enum(particles(program.guide), first_available_dim=-3) if enumerate else particles(program.guide)
+    guide_trace = poutine.trace(guide).get_trace(*batch)
     model_trace = poutine.trace(poutine.replay(particles(program.model), trace=guide_trace)).get_trace(*batch)
     check_sites(guide_trace, model_trace)
     return guide_trace, model_trace
@@ -161,6 +167,11 @@ def first_points(program: nn.Module, x: Tensor, y: Tensor | None = None, n: int 
     if label_use(program) == "none":
         return (x[:n],)
     return x[:n], None if y is None else y[:n]
+
+
+def enumerated_sites(guide_trace: Trace) -> list[str]:
+    """The guide's sites that take every value of their support at once (traced with ``enumerate``)."""
+    return [s["name"] for s in sample_sites(guide_trace) if s["infer"].get("_enumerate_dim") is not None]
 
 
 def sample_sites(trace: Trace) -> list[dict[str, Any]]:
