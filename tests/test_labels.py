@@ -243,7 +243,12 @@ def test_evaluate_elbo_passes_labels_and_is_exact_at_the_posterior():
 
 
 class _EnumeratedLabel(_ConjugateLabel):
-    """The same model; a guide whose q(y | x) is not the posterior, with y enumerated (summed over its 3 values)."""
+    """The same model; a guide whose q(y | x) is not the posterior, with y enumerated (summed over its 3 values),
+    and a parameter (at 0) to train."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offset = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
 
     def guide(self, x, y=None):
         import pyro
@@ -253,7 +258,7 @@ class _EnumeratedLabel(_ConjugateLabel):
             if y is None:
                 logits = torch.stack([x, -x, 0.5 * x], -1)
                 y = pyro.sample("y", dist.Categorical(logits=logits), infer={"enumerate": "parallel"})
-            pyro.sample("z", dist.Normal((x - y) / 2, 0.5**0.5))
+            pyro.sample("z", dist.Normal((x - y) / 2 + self.offset, 0.5**0.5))
 
 
 def _enumerated_truth(x: torch.Tensor) -> torch.Tensor:
@@ -286,3 +291,43 @@ def test_the_closed_form_kl_beside_an_enumerated_label_is_unbiased():
     values = terms["log_likelihood"] - terms["kl"]
     error, se = values.mean(0) - _enumerated_truth(x), values.std(0) / math.sqrt(len(values))
     assert (error.abs() < 4 * se).all() and (se > 0).all()
+
+
+def test_training_sums_an_enumerated_label_with_trace_enum_elbo():
+    """The loss of an enumerating guide is Pyro's TraceEnum_ELBO: at a guide exact in z given y, minus the
+    exact enumerated ELBO of the batch, scaled to num_data, with no noise."""
+    from pyro_vae.infer.objectives import Objective
+
+    x = torch.tensor([-0.5, 0.3, 1.1, 2.4, 3.0], dtype=torch.float64)
+    objective = Objective(_EnumeratedLabel(), "mc", num_particles=2)
+    loss = objective(x, num_data=20)
+    assert loss.item() == pytest.approx(-(20 / 5) * _enumerated_truth(x).sum().item(), abs=1e-9)
+    assert type(objective.elbo).__name__ == "TraceEnum_ELBO"
+
+
+@pytest.mark.parametrize(
+    "estimator, options, message",
+    [
+        ("iwae", {"num_particles": 2}, r"estimator 'iwae': the guide enumerates site 'y', which only 'mc'"),
+        ("analytic", {}, r"estimator 'analytic': the guide enumerates site 'y'"),
+        ("mc", {"free_bits": 0.1}, r"free_bits: the guide enumerates site 'y'"),
+    ],
+)
+def test_training_an_enumerated_label_otherwise_is_refused_in_one_line(estimator, options, message):
+    from pyro_vae.errors import ConfigError
+    from pyro_vae.infer.objectives import Objective
+
+    x = torch.tensor([-0.5, 0.3, 1.1], dtype=torch.float64)
+    with pytest.raises(ConfigError, match=message):
+        Objective(_EnumeratedLabel(), estimator, **options)(x)
+
+
+def test_the_importance_weighted_bound_of_an_enumerated_site_is_refused_in_one_line():
+    from pyro_vae.errors import ConfigError
+    from pyro_vae.infer.objectives import elbo_per_example, evaluate_elbo
+
+    x = torch.tensor([-0.5, 0.3, 1.1], dtype=torch.float64)
+    with pytest.raises(ConfigError, match=r"estimator 'iwae': the guide enumerates site 'y'"):
+        evaluate_elbo(_EnumeratedLabel(), x, num_particles=2, estimators=("mc", "iwae"))
+    with pytest.raises(ConfigError, match=r"estimator 'dreg': the guide enumerates site 'y'"):
+        elbo_per_example(_EnumeratedLabel(), x, "dreg", num_particles=2)

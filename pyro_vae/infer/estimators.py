@@ -50,7 +50,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
-from pyro.infer import ELBO, JitTrace_ELBO, Trace_ELBO
+from pyro.infer import ELBO, JitTrace_ELBO, JitTraceEnum_ELBO, Trace_ELBO, TraceEnum_ELBO
 from torch import Tensor
 from torch.distributions import Distribution, Independent
 
@@ -177,6 +177,9 @@ class Estimator:
     stop_guide: ClassVar[bool] = False
     #: Whether free bits (a floor under each latent dimension's KL term) is implemented for it.
     free_bits: ClassVar[bool] = True
+    #: Whether it trains a guide that enumerates a site (``infer={"enumerate": "parallel"}``), summing it out: Pyro's
+    #: ``TraceEnum_ELBO`` is then its reference.
+    enumerates: ClassVar[bool] = False
     #: Whether its gradient is taken through every latent draw, so that each latent site must be reparameterizable
     #: (``mc``'s reference, Pyro's ``Trace_ELBO``, adds score-function terms for the others).
     reparameterized: ClassVar[bool] = True
@@ -213,11 +216,12 @@ class Estimator:
             raise ConfigError(f"{{num_particles}} must be >= 1 (got {num_particles})", "num_particles")
         self.num_particles = num_particles
 
-    def pyro_elbo(self, jit: bool = False, free_bits: float = 0.0) -> ELBO:
+    def pyro_elbo(self, jit: bool = False, free_bits: float = 0.0, enumerate: bool = False) -> ELBO:
         """Pyro's estimator for ``vae.model`` / ``vae.guide`` (JIT-compiled with ``jit``: fixed batch shapes then).
 
         With ``free_bits`` > 0 it is :class:`~pyro_vae.infer.references.TraceFreeBits_ELBO`, the ELBO with a floor
-        of ``free_bits`` nats under each latent dimension's KL term.
+        of ``free_bits`` nats under each latent dimension's KL term; with ``enumerate`` (a guide that enumerates
+        a site, for an estimator that :attr:`enumerates`), ``TraceEnum_ELBO``.
         """
         options: dict[str, Any] = dict(num_particles=self.num_particles, vectorize_particles=True, max_plate_nesting=1)
         if jit:
@@ -227,6 +231,8 @@ class Estimator:
         self.check_options(jit=jit, free_bits=free_bits)
         if free_bits:
             return TraceFreeBits_ELBO(free_bits, closed_form_kl=self.closed_form_kl, **options)
+        if enumerate:
+            return (JitTraceEnum_ELBO if jit else TraceEnum_ELBO)(**options)
         return (self.jit_reference if jit else self.reference)(**options)
 
     def fused_loss(
@@ -287,6 +293,7 @@ class MonteCarloELBO(Estimator):
     reference = Trace_ELBO
     jit_reference = _JitTrace_ELBO
     reparameterized = False
+    enumerates = True
 
 
 @ESTIMATORS.register("analytic")

@@ -240,7 +240,8 @@ class Objective:
             return self._fused(x, num_data)
         batch = (x,) if self.labels == "none" else (x, y)
         if not self._checked:
-            check_program(self.vae, x, self.name, self.free_bits, jit=self.jit, y=y)
+            if check_program(self.vae, x, self.name, self.free_bits, jit=self.jit, y=y):  # the guide enumerates
+                self.elbo = self.estimator.pyro_elbo(self.jit, enumerate=True)
             self._checked = True
         with warnings.catch_warnings():
             # Pyro's JIT runs on torch.jit.trace, which torch 2.x marks deprecated but still supports.
@@ -282,19 +283,30 @@ def _check_param_store(vae: nn.Module, guide_trace: Trace, model_trace: Trace) -
 
 def check_program(
     vae: nn.Module, x: Tensor, estimator: str = "mc", free_bits: float = 0.0, jit: bool = False, y: Tensor | None = None
-) -> None:
+) -> bool:
     """A one-line :class:`ConfigError` for a program that breaks the contract, or that ``estimator`` cannot train.
 
     The contract (:mod:`pyro_vae.infer.program`) is checked on a run of the first two points of ``x``; then what
     the estimator needs of every latent site (:meth:`~pyro_vae.infer.estimators.Estimator.check_site`), and, with
     ``free_bits``, a KL term per latent dimension: guide and model distributions that are products over dimensions;
-    with ``jit``, that Pyro's param store holds the program's own parameters.
+    with ``jit``, that Pyro's param store holds the program's own parameters. Returns whether the guide
+    enumerates a site (:func:`~pyro_vae.infer.program.enumerated_sites`), which only an estimator that
+    :attr:`~pyro_vae.infer.estimators.Estimator.enumerates` trains (and not with free bits).
     """
     with kept_rng(x):
-        guide_trace, model_trace = traces(vae, *first_points(vae, x, y))
+        guide_trace, model_trace = traces(vae, *first_points(vae, x, y), enumerate=True)
     if jit:
         _check_param_store(vae, guide_trace, model_trace)
     chosen = ESTIMATORS.get(estimator)
+    enumerated = enumerated_sites(guide_trace)
+    if enumerated and (free_bits or not chosen.enumerates):
+        setting = "{free_bits}" if free_bits else f"{{estimator}} {estimator!r}"
+        raise ConfigError(
+            f"{setting}: the guide enumerates site {enumerated[0]!r}, which only 'mc' (TraceEnum_ELBO) sums out in "
+            "training, without free bits; train with {estimator=}'mc', or sample the site (no infer enumerate)",
+            "estimator",
+            "free_bits",
+        )
     for name in latent_sites(guide_trace):
         chosen.check_site(guide_trace.nodes[name])
         if free_bits and None in (
@@ -306,6 +318,7 @@ def check_program(
                 "that is not a product over dimensions; use factorised distributions there, or {free_bits=}0",
                 "free_bits",
             )
+    return bool(enumerated)
 
 
 def kl_methods(vae: nn.Module, x: Tensor, estimator: str | None = None) -> dict[str, str]:
@@ -394,7 +407,24 @@ def elbo_per_example(vae: nn.Module, x: Tensor, estimator: str = "mc", num_parti
     ``dreg``) the bound of ``num_particles`` samples. ``"analytic"`` samples a site's KL term where its closed
     form is not exact or not registered (:func:`kl_methods`).
     """
+    check_summable(vae, x, [estimator])
     return make_estimator(estimator, num_particles).per_example(elbo_terms(vae, x, num_particles))
+
+
+def check_summable(vae: nn.Module, x: Tensor, estimators: Sequence[str], y: Tensor | None = None) -> None:
+    """A one-line :class:`ConfigError` where a guide enumerates a site and an estimator's value is not linear in
+    the terms (the importance-weighted bound): :func:`elbo_terms` sums enumerated sites out of each term."""
+    bounds = [e for e in estimators if ESTIMATORS.get(e).bound != "elbo"]
+    if not bounds:
+        return
+    with kept_rng(x):
+        enumerated = enumerated_sites(traces(vae, *first_points(vae, x, y), enumerate=True)[0])
+    if enumerated:
+        raise ConfigError(
+            f"{{estimator}} {bounds[0]!r}: the guide enumerates site {enumerated[0]!r}, and the importance-weighted "
+            "bound of an enumerated site is not implemented; use {estimator=}'mc' or 'analytic'",
+            "estimator",
+        )
 
 
 @torch.no_grad()
@@ -425,6 +455,7 @@ def evaluate_elbo(
     """
     chosen = {e: make_estimator(e, num_particles) for e in estimators}
     check_methods(vae)
+    check_summable(vae, x, estimators, y)
     was_training = vae.training
     vae.eval()
     try:
