@@ -331,3 +331,18 @@ def test_the_importance_weighted_bound_of_an_enumerated_site_is_refused_in_one_l
         evaluate_elbo(_EnumeratedLabel(), x, num_particles=2, estimators=("mc", "iwae"))
     with pytest.raises(ConfigError, match=r"estimator 'dreg': the guide enumerates site 'y'"):
         elbo_per_example(_EnumeratedLabel(), x, "dreg", num_particles=2)
+
+
+def test_log_likelihood_sums_an_enumerated_label_inside_each_weight():
+    """With z's guide exact given y, each weight sum_y q(y|x) w(y) is p(x) itself: log p(x) exactly, whatever
+    q(y | x) is (the ELBO's sum, E_q[log w], would be below it by the KL from q(y|x) to p(y|x))."""
+    import pyro.distributions as dist
+
+    from pyro_vae.infer.marginal import log_likelihood
+
+    x = torch.tensor([-0.5, 0.3, 1.1, 2.4, 3.0], dtype=torch.float64)
+    classes = torch.arange(3, dtype=torch.float64)
+    exact = torch.logsumexp(dist.Normal(classes, 2**0.5).log_prob(x.unsqueeze(-1)), -1) - math.log(3)
+    estimate = log_likelihood(_EnumeratedLabel(), x, num_samples=7, batch_size=2)
+    assert torch.allclose(estimate, exact, atol=1e-9)
+    assert (exact - _enumerated_truth(x) > 1e-3).all()  # the summed ELBO is another number

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer.estimators import log_weight, runs_as
-from pyro_vae.infer.objectives import elbo_terms
+from pyro_vae.infer.objectives import enumerated_terms
 from pyro_vae.infer.program import check_methods, kept_rng, observed_sites, sample_sites, traces
 from pyro_vae.models.vae import VAE
 
@@ -67,7 +67,14 @@ def _sampler(vae: nn.Module, x: Tensor) -> Callable[[int], Tensor]:
 
 
 def _traced_log_weights(vae: nn.Module, x: Tensor, num_samples: int) -> Tensor:
-    return log_weight(elbo_terms(vae, x, num_samples, closed_form={}))
+    r"""Log weights from traces. A site the guide enumerates is summed inside each weight,
+    :math:`\tilde w_k = \sum_y q(y\mid x)\,w_k(y) = \sum_y p(x, y, z_k^y) / q(z_k^y\mid x, y)`, which keeps
+    :math:`\mathbb E[\tilde w_k] = p(x)` with no draw of :math:`y`."""
+    terms, log_q = enumerated_terms(vae, x, num_samples, closed_form={})
+    if log_q is None:
+        return log_weight(terms)
+    summed = log_q + log_weight(terms)  # log q(y|x) + log w_k(y), for each joint value y of the enumerated sites
+    return summed.reshape(-1, *summed.shape[-2:]).logsumexp(0)
 
 
 def _point_size(vae: nn.Module, x: Tensor) -> int:

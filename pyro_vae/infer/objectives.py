@@ -349,14 +349,34 @@ def elbo_terms(
     exact (``closed_form``, by default :func:`~pyro_vae.infer.program.closed_form_sites`) and of the sampled
     :math:`\log q - \log p` elsewhere. Densities are Pyro's: scaled and masked as the program says. ``y``: the
     labels of ``x`` for a program that takes them (:func:`~pyro_vae.infer.program.label_use`; ``None``: latent).
+    A site the guide enumerates is summed out: each term is its expectation under :math:`q` of the site's
+    values, :math:`\sum_y q(y \mid x)\,T(y)`, exact (:func:`enumerated_terms` keeps them apart).
     """
+    terms, log_q = enumerated_terms(vae, x, num_particles, closed_form, y)
+    if log_q is None:
+        return terms
+    shape = terms["log_q"].shape
+    weight, dims = torch.broadcast_to(log_q.exp(), shape), tuple(range(len(shape) - 2))
+    return {name: (weight * term).sum(dims) for name, term in terms.items()}
+
+
+def enumerated_terms(
+    vae: nn.Module,
+    x: Tensor,
+    num_particles: int = 1,
+    closed_form: dict[str, bool] | None = None,
+    y: Tensor | None = None,
+) -> tuple[dict[str, Tensor], Tensor | None]:
+    """:func:`elbo_terms` before the enumerated sites are summed out: terms of shape ``(*values, particles,
+    batch)``, one entry per joint value of the sites the guide enumerates, and the guide's log-probability of
+    each value (``None`` where nothing is enumerated: the terms are then ``(particles, batch)``)."""
     batch = first_points(vae, x, y, len(x))
     if closed_form is None:
         with kept_rng(x):
             closed_form = closed_form_sites(vae.model, vae.guide, *batch)
     guide_trace, model_trace = traces(vae, *batch, num_particles=num_particles, enumerate=True)
-    enumerated = enumerated_sites(guide_trace)
-    shape = _enumerated_shape(guide_trace, model_trace, torch.Size((num_particles, len(x))))
+    sites = sample_sites(guide_trace) + sample_sites(model_trace)
+    shape = torch.broadcast_shapes((num_particles, len(x)), *(s["fn"].log_prob(s["value"]).shape for s in sites))
     latent = latent_sites(guide_trace)
     log_p = [per_point(model_trace.nodes[name], shape) for name in latent]
     log_q = [per_point(guide_trace.nodes[name], shape) for name in latent]
@@ -370,23 +390,10 @@ def elbo_terms(
         "log_q": _total(log_q, shape),
         "kl": _total(kl, shape),
     }
-    return _summed_out(terms, [guide_trace.nodes[name] for name in enumerated], shape)
-
-
-def _enumerated_shape(guide_trace: Trace, model_trace: Trace, shape: torch.Size) -> torch.Size:
-    """``shape`` (particles, batch) with the enumerated values' dimensions to its left, as the sites have them."""
-    sites = sample_sites(guide_trace) + sample_sites(model_trace)
-    return torch.broadcast_shapes(shape, *(s["fn"].log_prob(s["value"]).shape for s in sites))
-
-
-def _summed_out(terms: dict[str, Tensor], enumerated: list[dict], shape: torch.Size) -> dict[str, Tensor]:
-    r"""Each term's expectation over the enumerated sites' values under the guide,
-    :math:`\sum_y q(y \mid x)\,T(y)`, exact: the dimensions left of (particles, batch) summed out."""
+    enumerated = [guide_trace.nodes[name] for name in enumerated_sites(guide_trace)]
     if not enumerated:
-        return terms
-    log_q = functools.reduce(torch.add, [s["fn"].log_prob(s["value"]) for s in enumerated])
-    weight, dims = torch.broadcast_to(log_q.exp(), shape), tuple(range(len(shape) - 2))
-    return {name: (weight * term).sum(dims) for name, term in terms.items()}
+        return terms, None
+    return terms, functools.reduce(torch.add, [s["fn"].log_prob(s["value"]) for s in enumerated])
 
 
 def _closed_kl(guide_site: dict, model_site: dict, shape: torch.Size) -> Tensor:
