@@ -232,7 +232,8 @@ class Estimator:
         if free_bits:
             return TraceFreeBits_ELBO(free_bits, closed_form_kl=self.closed_form_kl, **options)
         if enumerate:
-            return (JitTraceEnum_ELBO if jit else TraceEnum_ELBO)(**options)
+            # strict_enumeration_warning off: a labelled batch has nothing to enumerate, and that is expected
+            return (JitTraceEnum_ELBO if jit else TraceEnum_ELBO)(**options, strict_enumeration_warning=False)
         return (self.jit_reference if jit else self.reference)(**options)
 
     def fused_loss(

@@ -235,12 +235,14 @@ class Objective:
 
     def __call__(self, x: Tensor, num_data: int | None = None, y: Tensor | None = None) -> Tensor:
         """The loss of minibatch ``x`` (with labels ``y``, ``None`` where they are latent, for a program that
-        takes them), an estimate of the negative ELBO of ``num_data`` points."""
+        takes them), an estimate of the negative ELBO of ``num_data`` points; plus, on labelled points, the
+        program's ``auxiliary_loss(x, y)`` where it has one, scaled alike (:mod:`pyro_vae.infer.program`)."""
         if self.fused:
             return self._fused(x, num_data)
         batch = (x,) if self.labels == "none" else (x, y)
-        if not self._checked:
-            if check_program(self.vae, x, self.name, self.free_bits, jit=self.jit, y=y):  # the guide enumerates
+        if not self._checked:  # a label that may be latent is checked latent: where the guide would enumerate it
+            checked_y = None if self.labels == "optional" else y
+            if check_program(self.vae, x, self.name, self.free_bits, jit=self.jit, y=checked_y):
                 self.elbo = self.estimator.pyro_elbo(self.jit, enumerate=True)
             self._checked = True
         with warnings.catch_warnings():
@@ -248,7 +250,11 @@ class Objective:
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated")
             # A NaN loss is reported by the training loop, with the epoch and step; Pyro's warning would repeat it.
             warnings.filterwarnings("ignore", message="Encountered NaN")
-            return self.elbo.differentiable_loss(self.model, self.guide, *batch, num_data=num_data, beta=self.beta)
+            loss = self.elbo.differentiable_loss(self.model, self.guide, *batch, num_data=num_data, beta=self.beta)
+        auxiliary = getattr(self.vae, "auxiliary_loss", None)
+        if y is None or auxiliary is None:
+            return loss
+        return loss + (num_data if num_data is not None else len(x)) / len(x) * auxiliary(x, y)
 
 
 def check_free_bits_prior(vae: VAE) -> None:

@@ -43,6 +43,7 @@ from torch import nn
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.models.hierarchical import Hierarchical
+from pyro_vae.models.ssvae import SSVAE
 from pyro_vae.models.vae import make_vae
 from pyro_vae.registry import Registry
 
@@ -50,10 +51,13 @@ __all__ = ["MODELS", "build_program", "check_methods", "label_use"]
 
 #: Programs by name; each entry is a constructor of an ``nn.Module`` with ``model`` and ``guide`` methods.
 MODELS: Registry = Registry(
-    "model", context=("event_shape", "latent_dim", "network", "prior", "likelihood"), group="pyro_vae.models"
+    "model",
+    context=("event_shape", "latent_dim", "network", "prior", "likelihood", "num_classes"),
+    group="pyro_vae.models",
 )
 MODELS.register("vae")(make_vae)
 MODELS.register("hierarchical")(Hierarchical)
+MODELS.register("ssvae")(SSVAE)
 
 
 def check_methods(program: Any) -> None:

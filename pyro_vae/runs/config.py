@@ -39,7 +39,7 @@ from pyro_vae.models.priors import PRIORS
 from pyro_vae.models.programs import MODELS, build_program
 from pyro_vae.registry import AtLeast, AtMost, Registry, check_value
 from pyro_vae.training.annealing import KL_SCHEDULES, check_kl_schedule, make_kl_schedule
-from pyro_vae.training.data import Dataset, load_dataset
+from pyro_vae.training.data import NUM_CLASSES, Dataset, load_dataset
 from pyro_vae.training.initialization import OutputBiasInit, WeightInit
 from pyro_vae.training.optim import LR_SCHEDULES, OPTIMIZERS
 
@@ -423,10 +423,14 @@ def load_data(config: Config, device: str | torch.device = "cpu") -> Dataset:
     )
 
 
-def build_model(config: Config, event_shape: tuple[int, ...]) -> nn.Module:
-    """The (untrained) program a config describes (``model.type``), for data points of shape ``event_shape``."""
+def build_model(config: Config, event_shape: tuple[int, ...], num_classes: int | None = None) -> nn.Module:
+    """The (untrained) program a config describes (``model.type``), for data points of shape ``event_shape``
+    and labels of ``num_classes`` classes (by default ``data.num_classes``, or the built-in data set's)."""
     m = config.model
     context = {"latent_dim": m.latent_dim, "network": m.network, "prior": m.prior, "likelihood": m.likelihood}
+    classes = num_classes or config.data.num_classes or NUM_CLASSES.get(config.data.dataset)
+    if classes:
+        context["num_classes"] = classes
     return build_program({**m.params, "type": m.type}, "model", event_shape=tuple(event_shape), **context)
 
 

@@ -178,7 +178,7 @@ def train_run(
         main = distributed is None or distributed.is_main
         data = load_data(config, device)
         pyro.set_rng_seed(t.seed)  # the initial weights are part of what the seed fixes
-        vae = build_model(config, data.event_shape).to(device)
+        vae = build_model(config, data.event_shape, data.num_classes).to(device)
         initialize(vae, t.weight_init, t.output_bias_init, train=data.train)
         world_size = distributed.world_size if distributed else 1
         check_batch_size(t.batch_size, len(data.train) // world_size)

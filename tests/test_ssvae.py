@@ -1,0 +1,89 @@
+"""The semi-supervised VAE (M2): its enumerated ELBO against a sum over the classes by hand, on the same draws."""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyro_vae.infer.estimators import log_weight
+from pyro_vae.infer.objectives import Objective, enumerated_terms, evaluate_elbo
+from pyro_vae.infer.program import traces
+from pyro_vae.models.ssvae import SSVAE
+
+
+def _m2(alpha: float = 3.0) -> SSVAE:
+    torch.manual_seed(0)
+    return SSVAE((2, 3), num_classes=3, latent_dim=2, hidden=(5,), alpha=alpha).double()
+
+
+def _by_hand(m2: SSVAE, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """sum_y q(y|x) [log p(x|y,z_y) + log p(z_y) + log p(y) - log q(z_y|x,y) - log q(y|x)], shape (particles, batch),
+    with z of shape (classes, particles, batch, latent): the program's networks called directly."""
+    log_q_y = torch.log_softmax(m2.classify(x), -1)  # (batch, classes)
+    out = 0.0
+    for c in range(m2.num_classes):
+        y = torch.full((len(x),), c)
+        code = torch.nn.functional.one_hot(y, 3).double()
+        logits = m2.decoder(torch.cat([z[c], code.expand(*z[c].shape[:-1], 3)], -1))
+        loc, scale = m2.encoder(torch.cat([x.flatten(1), code], -1))
+        term = (
+            dist.Bernoulli(logits=logits).to_event(2).log_prob(x)
+            + dist.Normal(0.0, 1.0).log_prob(z[c]).sum(-1)
+            + math.log(1 / 3)
+            - dist.Normal(loc, scale).log_prob(z[c]).sum(-1)
+            - log_q_y[:, c]
+        )
+        out = out + log_q_y[:, c].exp() * term
+    return out
+
+
+def _x() -> torch.Tensor:
+    return torch.rand(4, 2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).bernoulli()
+
+
+def test_the_enumerated_elbo_is_the_sum_over_classes_by_hand():
+    m2, x = _m2(), _x()
+    torch.manual_seed(5)
+    guide_trace, _ = traces(m2, x, None, num_particles=3, enumerate=True)
+    torch.manual_seed(5)
+    terms, log_q = enumerated_terms(m2, x, num_particles=3, closed_form={})
+    summed = (log_q.exp() * log_weight(terms)).sum(0)
+    assert torch.allclose(summed, _by_hand(m2, x, guide_trace.nodes["z"]["value"]), atol=1e-10)
+
+
+def test_the_training_loss_is_trace_enum_elbo_plus_the_classifier_term():
+    """Unlabelled: minus the enumerated ELBO by hand (TraceEnum_ELBO's draws), scaled to num_data. Labelled: the
+    ELBO of p(x, y) plus alpha times -log q(y|x), both scaled."""
+    m2, x = _m2(), _x()
+    pyro.clear_param_store()
+    objective = Objective(m2, "mc")
+    torch.manual_seed(7)
+    loss = objective(x, num_data=40)
+    torch.manual_seed(7)
+    z = traces(m2, x, None, num_particles=1, enumerate=True)[0].nodes["z"]["value"]
+    assert loss.item() == pytest.approx(-(40 / 4) * _by_hand(m2, x, z).sum().item(), abs=1e-9)
+
+    y = torch.tensor([0, 2, 1, 1])
+    torch.manual_seed(9)
+    labelled = objective(x, num_data=40, y=y)
+    torch.manual_seed(9)
+    guide_trace, model_trace = traces(m2, x, y)
+    guide_trace.compute_log_prob(), model_trace.compute_log_prob()
+    elbo = sum(s["log_prob"].sum() for s in model_trace.nodes.values() if s["type"] == "sample")
+    elbo = elbo - sum(s["log_prob"].sum() for s in guide_trace.nodes.values() if s["type"] == "sample")
+    classifier = torch.log_softmax(m2.classify(x), -1)[torch.arange(4), y].sum()
+    assert labelled.item() == pytest.approx(-(40 / 4) * (elbo + 3.0 * classifier).item(), abs=1e-9)
+
+
+def test_evaluation_counts_no_classifier_term():
+    m2, x = _m2(alpha=1000.0), _x()
+    y = torch.tensor([0, 2, 1, 1])
+    torch.manual_seed(3)
+    with_alpha = evaluate_elbo(m2, x, num_particles=2, estimators=("mc",), y=y)["elbo_mc"]
+    m2.alpha = 0.0
+    torch.manual_seed(3)
+    assert evaluate_elbo(m2, x, num_particles=2, estimators=("mc",), y=y)["elbo_mc"] == with_alpha
