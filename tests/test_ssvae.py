@@ -87,3 +87,46 @@ def test_evaluation_counts_no_classifier_term():
     m2.alpha = 0.0
     torch.manual_seed(3)
     assert evaluate_elbo(m2, x, num_particles=2, estimators=("mc",), y=y)["elbo_mc"] == with_alpha
+
+
+class _Oracle(torch.nn.Module):
+    """A classifier that knows the labels of the first points (x holds each point's index) and says 0 for the rest."""
+
+    def __init__(self, y: torch.Tensor, known: int) -> None:
+        super().__init__()
+        self.y, self.known = y, known
+
+    def classify(self, x):
+        index = x[:, 0].long()
+        guess = torch.where(index < self.known, self.y[index], 0)
+        return torch.zeros(len(x), 3).scatter(1, guess[:, None], 1.0)
+
+
+def test_accuracy_counts_the_modes_that_hit_and_leaves_unlabelled_points_out():
+    from pyro_vae.infer.diagnostics import accuracy
+
+    y = torch.tensor([1, 2, 2, 1, 0, 1, 2, 1])  # of the last four only the 0 is hit
+    x = torch.arange(8.0)[:, None].expand(8, 2)
+    a, se = accuracy(_Oracle(y, known=4), x, y, batch_size=3)
+    assert a == pytest.approx(5 / 8) and se == pytest.approx(math.sqrt(5 / 8 * 3 / 8 / 8))
+    masked = y.clone()
+    masked[4:] = -1  # UNLABELLED
+    assert accuracy(_Oracle(y, known=4), x, masked)[0] == 1.0
+
+
+def test_evaluate_reports_the_classifier_accuracy(tmp_path, capsys):
+    import json
+
+    import pyro_vae
+    from pyro_vae.cli.main import main
+    from pyro_vae.runs.config import load_data
+
+    run = tmp_path / "m2"
+    args = "train --model ssvae --labels 50 --binarize dynamic --epochs 1 --latent-dim 4 --hidden 16 --quiet"
+    assert main([*args.split(), "--out", str(run)]) == 0
+    m2, config = pyro_vae.load(run)
+    data = load_data(config)
+    expected = (m2.classify(data.test).argmax(-1) == data.test_labels).double().mean().item()
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(expected, abs=1e-12)

@@ -487,6 +487,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"  log p(x) (IS, K={result['num_samples']}) {result['log_likelihood']:10.3f} "
             f"± {result['log_likelihood_se']:.3f} nats per point"
         )
+    if "accuracy" in result:
+        print(f"  accuracy of q(y|x)     {100 * result['accuracy']:9.2f}% ± {100 * result['accuracy_se']:.2f}")
     if result.get("note"):
         print(f"note: {result['note']}")
     if result.get("binarization"):

@@ -86,6 +86,7 @@ __all__ = [
     "mutual_information",
     "marginal_kl",
     "AGGREGATE_ELEMENTS",
+    "accuracy",
 ]
 
 #: Entries of the (draws, N) block of guide log-densities held at once when :math:`\log q(z)` is
@@ -533,3 +534,25 @@ def diagnostics(
         ((name, report),) = reports.items()
         return {**header, "latent_site": name, **report}
     return {**header, **_combined(reports)}
+
+
+@torch.no_grad()
+def accuracy(program: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> tuple[float, float]:
+    r"""How often the program's classifier :math:`q(y\mid x)` puts its mode on the label, and the binomial
+    standard error :math:`\sqrt{a(1-a)/n}`; points labelled :data:`~pyro_vae.training.labels.UNLABELLED` (-1)
+    are left out.
+
+    The program has a ``classify(x)`` method returning the logits of :math:`q(y\mid x)`, shape
+    ``(batch, num_classes)`` (:class:`~pyro_vae.models.ssvae.SSVAE` has).
+    """
+    kept = y >= 0
+    x, y = x[kept], y[kept]
+    was_training = program.training
+    program.eval()
+    try:
+        pairs = zip(x.split(batch_size), y.split(batch_size))
+        hits = torch.cat([program.classify(xb).argmax(-1) == yb for xb, yb in pairs])
+    finally:
+        program.train(was_training)
+    a = hits.double().mean().item()
+    return a, math.sqrt(a * (1 - a) / len(hits)) if len(hits) > 1 else float("nan")

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from pyro_vae.errors import RunError
 from pyro_vae.infer.compare import compare_estimators
-from pyro_vae.infer.diagnostics import diagnostics
+from pyro_vae.infer.diagnostics import accuracy, diagnostics
 from pyro_vae.infer.estimators import check_estimator
 from pyro_vae.infer.marginal import log_likelihood
 from pyro_vae.infer.objectives import evaluate_bounds
@@ -89,7 +89,9 @@ def evaluate_run(
     trained with (:func:`~pyro_vae.infer.objectives.evaluate_bounds`). With ``num_samples = K > 0`` it
     adds ``log_likelihood``, the importance-sampled :math:`\log p(x)` with ``K`` samples per point
     (see :func:`pyro_vae.infer.marginal.log_likelihood`), and its standard error over the data points.
-    It reports whether the latent code is used, the keys of :func:`~pyro_vae.infer.diagnostics.diagnostics`
+    A program with a classifier (``classify(x)``, the logits of :math:`q(y \mid x)`) adds its ``accuracy`` on
+    the split's labels (:func:`~pyro_vae.infer.diagnostics.accuracy`). It reports whether the latent code is
+    used, the keys of :func:`~pyro_vae.infer.diagnostics.diagnostics`
     (``active_units``, ``kl_per_dim``, ``mutual_information``, ``marginal_kl``, ...) on the first
     :data:`DIAGNOSTIC_POINTS` points (``diagnostic_points``). ``data``: where the run's data are now
     (see :func:`open_run`).
@@ -108,6 +110,9 @@ def evaluate_run(
     result["note"] = density_note(vae, x)
     result["binarization"] = data.binarization_note(split)
     result.update(_usage(vae, x))
+    labels = data.train_labels if split == "train" else data.test_labels
+    if hasattr(vae, "classify") and labels is not None:  # a program with a classifier q(y | x)
+        result["accuracy"], result["accuracy_se"] = accuracy(vae, x, labels, batch_size)
     if num_samples:
         ll = log_likelihood(vae, x, num_samples=num_samples, batch_size=min(batch_size, 100)).double()
         se = ll.std().item() / len(ll) ** 0.5 if len(ll) > 1 else float("nan")
