@@ -346,3 +346,40 @@ def test_log_likelihood_sums_an_enumerated_label_inside_each_weight():
     estimate = log_likelihood(_EnumeratedLabel(), x, num_samples=7, batch_size=2)
     assert torch.allclose(estimate, exact, atol=1e-9)
     assert (exact - _enumerated_truth(x) > 1e-3).all()  # the summed ELBO is another number
+
+
+def test_a_small_unlabelled_part_is_one_batch_of_all_of_it():
+    labels = torch.tensor([0, 1] * 20 + [UNLABELLED] * 7)
+    batches = _epoch(labels, 20)
+    unlabelled = [b for b in batches if b.y is None]
+    assert len(unlabelled) == 1 and len(unlabelled[0].x) == 7
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_each_process_weights_its_steps_by_the_job_counts(rank):
+    """Each process's step estimates the whole job's sum: weighted by the job's N_k, not its shard's."""
+    labels = torch.full((233,), UNLABELLED)
+    labels[:31] = 1
+    f = torch.randn(233, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    batches = _epoch(labels, 10, rank=rank, world_size=2)
+    steps = torch.stack([b.num_data / len(b.x) * f[b.x.long()].sum() for b in batches])
+    covered = torch.cat([b.x for b in batches]).long()
+    expected = 0.0
+    for mask in (labels != UNLABELLED, labels == UNLABELLED):
+        seen = covered[mask[covered]]
+        expected += f[seen].mean() * mask.sum()
+    assert steps.mean().item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+def test_fewer_labels_than_processes_are_refused():
+    labels = torch.tensor([0] + [UNLABELLED] * 50)
+    with pytest.raises(DataError, match=r"1 labelled points cannot be shared by 2 processes; keep at least 2"):
+        _epoch(labels, 10, world_size=2)
+
+
+def test_pyro_jit_is_refused_for_a_program_that_takes_labels():
+    from pyro_vae.errors import ConfigError
+    from pyro_vae.infer.objectives import Objective
+
+    with pytest.raises(ConfigError, match=r"jit: _EnumeratedLabel takes labels, which Pyro's JIT cannot trace"):
+        Objective(_EnumeratedLabel(), "mc", jit=True)

@@ -130,3 +130,20 @@ def test_evaluate_reports_the_classifier_accuracy(tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(run), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_a_run_on_a_users_file_records_its_number_of_classes(tmp_path):
+    """Three classes read from the labels: the run's config keeps them, so the run loads without its data."""
+    import numpy as np
+
+    import pyro_vae
+    from pyro_vae.cli.main import main
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "three.npz"
+    np.savez(path, x=(rng.random((60, 4)) > 0.5).astype(np.float32), y=np.arange(60) % 3)
+    run = tmp_path / "run"
+    args = f"train --dataset {path} --model ssvae --labels 6 --epochs 1 --latent-dim 2 --hidden 8 --batch-size 12"
+    assert main([*args.split(), "--out", str(run), "--quiet"]) == 0
+    m2, config = pyro_vae.load(run)
+    assert config.data.num_classes == 3 and m2.num_classes == 3

@@ -329,6 +329,7 @@ class StickingTheLandingELBO(MonteCarloELBO):
     stop_guide = True
     free_bits = False
     reparameterized = True
+    enumerates = False
 
 
 @ESTIMATORS.register("iwae")

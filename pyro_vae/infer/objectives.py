@@ -215,6 +215,12 @@ class Objective:
         # bound-method object (a new id) at every attribute access, which would re-trace each step.
         self.model, self.guide = bind(vae.model), bind(vae.guide)
         self.labels = label_use(vae)  # whether a batch carries y (see pyro_vae.models.programs.label_use)
+        if jit and self.labels != "none":  # Pyro's JIT traces its arguments, and y is None on unlabelled batches
+            raise ConfigError(
+                f"{{jit}}: {type(vae).__name__} takes labels, which Pyro's JIT cannot trace (y is None where a label "
+                "is latent); drop {jit=}",
+                "jit=True",
+            )
         self._checked = self.fused  # the fused form is the declared program's own; any other is checked once
         self._fused = self._fused_loss
         if self.path == "compiled":

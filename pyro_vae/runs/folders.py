@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from pyro_vae.errors import PyroVAEError, RunError, renamed_errors
 from pyro_vae.infer.estimators import has_fused_form
 from pyro_vae.infer.objectives import check_free_bits_prior, check_program, evaluate_bounds
+from pyro_vae.infer.program import label_use
 from pyro_vae.models.likelihoods import Likelihood
 from pyro_vae.runs.config import Config, TrainConfig, build_model, config_names, load_data, resolve_device
 from pyro_vae.runs.plots import draw_pictures, skipped_pictures
@@ -179,6 +180,8 @@ def train_run(
         data = load_data(config, device)
         pyro.set_rng_seed(t.seed)  # the initial weights are part of what the seed fixes
         vae = build_model(config, data.event_shape, data.num_classes).to(device)
+        if label_use(vae) != "none" and not config.data.num_classes:
+            config.data.num_classes = data.num_classes or 0  # recorded: load rebuilds the program without data
         initialize(vae, t.weight_init, t.output_bias_init, train=data.train)
         world_size = distributed.world_size if distributed else 1
         check_batch_size(t.batch_size, len(data.train) // world_size)

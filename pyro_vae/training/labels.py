@@ -101,9 +101,10 @@ class Batch(NamedTuple):
 
 
 def _plan(counts: list[int], batch_size: int) -> tuple[list[int], list[int]]:
-    """The labelled and unlabelled batches of an epoch, and their sizes, from the points of each kind."""
-    steps = [max(1, counts[0] // batch_size) if counts[0] else 0, counts[1] // batch_size]
-    return steps, [counts[0] // steps[0] if steps[0] else 0, batch_size]
+    """The labelled and unlabelled batches of an epoch, and their sizes, from the points of each kind: at least
+    one batch of a kind that has points (all of them where there are fewer than ``batch_size``)."""
+    steps = [max(1, n // batch_size) if n else 0 for n in counts]
+    return steps, [counts[0] // steps[0] if steps[0] else 0, min(batch_size, counts[1])]
 
 
 def epoch_steps(labels: Tensor, batch_size: int, world_size: int = 1) -> int:
@@ -134,8 +135,9 @@ def labelled_batches(
     r"""One epoch of minibatches, each all labelled or all unlabelled, in a random order.
 
     With :math:`N_l` labelled and :math:`N_u` unlabelled points, the epoch has
-    :math:`S_l = \max(1, \lfloor N_l/B \rfloor)` labelled batches (of :math:`\lfloor N_l/S_l \rfloor` points:
-    all of them when there are fewer than :math:`B`) and :math:`S_u = \lfloor N_u/B \rfloor` unlabelled ones,
+    :math:`S_l = \max(1, \lfloor N_l/B \rfloor)` labelled batches (of :math:`\lfloor N_l/S_l \rfloor` points,
+    from :math:`B` to :math:`2B - 1`, or all of them where there are fewer) and
+    :math:`S_u = \max(1, \lfloor N_u/B \rfloor)` unlabelled ones (of :math:`B`, or all where there are fewer),
     so a step is labelled with probability :math:`S_l/S`, in the ratio the data have. A batch of kind
     :math:`k` and :math:`b_k` points is weighted :math:`N_k S / (S_k b_k)` a point, which makes every step an
     unbiased estimate of the full-data objective, :math:`\sum_{\text{labelled}} + \sum_{\text{unlabelled}}`.
@@ -145,10 +147,16 @@ def labelled_batches(
     """
     labelled, unlabelled = _parts(labels, generator, rank, world_size)
     counts = [len(labelled), len(unlabelled)]
+    totals = [int((labels != UNLABELLED).sum()), int((labels == UNLABELLED).sum())]  # the job's, not the shard's
+    if totals[0] and not counts[0]:
+        raise DataError(
+            f"data.labels: {totals[0]} labelled points cannot be shared by {world_size} processes; "
+            f"keep at least {world_size}"
+        )
     steps, sizes = _plan(counts, batch_size)
     kinds = torch.tensor([0] * steps[0] + [1] * steps[1])[torch.randperm(sum(steps), generator=generator)]
     used = [int((kinds[:start] == k).sum()) for k in (0, 1)]
-    weights = [counts[k] * world_size * sum(steps) / (steps[k] * sizes[k]) if steps[k] else 0.0 for k in (0, 1)]
+    weights = [totals[k] * sum(steps) / (steps[k] * sizes[k]) if steps[k] else 0.0 for k in (0, 1)]
     for kind in kinds[start:].tolist():
         index = (labelled, unlabelled)[kind][used[kind] * sizes[kind] : (used[kind] + 1) * sizes[kind]]
         used[kind] += 1
