@@ -383,3 +383,16 @@ def test_pyro_jit_is_refused_for_a_program_that_takes_labels():
 
     with pytest.raises(ConfigError, match=r"jit: _EnumeratedLabel takes labels, which Pyro's JIT cannot trace"):
         Objective(_EnumeratedLabel(), "mc", jit=True)
+
+
+def test_check_program_refuses_a_program_that_needs_labels_at_every_call():
+    """The check train_run makes before training says it in one line too (not the program's own error)."""
+    from pyro_vae.errors import ConfigError
+    from pyro_vae.infer.objectives import check_program
+
+    class Conditional(_TinyM2):
+        def model(self, x, y):
+            return super().model(x, y)
+
+    with pytest.raises(ConfigError, match=r"Conditional\.model\(x, y\) needs labels at every call"):
+        check_program(Conditional(), torch.rand(4, 8, 8).bernoulli())

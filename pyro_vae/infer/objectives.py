@@ -293,6 +293,16 @@ def _check_param_store(vae: nn.Module, guide_trace: Trace, model_trace: Trace) -
                 )
 
 
+def check_label_use(vae: nn.Module) -> None:
+    """A one-line :class:`ConfigError` for a program whose model needs ``y`` at every call (``model(x, y)``):
+    evaluation, diagnostics and log p(x) call it without labels."""
+    if label_use(vae) == "required":
+        raise ConfigError(
+            f"{type(vae).__name__}.model(x, y) needs labels at every call, which evaluation cannot pass yet; "
+            "give y a default of None (y latent where it is not given)"
+        )
+
+
 def check_program(
     vae: nn.Module, x: Tensor, estimator: str = "mc", free_bits: float = 0.0, jit: bool = False, y: Tensor | None = None
 ) -> bool:
@@ -305,6 +315,7 @@ def check_program(
     enumerates a site (:func:`~pyro_vae.infer.program.enumerated_sites`), which only an estimator that
     :attr:`~pyro_vae.infer.estimators.Estimator.enumerates` trains (and not with free bits).
     """
+    check_label_use(vae)
     with kept_rng(x):
         guide_trace, model_trace = traces(vae, *first_points(vae, x, y), enumerate=True)
     if jit:

@@ -118,7 +118,7 @@ class _Loss(nn.Module):
         self.vae, self.objective = vae, objective
 
     def forward(self, x: Tensor, num_data: int, y: Tensor | None = None) -> Tensor:
-        return self.objective(x, num_data) if y is None else self.objective(x, num_data, y)
+        return self.objective(x, num_data, y)
 
 
 def data_parallel(vae: nn.Module, objective: object, context: Distributed, beta: float = 1.0) -> nn.Module:

@@ -59,7 +59,7 @@ from tqdm.auto import tqdm
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.infer.diagnostics import latent_usage
 from pyro_vae.infer.estimators import BOUNDS, ESTIMATORS, reported_with, value_name
-from pyro_vae.infer.objectives import Objective, evaluate_bounds, kl_methods
+from pyro_vae.infer.objectives import Objective, check_label_use, evaluate_bounds, kl_methods
 from pyro_vae.infer.program import label_use
 from pyro_vae.models.vae import VAE
 from pyro_vae.training.annealing import KL_SCHEDULES, Constant, KLSchedule, check_kl_schedule, make_kl_schedule
@@ -676,15 +676,10 @@ def _check_settings(
 
 
 def _takes_labels(vae: nn.Module, data: Dataset) -> bool:
-    """Whether minibatches carry labels: the program takes them and the data have them (one line where a program
-    needs them and the data have none, or where evaluation cannot pass them yet)."""
-    use = label_use(vae)
-    if use == "required":
-        raise ConfigError(
-            f"{type(vae).__name__}.model(x, y) needs labels at every call, which evaluation cannot pass yet; "
-            "give y a default of None (y latent where it is not given)"
-        )
-    return use == "optional" and data.train_labels is not None
+    """Whether minibatches carry labels: the program takes them and the data have them (one line for a program
+    that needs them at every call, :func:`~pyro_vae.infer.objectives.check_label_use`)."""
+    check_label_use(vae)
+    return label_use(vae) == "optional" and data.train_labels is not None
 
 
 def _steps_per_epoch(data: Dataset, labelled: bool, batch_size: int, world_size: int) -> int:
