@@ -9,7 +9,7 @@ import torch
 
 from pyro_vae.errors import DataError
 from pyro_vae.training.data import load_dataset
-from pyro_vae.training.labels import UNLABELLED, check_labels, keep_labels, labelled_batches
+from pyro_vae.training.labels import UNLABELLED, check_labels, epoch_steps, keep_labels, labelled_batches, mixed_batches
 
 
 def _kept_per_class(kept: torch.Tensor, num_classes: int) -> list[int]:
@@ -121,10 +121,78 @@ def test_shards_of_a_job_make_the_single_process_epoch():
     assert len(set(points.tolist())) == len(points) == 240
 
 
+def _mixed(labels, batch_size, start=0, rank=0, world_size=1, seed=0):
+    x = torch.arange(len(labels), dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    return list(mixed_batches(x, labels, batch_size, generator, start, rank, world_size))
+
+
+@pytest.mark.parametrize("num_labelled, batch_size", [(30, 20), (7, 20), (200, 30), (240, 20)])
+def test_mixed_steps_have_a_part_of_each_kind_standing_for_all_of_it(num_labelled, batch_size):
+    n = 240
+    labels = torch.full((n,), UNLABELLED)
+    labels[torch.randperm(n, generator=torch.Generator().manual_seed(1))[:num_labelled]] = 3
+    steps = _mixed(labels, batch_size)
+    counts = [num_labelled, n - num_labelled]
+    sizes = [min(batch_size, c) for c in counts]
+    assert len(steps) == max(c // b for c, b in zip(counts, sizes) if b) == epoch_steps(labels, batch_size, 1, "mixed")
+    seen = [torch.zeros(n, dtype=torch.long) for _ in counts]
+    for step in steps:
+        kinds = [0, 1] if 0 < num_labelled < n else [int(num_labelled == 0)]
+        assert len(step) == len(kinds)
+        for kind, part in zip(kinds, step):
+            index = part.x.long()
+            assert len(index) == sizes[kind] and part.num_data == counts[kind]
+            assert bool(((labels[index] != UNLABELLED) == (kind == 0)).all())
+            assert part.y is None if kind else torch.equal(part.y, labels[index])
+            seen[kind].index_add_(0, index, torch.ones_like(index))  # a part across two rounds may repeat a point
+    for kind, count in enumerate(counts):  # the larger kind once, the smaller in full rounds, as evenly as can be
+        times = seen[kind][(labels != UNLABELLED) == (kind == 0)]
+        if count:
+            assert int(times.max()) - int(times.min()) <= 1 and int(times.sum()) == len(steps) * sizes[kind]
+
+
+def test_each_mixed_step_is_an_unbiased_estimate_of_the_full_data_sum():
+    """Averaged over epochs (seeds), every point of the cycled kind weighs one, as in the full-data sum: the
+    mean of a step's estimate, sum_k N_k / b_k sum_(part k) f, is sum_i f_i, within 4 standard errors."""
+    labels = torch.full((230,), UNLABELLED)
+    labels[:13] = 1  # 13 labelled points in parts of 10: the cycle's position moves from step to step
+    f = torch.randn(230, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    estimates = torch.tensor(
+        [
+            sum(p.num_data / len(p.x) * f[p.x.long()].sum() for p in step)
+            for seed in range(60)
+            for step in _mixed(labels, 10, seed=seed)
+        ]
+    )
+    se = estimates.std() / len(estimates) ** 0.5  # steps of one epoch are dependent: a conservative check below too
+    assert abs(estimates.mean() - f.sum()) < 4 * se
+    per_epoch = estimates.view(60, -1).mean(1)
+    assert abs(per_epoch.mean() - f.sum()) < 4 * per_epoch.std() / 60**0.5
+
+
+def test_mixed_steps_resume_and_shard():
+    labels = torch.tensor([0, 1] * 10 + [UNLABELLED] * 200)
+    whole, rest = _mixed(labels, 20), _mixed(labels, 20, start=3)
+    assert len(rest) == len(whole) - 3
+    for a, b in zip(whole[3:], rest):
+        assert all(torch.equal(p.x, q.x) and p.num_data == q.num_data for p, q in zip(a, b))
+    shards = [_mixed(labels, 10, rank=r, world_size=2) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 10
+    unlabelled = torch.cat([step[1].x for shard in shards for step in shard]).long()
+    assert len(set(unlabelled.tolist())) == len(unlabelled) == 200
+    first = torch.cat([shard[0][0].x for shard in shards]).long()  # the two shards of one order: all 20 labels
+    assert sorted(first.tolist()) == list(range(20))
+    with pytest.raises(DataError, match="cannot be shared by 3 processes"):
+        _mixed(torch.tensor([0, 1] + [UNLABELLED] * 30), 4, world_size=3)
+
+
 def test_dataset_batches_binarize_and_need_labels():
     data = load_dataset("digits", binarize="dynamic", labels=20)
-    batch = next(data.labelled_batches(100, torch.Generator().manual_seed(0)))
-    assert set(batch.x.unique().tolist()) <= {0.0, 1.0}
+    for scheme, parts in (("mixed", 2), ("ratio", 1)):
+        data.label_batches = scheme
+        step = next(data.labelled_batches(100, torch.Generator().manual_seed(0)))
+        assert len(step) == parts and all(set(b.x.unique().tolist()) <= {0.0, 1.0} for b in step)
     data.train_labels = None
     with pytest.raises(DataError, match="has no labels"):
         next(data.labelled_batches(100))
@@ -185,6 +253,11 @@ def test_labels_reach_a_program_that_takes_them():
     history = pyro_vae.fit(program, data, epochs=2, batch_size=100, elbo="mc", progress=False)
     assert len(history) == 2 and all(math.isfinite(h["train_elbo"]) for h in history)
     steps = [kind for kind, size in program.calls if size in (50, 100)]  # not the checks' two-point calls
+    assert steps == ["labelled", "unlabelled"] * 2 * 13  # every step: the 50 labels, then 100 unlabelled points
+    data.label_batches = "ratio"
+    program.calls.clear()
+    pyro_vae.fit(program, data, epochs=2, batch_size=100, elbo="mc", progress=False)
+    steps = [kind for kind, size in program.calls if size in (50, 100)]
     assert steps.count("labelled") == 2  # one batch of the 50 labelled points an epoch, with their labels
     assert all(size == 50 for kind, size in program.calls if kind == "labelled")
 

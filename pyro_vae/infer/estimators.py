@@ -72,6 +72,7 @@ from pyro_vae.models.kl import (  # importing kl also registers the Gaussian clo
     coordinate_kl,
     free_bits_kl,
 )
+from pyro_vae.models.ssvae import SSVAE
 from pyro_vae.models.vae import VAE
 from pyro_vae.registry import Registry
 
@@ -106,7 +107,7 @@ ESTIMATORS: Registry = Registry("estimator", context=("num_particles",), group="
 #: Pyro's reference by the tests (``tests/test_estimators.py``). Exact classes: a subclass may redefine its program,
 #: and is fused only once it is added here, with a test that holds it to the reference.
 #: Each declares the fused form of :mod:`pyro_vae.models.fused`.
-FUSED_PROGRAMS: set[type] = {VAE, Hierarchical}
+FUSED_PROGRAMS: set[type] = {VAE, Hierarchical, SSVAE}
 
 
 def runs_as(program: Any, cls: type) -> bool:
@@ -237,7 +238,13 @@ class Estimator:
         return (self.jit_reference if jit else self.reference)(**options)
 
     def fused_loss(
-        self, vae: Any, x: Tensor, num_data: int | None = None, beta: float = 1.0, free_bits: float = 0.0
+        self,
+        vae: Any,
+        x: Tensor,
+        num_data: int | None = None,
+        beta: float = 1.0,
+        free_bits: float = 0.0,
+        y: Tensor | None = None,
     ) -> Tensor:
         r"""The negative (beta-weighted) ELBO that :meth:`pyro_elbo` computes, as plain tensor code.
 
@@ -252,8 +259,15 @@ class Estimator:
         makes, ``q.rsample``: for the VAE one standard-normal tensor :math:`\epsilon` of shape
         ``(L, B, latent_dim)`` (without ``L`` when it is 1, which spares the networks a reshape each way) and
         :math:`z = \mu + \sigma\epsilon`.
+
+        A program with a label ``y`` (``None`` where it is latent and enumerated) declares its whole ELBO instead,
+        ``fused_elbo(x, y, num_particles, beta)``, summed over particles and points: ``mc``'s value, which
+        :func:`~pyro_vae.infer.objectives.check_program` makes the only estimator that trains it.
         """
         L = self.num_particles
+        if hasattr(vae, "fused_elbo"):
+            elbo = vae.fused_elbo(x, y, L, beta)
+            return elbo * (-(num_data if num_data is not None else x.shape[0]) / x.shape[0] / L)
         draws = vae.fused_guide(x, L)
         zs = [draw.z for draw in draws]
         priors, out = vae.fused_model(zs)
@@ -354,7 +368,13 @@ class IWAE(Estimator):
     free_bits = False
 
     def fused_loss(
-        self, vae: Any, x: Tensor, num_data: int | None = None, beta: float = 1.0, free_bits: float = 0.0
+        self,
+        vae: Any,
+        x: Tensor,
+        num_data: int | None = None,
+        beta: float = 1.0,
+        free_bits: float = 0.0,
+        y: Tensor | None = None,  # never a label program's: an enumerated site is refused (check_program)
     ) -> Tensor:
         self.check_options(beta, free_bits=free_bits)
         L = self.num_particles

@@ -221,14 +221,15 @@ class Objective:
                 "is latent); drop {jit=}",
                 "jit=True",
             )
-        self._checked = self.fused  # the fused form is the declared program's own; any other is checked once
+        # the fused form is the declared program's own; any other is checked once, and so is an enumerated site
+        self._checked = self.fused and self.labels == "none"
         self._fused = self._fused_loss
         if self.path == "compiled":
             # fallback_random: the compiled code draws z from torch's generator, as the eager code and Pyro do.
             self._fused = torch.compile(self._fused_loss, options={"fallback_random": True})
 
-    def _fused_loss(self, x: Tensor, num_data: int | None) -> Tensor:
-        return self.estimator.fused_loss(self.vae, x, num_data, self.beta, self.free_bits)
+    def _fused_loss(self, x: Tensor, num_data: int | None, y: Tensor | None = None) -> Tensor:
+        return self.estimator.fused_loss(self.vae, x, num_data, self.beta, self.free_bits, y)
 
     @property
     def fused(self) -> bool:
@@ -239,28 +240,34 @@ class Objective:
     def jit(self) -> bool:
         return self.path == "jit"
 
-    def __call__(self, x: Tensor, num_data: int | None = None, y: Tensor | None = None) -> Tensor:
+    def __call__(
+        self, x: Tensor, num_data: int | None = None, y: Tensor | None = None, also: Sequence[tuple] = ()
+    ) -> Tensor:
         """The loss of minibatch ``x`` (with labels ``y``, ``None`` where they are latent, for a program that
         takes them), an estimate of the negative ELBO of ``num_data`` points; plus, on labelled points, the
-        program's ``auxiliary_loss(x, y)`` where it has one, scaled alike (:mod:`pyro_vae.infer.program`)."""
-        if self.fused:
-            return self._fused(x, num_data)
-        batch = (x,) if self.labels == "none" else (x, y)
+        program's ``auxiliary_loss(x, y)`` where it has one, scaled alike (:mod:`pyro_vae.infer.program`).
+        ``also``: further ``(x, y, num_data)`` parts of the same step, whose losses are added."""
+        if also:
+            return self(x, num_data, y) + sum(self(part_x, n, part_y) for part_x, part_y, n in also)
         if not self._checked:  # a label that may be latent is checked latent: where the guide would enumerate it
             checked_y = None if self.labels == "optional" else y
             if check_program(self.vae, x, self.name, self.free_bits, jit=self.jit, y=checked_y):
                 self.elbo = self.estimator.pyro_elbo(self.jit, enumerate=True)
             self._checked = True
+        loss = self._fused(x, num_data, y) if self.fused else self._pyro_loss(x, num_data, y)
+        auxiliary = getattr(self.vae, "auxiliary_loss", None)
+        if y is None or auxiliary is None:
+            return loss
+        return loss + (num_data if num_data is not None else len(x)) / len(x) * auxiliary(x, y)
+
+    def _pyro_loss(self, x: Tensor, num_data: int | None, y: Tensor | None) -> Tensor:
+        batch = (x,) if self.labels == "none" else (x, y)
         with warnings.catch_warnings():
             # Pyro's JIT runs on torch.jit.trace, which torch 2.x marks deprecated but still supports.
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated")
             # A NaN loss is reported by the training loop, with the epoch and step; Pyro's warning would repeat it.
             warnings.filterwarnings("ignore", message="Encountered NaN")
-            loss = self.elbo.differentiable_loss(self.model, self.guide, *batch, num_data=num_data, beta=self.beta)
-        auxiliary = getattr(self.vae, "auxiliary_loss", None)
-        if y is None or auxiliary is None:
-            return loss
-        return loss + (num_data if num_data is not None else len(x)) / len(x) * auxiliary(x, y)
+            return self.elbo.differentiable_loss(self.model, self.guide, *batch, num_data=num_data, beta=self.beta)
 
 
 def check_free_bits_prior(vae: VAE) -> None:

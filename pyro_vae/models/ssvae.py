@@ -30,6 +30,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
+from pyro_vae.models.fused import gaussian
 from pyro_vae.models.likelihoods import LIKELIHOODS
 from pyro_vae.models.networks import Activation, MLPDecoder, MLPEncoder, Sizes, _perceptron
 
@@ -103,6 +104,31 @@ class SSVAE(nn.Module):
                 y = pyro.sample("y", q_y, infer={"enumerate": "parallel"})
             loc, scale = self.encoder(self._joined(x.flatten(-len(self.event_shape)), y))
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    def fused_elbo(self, x: Tensor, y: Tensor | None = None, num_particles: int = 1, beta: float = 1.0) -> Tensor:
+        r"""The ELBO of the batch, summed over its points and ``num_particles`` draws, as plain tensor code.
+
+        With ``y`` given it is :math:`\log p(x, y, z) - \log q(z \mid x, y)`; where ``y`` is ``None`` every
+        class is taken at once, as Pyro's enumeration takes them (the classes first, then the particles, then
+        the points), and summed out: :math:`\sum_y q(y \mid x)\,[\log p(x, y, z_y) - \log q(z_y \mid x, y)
+        - \log q(y \mid x)]`, the value and gradient of ``TraceEnum_ELBO`` on the same draws (the tests hold
+        it there). ``beta`` weighs the latent terms, as :class:`~pyro_vae.infer.program.KLWeight` does.
+        """
+        particles = (num_particles,) if num_particles > 1 else ()
+        log_q_y = None
+        if y is None:
+            log_q_y = self.classify(x).log_softmax(-1).T.reshape(self.num_classes, *[1] * len(particles), len(x))
+            y = torch.arange(self.num_classes, device=x.device).view(-1, *[1] * (len(particles) + 1))
+        loc, scale = self.encoder(self._joined(x.flatten(-len(self.event_shape)), y))
+        q_z = gaussian(loc, scale)
+        q_z = q_z.expand(torch.broadcast_shapes(q_z.batch_shape, (*particles, len(x))))
+        z = q_z.rsample()
+        log_px = self.likelihood(self.decoder(self._joined(z, y))).log_prob(x)
+        p_z = dist.Normal(torch.zeros_like(z), 1.0, validate_args=False).to_event(1)
+        latent, log_p_y = p_z.log_prob(z) - q_z.log_prob(z), -math.log(self.num_classes)
+        if log_q_y is None:  # y observed: its log p(y) is the data's, not a latent term
+            return (log_px + log_p_y + beta * latent).sum()
+        return (log_q_y.exp() * (log_px + beta * (latent + log_p_y - log_q_y))).sum()
 
     def auxiliary_loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """:math:`-\\alpha \\sum_n \\log q(y_n\\mid x_n)` over the labelled points of a batch (0 without labels)."""

@@ -71,6 +71,8 @@ class DataConfig:
     # training labels kept, balanced across classes and chosen with label_seed; the rest unlabelled (0: all)
     labels: Annotated[int, AtLeast(0)] = 0
     label_seed: int = 0
+    # how labelled and unlabelled points form a step: both in every step ("mixed") or one kind a step ("ratio")
+    label_batches: Literal["mixed", "ratio"] = "mixed"
     # the number of classes of the labels (0: 10 for digits and mnist, else one more than the largest label)
     num_classes: Annotated[int, AtLeast(0)] = 0
 
@@ -419,6 +421,7 @@ def load_data(config: Config, device: str | torch.device = "cpu") -> Dataset:
         validation=d.validation,
         labels=d.labels,
         label_seed=d.label_seed,
+        label_batches=d.label_batches,
         num_classes=d.num_classes,
     )
 

@@ -33,7 +33,16 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from pyro_vae.errors import DataError
-from pyro_vae.training.labels import UNLABELLED, Batch, check_labels, count_classes, keep_labels, labelled_batches
+from pyro_vae.training.labels import (
+    LABEL_BATCHES,
+    UNLABELLED,
+    Batch,
+    check_labels,
+    count_classes,
+    keep_labels,
+    labelled_batches,
+    mixed_batches,
+)
 
 __all__ = [
     "Dataset",
@@ -95,6 +104,7 @@ class Dataset:
     binarize: str = "none"
     validation: Tensor | None = None
     num_classes: int | None = None
+    label_batches: str = "mixed"
 
     @property
     def num_labelled(self) -> int:
@@ -146,13 +156,18 @@ class Dataset:
         start: int = 0,
         rank: int = 0,
         world_size: int = 1,
-    ) -> Iterator[Batch]:
-        """One epoch of :class:`~pyro_vae.training.labels.Batch`: all labelled or all unlabelled, in the ratio the
-        data have (:func:`~pyro_vae.training.labels.labelled_batches`); binarized as :meth:`batches`."""
+    ) -> Iterator[tuple[Batch, ...]]:
+        """One epoch of steps, each a tuple of :class:`~pyro_vae.training.labels.Batch`, formed as
+        ``label_batches`` says: a labelled and an unlabelled part (:func:`~pyro_vae.training.labels.mixed_batches`)
+        or one part of either kind (:func:`~pyro_vae.training.labels.labelled_batches`); binarized as
+        :meth:`batches`."""
         if self.train_labels is None:
             raise DataError(f"data set {self.name} has no labels; use a data set with labels, or a program without")
-        for batch in labelled_batches(self.train, self.train_labels, batch_size, generator, start, rank, world_size):
-            yield batch._replace(x=torch.bernoulli(batch.x)) if self.binarize == "dynamic" else batch
+        args = (self.train, self.train_labels, batch_size, generator, start, rank, world_size)
+        steps = mixed_batches(*args) if self.label_batches == "mixed" else ((b,) for b in labelled_batches(*args))
+        dynamic = self.binarize == "dynamic"
+        for parts in steps:
+            yield tuple(b._replace(x=torch.bernoulli(b.x)) for b in parts) if dynamic else parts
 
 
 def _split(x: Tensor, labels: Tensor | None) -> _Arrays:
@@ -435,6 +450,7 @@ def load_dataset(
     labels: int = 0,
     label_seed: int = 0,
     num_classes: int = 0,
+    label_batches: str = "mixed",
 ) -> Dataset:
     """Load a data set, check it, binarize it as asked, and move it to ``device``.
 
@@ -455,17 +471,15 @@ def load_dataset(
             :data:`SPLIT_SEED`; 0: none).
         labels: keep this many training labels, balanced across classes and chosen with ``label_seed``
             (:func:`~pyro_vae.training.labels.keep_labels`); the rest are unlabelled (0: keep them all).
-        num_classes: the number of classes (0: 10 for the built-in data sets, else one more than the
-            largest label).
+        num_classes: the number of classes (0: 10 for the built-in data sets, else one more than the largest).
+        label_batches: how labelled and unlabelled points form a step (:data:`~.labels.LABEL_BATCHES`).
     """
-    if binarize not in BINARIZATIONS:
-        raise DataError(f"data.binarize: unknown binarization {binarize!r}; known: {', '.join(BINARIZATIONS)}")
+    _check_choices(binarize, label_batches)
     arrays = _load_arrays(dataset, data_root, download)
     name = dataset if dataset in DATASETS else Path(dataset).name
     _check_shapes(name, arrays.train, arrays.test, arrays.train_labels, arrays.test_labels)
     splits, rows, train_labels = _splits(name, arrays, validation)
     labelled = _labels(name, (train_labels, arrays.test_labels), rows, labels, label_seed, num_classes)
-    train_labels, test_labels, classes = labelled
     splits = _binarize(name, splits, rows, binarize, seed)
     fix = f"rescale the data into {support_text} or choose a likelihood whose support fits it"
     for split, x in splits.items():
@@ -475,12 +489,21 @@ def load_dataset(
         name=name,
         train=to(splits["train"]),
         test=to(splits["test"]),
-        train_labels=to(train_labels),
-        test_labels=to(test_labels),
+        train_labels=to(labelled[0]),
+        test_labels=to(labelled[1]),
         binarize=binarize,
         validation=to(splits.get("validation")),
-        num_classes=classes,
+        num_classes=labelled[2],
+        label_batches=label_batches,
     )
+
+
+def _check_choices(binarize: str, label_batches: str) -> None:
+    """A one-line :class:`DataError` for an unknown binarization or way of forming labelled steps."""
+    if binarize not in BINARIZATIONS:
+        raise DataError(f"data.binarize: unknown binarization {binarize!r}; known: {', '.join(BINARIZATIONS)}")
+    if label_batches not in LABEL_BATCHES:
+        raise DataError(f"data.label_batches: unknown {label_batches!r}; known: {', '.join(LABEL_BATCHES)}")
 
 
 def _labels(

@@ -117,8 +117,8 @@ class _Loss(nn.Module):
         super().__init__()
         self.vae, self.objective = vae, objective
 
-    def forward(self, x: Tensor, num_data: int, y: Tensor | None = None) -> Tensor:
-        return self.objective(x, num_data, y)
+    def forward(self, x: Tensor, num_data: int, y: Tensor | None = None, also: tuple = ()) -> Tensor:
+        return self.objective(x, num_data, y, also)
 
 
 def data_parallel(vae: nn.Module, objective: object, context: Distributed, beta: float = 1.0) -> nn.Module:

@@ -2,9 +2,10 @@ r"""Labels: checked, a balanced subset kept with a recorded seed, and minibatche
 
 A data set's training labels are a tensor of class indices in ``[0, num_classes)``, with
 :data:`UNLABELLED` (-1) where a point's label is not kept (``data.labels``). A program that takes labels
-(``model(x, y=None)``) is trained on minibatches that are all labelled or all unlabelled, in the ratio the
-data have, each weighted so that a step is an unbiased estimate of the full-data objective
-(:func:`labelled_batches`).
+(``model(x, y=None)``) is trained on steps weighted so that each is an unbiased estimate of the full-data
+objective, formed as ``data.label_batches`` says (:data:`LABEL_BATCHES`): by default every step has a labelled
+minibatch and an unlabelled one (:func:`mixed_batches`, as Kingma et al.'s code does), or steps are all
+labelled or all unlabelled, in the ratio the data have (:func:`labelled_batches`).
 
 Example:
     >>> labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2])
@@ -23,10 +24,25 @@ from torch import Tensor
 
 from pyro_vae.errors import DataError
 
-__all__ = ["UNLABELLED", "Batch", "check_labels", "count_classes", "keep_labels", "labelled_batches", "epoch_steps"]
+__all__ = [
+    "LABEL_BATCHES",
+    "UNLABELLED",
+    "Batch",
+    "check_labels",
+    "count_classes",
+    "epoch_steps",
+    "keep_labels",
+    "labelled_batches",
+    "mixed_batches",
+]
 
 #: The label of a training point whose label is not kept: the program sees ``y = None`` for it.
 UNLABELLED = -1
+
+#: How labelled and unlabelled points form the steps of an epoch (``data.label_batches``): ``"mixed"``, a
+#: labelled and an unlabelled minibatch in every step (:func:`mixed_batches`), or ``"ratio"``, steps all of one
+#: kind in the ratio the data have (:func:`labelled_batches`).
+LABEL_BATCHES = ("mixed", "ratio")
 
 
 def check_labels(labels: Tensor, where: str, num_classes: int | None = None, rows: Tensor | None = None) -> Tensor:
@@ -107,10 +123,31 @@ def _plan(counts: list[int], batch_size: int) -> tuple[list[int], list[int]]:
     return steps, [counts[0] // steps[0] if steps[0] else 0, min(batch_size, counts[1])]
 
 
-def epoch_steps(labels: Tensor, batch_size: int, world_size: int = 1) -> int:
-    """The number of minibatches in an epoch of :func:`labelled_batches` (in each process of a job)."""
+def _mixed_plan(counts: list[int], batch_size: int) -> tuple[int, list[int]]:
+    """The steps of an epoch of :func:`mixed_batches` and the size of each kind's part of a step, from the points
+    of each kind: enough steps to see every point of the larger part once."""
+    sizes = [min(batch_size, n) for n in counts]
+    return max(n // b for n, b in zip(counts, sizes) if b), sizes
+
+
+def epoch_steps(labels: Tensor, batch_size: int, world_size: int = 1, scheme: str = "ratio") -> int:
+    """The number of steps in an epoch of :func:`labelled_batches` (``scheme = "ratio"``) or of
+    :func:`mixed_batches` (``"mixed"``), in each process of a job."""
     labelled = int((labels != UNLABELLED).sum())
-    return sum(_plan([labelled // world_size, (len(labels) - labelled) // world_size], batch_size)[0])
+    counts = [labelled // world_size, (len(labels) - labelled) // world_size]
+    return _mixed_plan(counts, batch_size)[0] if scheme == "mixed" else sum(_plan(counts, batch_size)[0])
+
+
+def _totals(labels: Tensor, world_size: int) -> list[int]:
+    """The job's labelled and unlabelled points (not a shard's), or a one-line refusal where a process would have
+    no labelled point."""
+    totals = [int((labels != UNLABELLED).sum()), int((labels == UNLABELLED).sum())]
+    if 0 < totals[0] < world_size:
+        raise DataError(
+            f"data.labels: {totals[0]} labelled points cannot be shared by {world_size} processes; "
+            f"keep at least {world_size}"
+        )
+    return totals
 
 
 def _parts(labels: Tensor, generator: torch.Generator, rank: int, world_size: int) -> tuple[Tensor, Tensor]:
@@ -147,12 +184,7 @@ def labelled_batches(
     """
     labelled, unlabelled = _parts(labels, generator, rank, world_size)
     counts = [len(labelled), len(unlabelled)]
-    totals = [int((labels != UNLABELLED).sum()), int((labels == UNLABELLED).sum())]  # the job's, not the shard's
-    if totals[0] and not counts[0]:
-        raise DataError(
-            f"data.labels: {totals[0]} labelled points cannot be shared by {world_size} processes; "
-            f"keep at least {world_size}"
-        )
+    totals = _totals(labels, world_size)
     steps, sizes = _plan(counts, batch_size)
     kinds = torch.tensor([0] * steps[0] + [1] * steps[1])[torch.randperm(sum(steps), generator=generator)]
     used = [int((kinds[:start] == k).sum()) for k in (0, 1)]
@@ -163,3 +195,46 @@ def labelled_batches(
         index = index.to(train.device)
         y = labels[index] if kind == 0 else None
         yield Batch(train[index], y, weights[kind] * len(index))
+
+
+def _orders(index: Tensor, need: int, generator: torch.Generator | None, rank: int, world_size: int) -> Tensor:
+    """``need`` of this process's points of ``index``, taken in turn from independent random orders of all of them
+    (a fresh order as one is used up), each sharded as :func:`_parts` shards one."""
+    share = len(index) // world_size
+    rounds = -(-need // share) if need else 0
+    orders = [index[torch.randperm(len(index), generator=generator)][rank::world_size][:share] for _ in range(rounds)]
+    return torch.cat(orders)[:need] if orders else index[:0]
+
+
+def mixed_batches(
+    train: Tensor,
+    labels: Tensor,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    start: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[tuple[Batch, ...]]:
+    r"""One epoch of steps, each a labelled minibatch and an unlabelled one (the parts of a kind that has points).
+
+    A step has :math:`b_k = \min(B, N_k)` points of kind :math:`k`, and the epoch
+    :math:`S = \max_k \lfloor N_k / b_k \rfloor` steps, enough to see each point of the larger kind once; each
+    kind's points come in turn from independent random orders of them, a fresh one as one is used up, so the
+    few labelled points of a semi-supervised run are seen in every step (as in Kingma et al.'s code). A part
+    stands for all :math:`N_k` points of its kind (``num_data``): every position of a part is a uniform draw
+    from its kind, so each step is an unbiased estimate of the full-data objective,
+    :math:`\sum_{\text{labelled}} + \sum_{\text{unlabelled}}`. ``start`` skips that many steps of the epoch;
+    with ``world_size`` processes each takes its shard of every order.
+    """
+    totals = _totals(labels, world_size)
+    steps, sizes = _mixed_plan([n // world_size for n in totals], batch_size)
+    masks = (labels != UNLABELLED, labels == UNLABELLED)
+    streams = [
+        _orders(mask.nonzero().flatten().cpu(), steps * b, generator, rank, world_size) for mask, b in zip(masks, sizes)
+    ]
+    for step in range(start, steps):
+        parts = []
+        for kind in (k for k in (0, 1) if sizes[k]):
+            index = streams[kind][step * sizes[kind] : (step + 1) * sizes[kind]].to(train.device)
+            parts.append(Batch(train[index], labels[index] if kind == 0 else None, totals[kind]))
+        yield tuple(parts)

@@ -269,10 +269,13 @@ def svi_step(
     clip_grad_norm: float = 0.0,
     where: tuple[int, int] = (0, 0),
     y: Tensor | None = None,
+    also: tuple[Batch, ...] = (),
 ) -> float:
     """One SVI step on minibatch ``x``; returns the loss (negative ELBO estimate of all ``num_data`` points).
 
     ``y``: the minibatch's labels, for a program that takes them (``None``: unlabelled, or a program without).
+    ``also``: further parts of the same step (an unlabelled minibatch beside a labelled one), whose losses are
+    added before the gradient is taken.
 
     ``objective`` is an :class:`~pyro_vae.infer.objectives.Objective`, or one wrapped by
     :func:`~pyro_vae.training.distributed.data_parallel`, whose backward pass averages the gradient over processes.
@@ -282,7 +285,7 @@ def svi_step(
     rescales the gradient to at most that total norm.
     """
     optimizer.zero_grad(set_to_none=True)
-    loss = objective(x, num_data) if y is None else objective(x, num_data, y)
+    loss = objective(x, num_data) if y is None and not also else objective(x, num_data, y, also)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Encountered NaN")  # Pyro's; the check below names the epoch and step
         loss.backward()
@@ -452,13 +455,14 @@ class _Stepper:
     clip_grad_norm: float
     labelled: bool  # the program takes labels and the data have them: minibatches carry y (labelled_batches)
 
-    def batches(self, first: int) -> Iterator[Batch]:
-        """The epoch's minibatches from the ``first``-th on, in this process's shard."""
+    def batches(self, first: int) -> Iterator[tuple[Batch, ...]]:
+        """The epoch's steps from the ``first``-th on, in this process's shard: each one minibatch, or a labelled
+        and an unlabelled one (:meth:`~pyro_vae.training.data.Dataset.labelled_batches`)."""
         c, data = self.context, self.data
         place = {"start": first, "rank": c.rank, "world_size": c.world_size}
         if self.labelled:
             return data.labelled_batches(self.batch_size, self.order, **place)
-        return (Batch(x, None, len(data.train)) for x in data.batches(self.batch_size, self.order, **place))
+        return ((Batch(x, None, len(data.train)),) for x in data.batches(self.batch_size, self.order, **place))
 
     def epoch(
         self, epoch: int, start: TrainState, progress: _Progress, stops: _Stops, snapshot: _Snapshot
@@ -470,9 +474,10 @@ class _Stepper:
         epoch_order = self.order.get_state()
         c.vae.train()
         began = time.perf_counter()
-        for step, (x, y, num_data) in enumerate(self.batches(first), first + 1):
+        for step, ((x, y, num_data), *also) in enumerate(self.batches(first), first + 1):
             c.objective.beta = c.kl_weight.at(epoch, step)
-            total += svi_step(self.loss, self.optimizer, x, num_data, self.clip_grad_norm, where=(epoch, step), y=y)
+            where = (epoch, step)
+            total += svi_step(self.loss, self.optimizer, x, num_data, self.clip_grad_norm, where, y, tuple(also))
             progress.bar.update()
             seconds = elapsed + time.perf_counter() - began
             stops.check(lambda: snapshot(epoch - 1, step, total, seconds, epoch_order))  # noqa: B023 (called at once)
@@ -683,9 +688,9 @@ def _takes_labels(vae: nn.Module, data: Dataset) -> bool:
 
 
 def _steps_per_epoch(data: Dataset, labelled: bool, batch_size: int, world_size: int) -> int:
-    """The minibatches of an epoch in each process (all-labelled and all-unlabelled ones where ``labelled``)."""
+    """The steps of an epoch in each process (formed as ``data.label_batches`` says where ``labelled``)."""
     if labelled:
-        return epoch_steps(data.train_labels, batch_size, world_size)
+        return epoch_steps(data.train_labels, batch_size, world_size, data.label_batches)
     return len(data.train) // world_size // batch_size
 
 
