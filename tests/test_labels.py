@@ -269,7 +269,7 @@ def test_a_program_that_needs_labels_at_every_call_is_refused_in_one_line():
         def model(self, x, y):
             return super().model(x, y)
 
-    with pytest.raises(Exception, match=r"Conditional\.model\(x, y\) needs labels at every call"):
+    with pytest.raises(DataError, match=r"Conditional\.model\(x, y\) needs a label for every training point"):
         pyro_vae.fit(Conditional(), load_dataset("digits", labels=50), epochs=1, progress=False)
 
 
@@ -467,5 +467,5 @@ def test_check_program_refuses_a_program_that_needs_labels_at_every_call():
         def model(self, x, y):
             return super().model(x, y)
 
-    with pytest.raises(ConfigError, match=r"Conditional\.model\(x, y\) needs labels at every call"):
+    with pytest.raises(ConfigError, match=r"Conditional\.model\(x, y\) needs a label for every point, and none"):
         check_program(Conditional(), torch.rand(4, 8, 8).bernoulli())

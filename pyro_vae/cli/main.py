@@ -483,10 +483,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         label = f"{bound} ({name}{k})"
         print(f"  {label:<22} {result[key]:10.3f} ± {result[f'{key}_se']:.3f} nats per point")
     if "log_likelihood" in result:
-        print(
-            f"  log p(x) (IS, K={result['num_samples']}) {result['log_likelihood']:10.3f} "
-            f"± {result['log_likelihood_se']:.3f} nats per point"
-        )
+        label = f"{result.get('log_likelihood_of', 'log p(x)')} (IS, K={result['num_samples']})"
+        print(f"  {label:<22} {result['log_likelihood']:10.3f} ± {result['log_likelihood_se']:.3f} nats per point")
     if "accuracy" in result:
         print(f"  accuracy of q(y|x)     {100 * result['accuracy']:9.2f}% ± {100 * result['accuracy_se']:.2f}")
     if result.get("note"):

@@ -75,7 +75,9 @@ class _Moments:
         }
 
 
-def _estimates(vae: nn.Module, x: Tensor, estimator: str, num_particles: int, repeats: int) -> dict[str, Any]:
+def _estimates(
+    vae: nn.Module, x: Tensor, estimator: str, num_particles: int, repeats: int, y: Tensor | None = None
+) -> dict[str, Any]:
     """The bound per data point and its gradient, ``repeats`` times, with the time per estimate."""
     objective = Objective(vae, estimator, num_particles, fused="auto")  # the fastest exact path
     groups = parameter_groups(vae)
@@ -84,7 +86,7 @@ def _estimates(vae: nn.Module, x: Tensor, estimator: str, num_particles: int, re
     for _ in range(repeats):
         vae.zero_grad(set_to_none=True)
         start = time.perf_counter()
-        loss = objective(x) / len(x)  # the negative bound per data point
+        loss = objective(x, None, y) / len(x)  # the negative bound per data point
         loss.backward()
         seconds.append(time.perf_counter() - start)
         values.append(-loss.item())
@@ -136,6 +138,7 @@ def compare_estimators(
     particles: Sequence[int] = (1, 10, 100),
     repeats: int = 100,
     estimators: Sequence[str] | None = None,
+    y: Tensor | None = None,
 ) -> dict[str, Any]:
     """Measure estimators on the batch ``x`` for each number of particles.
 
@@ -147,6 +150,7 @@ def compare_estimators(
             variances are over these.
         estimators: names from :data:`~pyro_vae.infer.estimators.ESTIMATORS` (default: every one that can treat
             the program; the others are listed under ``skipped`` with why, e.g. a discrete site for ``stl``).
+        y: the labels of ``x``, for a program that needs them at every call (any other's label is latent).
 
     Returns:
         ``{"kl": {site: "closed_form" | "sampled"}, "rows": [...], "agreement": [...]}``: ``kl``
@@ -163,19 +167,19 @@ def compare_estimators(
         names = list(estimators)
         for name in names:
             check_estimator(name)
-            check_program(vae, x, name)
+            check_program(vae, x, name, y=y)
     else:  # every registered estimator that can treat this program
         names = []
         for name in ESTIMATORS:
             try:
-                check_program(vae, x, name)
+                check_program(vae, x, name, y=y)
                 names.append(name)
             except ConfigError as e:
                 skipped[name] = str(e)
-    rows = [_estimates(vae, x, name, num_particles, repeats) for num_particles in particles for name in names]
+    rows = [_estimates(vae, x, name, num_particles, repeats, y) for num_particles in particles for name in names]
     agreement = [_agreement(rows, num_particles, names) for num_particles in particles]
     return {
-        "kl": kl_methods(vae, x[:2]),
+        "kl": kl_methods(vae, x[:2], y=y),
         "num_examples": len(x),
         "repeats": repeats,
         "rows": rows,

@@ -72,7 +72,18 @@ from torch.distributions import Distribution, Independent, Normal
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer.estimators import runs_as
-from pyro_vae.infer.program import SiteStructure, device_of, finite_mean, kept_rng, latent_sites, site_structure, traces
+from pyro_vae.infer.program import (
+    SiteStructure,
+    batches,
+    device_of,
+    finite_mean,
+    first_points,
+    kept_rng,
+    latent_sites,
+    required_labels,
+    site_structure,
+    traces,
+)
 from pyro_vae.models.kl import closed_form_kl, per_dimension
 from pyro_vae.models.vae import VAE
 
@@ -246,8 +257,9 @@ class _Parts:
         self.dims.append(_kl_dims(q, p, v, closed_form))
         base = _diagonal_normal(q)
         if base is not None:  # for the aggregate posterior: q's loc and scale, the draws and their densities
-            loc, scale = (torch.broadcast_to(t, v.shape)[0] for t in (base.loc, base.scale))
-            self.normal.append((loc, scale, v, q.log_prob(v), p.log_prob(v)))
+            # a scalar site is one of one dimension
+            loc, scale = (torch.broadcast_to(t, v.shape)[0].reshape(batch, -1) for t in (base.loc, base.scale))
+            self.normal.append((loc, scale, v.reshape(draws, batch, -1), q.log_prob(v), p.log_prob(v)))
 
     def site(self, structure: SiteStructure, surgery: bool) -> _Site:
         method = "closed_form" if structure.closed_form else "sampled"
@@ -267,23 +279,30 @@ class _Parts:
         return Estimate(terms.double().mean(0), None, method) if exact else _mean(terms)._replace(method=method)
 
 
-def _traced_sites(vae: nn.Module, x: Tensor, num_samples: int, batch_size: int, surgery: bool) -> dict[str, _Site]:
-    """Every latent site of any program, from Pyro traces of ``batch_size`` points at a time."""
+def _traced_sites(
+    vae: nn.Module, x: Tensor, num_samples: int, batch_size: int, surgery: bool, y: Tensor | None = None
+) -> dict[str, _Site]:
+    """Every latent site of any program, from Pyro traces of ``batch_size`` points at a time (with the labels
+    ``y`` of a program that needs them)."""
     device = device_of(vae, x)
-    first = x[:2].to(device)
-    with kept_rng(first):
-        structure = site_structure(vae.model, vae.guide, first)
+    to = lambda batch: tuple(t if t is None else t.to(device) for t in batch)  # noqa: E731
+    first = to(first_points(vae, x, y))
+    with kept_rng(first[0]):
+        structure = site_structure(vae.model, vae.guide, *first)
     parts = {name: _Parts() for name in structure}
-    for xb in x.split(batch_size):
-        guide_trace, model_trace = traces(vae, xb.to(device), num_particles=num_samples)
+    for batch in batches(vae, x, y, batch_size):
+        guide_trace, model_trace = traces(vae, *to(batch), num_particles=num_samples)
         for name in latent_sites(guide_trace):
             parts[name].add(guide_trace.nodes[name], model_trace.nodes[name], structure[name].closed_form)
     return {name: part.site(structure[name], surgery) for name, part in parts.items()}
 
 
-def _sites(vae: nn.Module, x: Tensor, num_samples: int, batch_size: int, surgery: bool = True) -> dict[str, _Site]:
-    reader = _encoded_sites if runs_as(vae, VAE) else _traced_sites
-    return reader(vae, x, num_samples, batch_size, surgery)
+def _sites(
+    vae: nn.Module, x: Tensor, num_samples: int, batch_size: int, surgery: bool = True, y: Tensor | None = None
+) -> dict[str, _Site]:
+    if runs_as(vae, VAE):
+        return _encoded_sites(vae, x, num_samples, batch_size, surgery)
+    return _traced_sites(vae, x, num_samples, batch_size, surgery, required_labels(vae, y))
 
 
 def _posterior_mean(q: Distribution, value: Tensor) -> Tensor:
@@ -320,10 +339,12 @@ def _traced_surgery(normal: list[tuple[Tensor, ...]]) -> tuple[Estimate, Estimat
     return _mean((log_q - log_aggregate).mean(0)), _mean((log_aggregate - log_p).mean(0))
 
 
-def _one_site(vae: nn.Module, x: Tensor, num_samples: int, batch_size: int, surgery: bool = False) -> _Site:
+def _one_site(
+    vae: nn.Module, x: Tensor, num_samples: int, batch_size: int, surgery: bool = False, y: Tensor | None = None
+) -> _Site:
     """The measures of a program with one latent site; a :class:`ConfigError` for several (use :func:`diagnostics`)."""
     with _evaluating(vae):
-        sites = _sites(vae, x, num_samples, batch_size, surgery)
+        sites = _sites(vae, x, num_samples, batch_size, surgery, y)
     if len(sites) != 1:
         raise ConfigError(
             f"this measure is of one latent site, and the program has {len(sites)} ({', '.join(sites)}); "
@@ -332,7 +353,7 @@ def _one_site(vae: nn.Module, x: Tensor, num_samples: int, batch_size: int, surg
     return next(iter(sites.values()))
 
 
-def activity(vae: nn.Module, x: Tensor, batch_size: int = 100) -> Tensor:
+def activity(vae: nn.Module, x: Tensor, batch_size: int = 100, y: Tensor | None = None) -> Tensor:
     r"""The activity of each latent dimension, shape ``(latent_dim,)``: the variance of its posterior mean over ``x``.
 
     .. math:: A_j = \frac1{N-1}\sum_{n=1}^N (\mu_j(x_n) - \bar\mu_j)^2
@@ -347,10 +368,12 @@ def activity(vae: nn.Module, x: Tensor, batch_size: int = 100) -> Tensor:
     if runs_as(vae, VAE):
         with _evaluating(vae):
             return _encode(vae, x, batch_size)[0].var(0)
-    return _one_site(vae, x, 1, batch_size).means.var(0)
+    return _one_site(vae, x, 1, batch_size, y=y).means.var(0)
 
 
-def kl_per_dim(vae: nn.Module, x: Tensor, num_samples: int = 1, batch_size: int = 100) -> Estimate | None:
+def kl_per_dim(
+    vae: nn.Module, x: Tensor, num_samples: int = 1, batch_size: int = 100, y: Tensor | None = None
+) -> Estimate | None:
     r"""The average KL of each latent dimension, :math:`\frac1N\sum_n \mathrm{KL}(q(z_j\mid x_n)\,\|\,p(z_j))`.
 
     In closed form where one is registered between the guide's and the prior's factors (and exact,
@@ -360,20 +383,24 @@ def kl_per_dim(vae: nn.Module, x: Tensor, num_samples: int = 1, batch_size: int 
     defined. For a program with one latent site.
     """
     _check(x, num_samples, batch_size)
-    return _one_site(vae, x, num_samples, batch_size).kl_per_dim
+    return _one_site(vae, x, num_samples, batch_size, y=y).kl_per_dim
 
 
-def kl_total(vae: nn.Module, x: Tensor, num_samples: int = 1, batch_size: int = 100) -> Estimate:
+def kl_total(
+    vae: nn.Module, x: Tensor, num_samples: int = 1, batch_size: int = 100, y: Tensor | None = None
+) -> Estimate:
     r"""The average KL term of the ELBO, :math:`\frac1N\sum_n \mathrm{KL}(q(z\mid x_n)\,\|\,p(z))`.
 
     In closed form where one is registered and exact, else sampled with ``num_samples`` draws per point. For a
     program with one latent site.
     """
     _check(x, num_samples, batch_size)
-    return _one_site(vae, x, num_samples, batch_size).kl_total
+    return _one_site(vae, x, num_samples, batch_size, y=y).kl_total
 
 
-def mutual_information(vae: nn.Module, x: Tensor, num_samples: int = 1, batch_size: int = 100) -> Estimate | None:
+def mutual_information(
+    vae: nn.Module, x: Tensor, num_samples: int = 1, batch_size: int = 100, y: Tensor | None = None
+) -> Estimate | None:
     r"""The mutual information :math:`I_q(x; z)` under the aggregate posterior of ``x``, in nats.
 
     .. math:: \hat I = \frac1{NS}\sum_{i=1}^N\sum_{s=1}^S \Big[\log q(z_{is}\mid x_i)
@@ -385,11 +412,13 @@ def mutual_information(vae: nn.Module, x: Tensor, num_samples: int = 1, batch_si
     Reference:
         ELBO surgery: yet another way to carve up the variational evidence lower bound (Hoffman & Johnson, 2016).
     """
-    surgery = _surgery_of(vae, x, num_samples, batch_size)
+    surgery = _surgery_of(vae, x, num_samples, batch_size, y)
     return None if surgery is None else surgery[0]
 
 
-def marginal_kl(vae: nn.Module, x: Tensor, num_samples: int = 1, batch_size: int = 100) -> Estimate | None:
+def marginal_kl(
+    vae: nn.Module, x: Tensor, num_samples: int = 1, batch_size: int = 100, y: Tensor | None = None
+) -> Estimate | None:
     r"""The KL from the aggregate posterior of ``x`` to the prior, :math:`\mathrm{KL}(q(z)\,\|\,p(z))`, in nats.
 
     .. math:: \widehat{\mathrm{KL}} = \frac1{NS}\sum_{i,s} \Big[\log\frac1N\sum_n q(z_{is}\mid x_n)
@@ -400,14 +429,16 @@ def marginal_kl(vae: nn.Module, x: Tensor, num_samples: int = 1, batch_size: int
     Reference:
         ELBO surgery: yet another way to carve up the variational evidence lower bound (Hoffman & Johnson, 2016).
     """
-    surgery = _surgery_of(vae, x, num_samples, batch_size)
+    surgery = _surgery_of(vae, x, num_samples, batch_size, y)
     return None if surgery is None else surgery[1]
 
 
-def _surgery_of(vae: nn.Module, x: Tensor, num_samples: int, batch_size: int) -> tuple[Estimate, Estimate] | None:
+def _surgery_of(
+    vae: nn.Module, x: Tensor, num_samples: int, batch_size: int, y: Tensor | None
+) -> tuple[Estimate, Estimate] | None:
     """Mutual information and marginal KL of ``x``: checked, encoded, sampled."""
     _check(x, num_samples, batch_size)
-    return _one_site(vae, x, num_samples, batch_size, surgery=True).surgery
+    return _one_site(vae, x, num_samples, batch_size, surgery=True, y=y).surgery
 
 
 def _listed(t: Tensor | None) -> list[float] | None:
@@ -419,7 +450,12 @@ def _scalar(t: Tensor | None) -> float | None:
 
 
 def latent_usage(
-    vae: nn.Module, x: Tensor, batch_size: int = 1000, threshold: float = 0.01, num_samples: int = 1
+    vae: nn.Module,
+    x: Tensor,
+    batch_size: int = 1000,
+    threshold: float = 0.01,
+    num_samples: int = 1,
+    y: Tensor | None = None,
 ) -> dict[str, Any]:
     r"""``active_units`` and ``kl_per_dim`` of ``x``, from ``num_samples`` draws per point (one: what training
     records each epoch).
@@ -433,7 +469,7 @@ def latent_usage(
     """
     _check(x, num_samples, batch_size, threshold)
     with _evaluating(vae):
-        sites = _sites(vae, x, num_samples, batch_size, surgery=False)
+        sites = _sites(vae, x, num_samples, batch_size, surgery=False, y=y)
     usage = {
         name: {
             "active_units": int((site.means.var(0) > threshold).sum()),
@@ -499,7 +535,12 @@ def _combined(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def diagnostics(
-    vae: nn.Module, x: Tensor, num_samples: int = 1, batch_size: int = 100, threshold: float = 0.01
+    vae: nn.Module,
+    x: Tensor,
+    num_samples: int = 1,
+    batch_size: int = 100,
+    threshold: float = 0.01,
+    y: Tensor | None = None,
 ) -> dict[str, Any]:
     r"""Every measure of this module for ``x``, as plain Python values (JSON-ready), from one set of draws.
 
@@ -514,6 +555,8 @@ def diagnostics(
         num_samples: draws of the latent sites per data point; the time grows as ``num_samples * N**2 * latent_dim``.
         batch_size: data points per pass of the guide.
         threshold: a dimension is active when its activity exceeds it.
+        y: the labels of ``x``, passed to a program that needs them at every call (``model(x, y)``); any other
+            is diagnosed with its label latent.
 
     Returns:
         ``num_points``, ``num_samples``, ``threshold``, ``latent_site`` (the name of a program's one latent site);
@@ -527,7 +570,7 @@ def diagnostics(
     """
     _check(x, num_samples, batch_size, threshold)
     with _evaluating(vae):
-        sites = _sites(vae, x, num_samples, batch_size)
+        sites = _sites(vae, x, num_samples, batch_size, y=y)
     reports = {name: _site_report(site, threshold) for name, site in sites.items()}
     header = {"num_points": len(x), "num_samples": int(num_samples), "threshold": float(threshold)}
     if len(reports) == 1:

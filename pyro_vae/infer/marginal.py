@@ -31,7 +31,16 @@ from torch import Tensor, nn
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer.estimators import log_weight, runs_as
 from pyro_vae.infer.objectives import enumerated_terms
-from pyro_vae.infer.program import check_methods, kept_rng, observed_sites, sample_sites, traces
+from pyro_vae.infer.program import (
+    batches,
+    check_methods,
+    first_points,
+    kept_rng,
+    observed_sites,
+    required_labels,
+    sample_sites,
+    traces,
+)
 from pyro_vae.models.vae import VAE
 
 __all__ = ["log_weights", "log_likelihood", "iwae_bound", "DECODER_ELEMENTS"]
@@ -42,21 +51,22 @@ __all__ = ["log_weights", "log_likelihood", "iwae_bound", "DECODER_ELEMENTS"]
 DECODER_ELEMENTS = 2**20
 
 
-def log_weights(vae: nn.Module, x: Tensor, num_samples: int) -> Tensor:
+def log_weights(vae: nn.Module, x: Tensor, num_samples: int, y: Tensor | None = None) -> Tensor:
     r"""Log importance weights of shape ``(num_samples, batch)``, the guide's joint over all latent sites as proposal.
 
     .. math:: \log w_k = \log p(x, z_k) - \log q(z_k\mid x), \qquad z_k \sim q(z\mid x),
 
     summed over every site of the program, from Pyro traces (:func:`~pyro_vae.infer.objectives.elbo_terms`). A
-    :class:`~pyro_vae.models.vae.VAE` is evaluated from its parts without traces.
+    :class:`~pyro_vae.models.vae.VAE` is evaluated from its parts without traces. ``y``: the labels of a program
+    that needs them at every call, whose weights are then those of :math:`p(x \mid y)`.
     """
-    return _sampler(vae, x)(num_samples)
+    return _sampler(vae, x, y)(num_samples)
 
 
-def _sampler(vae: nn.Module, x: Tensor) -> Callable[[int], Tensor]:
+def _sampler(vae: nn.Module, x: Tensor, y: Tensor | None = None) -> Callable[[int], Tensor]:
     """:func:`log_weights` of ``x`` for a number of draws; the VAE's guide and prior are evaluated once."""
     if not runs_as(vae, VAE):
-        return lambda num_samples: _traced_log_weights(vae, x, num_samples)
+        return lambda num_samples: _traced_log_weights(vae, x, num_samples, y)
     q, prior = vae.encode(x), vae.prior()
 
     def draw(num_samples: int) -> Tensor:
@@ -66,24 +76,24 @@ def _sampler(vae: nn.Module, x: Tensor) -> Callable[[int], Tensor]:
     return draw
 
 
-def _traced_log_weights(vae: nn.Module, x: Tensor, num_samples: int) -> Tensor:
+def _traced_log_weights(vae: nn.Module, x: Tensor, num_samples: int, y: Tensor | None = None) -> Tensor:
     r"""Log weights from traces. A site the guide enumerates is summed inside each weight,
     :math:`\tilde w_k = \sum_y q(y\mid x)\,w_k(y) = \sum_y p(x, y, z_k^y) / q(z_k^y\mid x, y)`, which keeps
     :math:`\mathbb E[\tilde w_k] = p(x)` with no draw of :math:`y`."""
-    terms, log_q = enumerated_terms(vae, x, num_samples, closed_form={})
+    terms, log_q = enumerated_terms(vae, x, num_samples, closed_form={}, y=y)
     if log_q is None:
         return log_weight(terms)
     summed = log_q + log_weight(terms)  # log q(y|x) + log w_k(y), for each joint value y of the enumerated sites
     return summed.reshape(-1, *summed.shape[-2:]).logsumexp(0)
 
 
-def _point_size(vae: nn.Module, x: Tensor) -> int:
+def _point_size(vae: nn.Module, x: Tensor, y: Tensor | None = None) -> int:
     """How many values one data point's observed sites hold, from one run of the program on ``x[:1]``.
 
     A :class:`ConfigError` for a site whose log-density the program weights: log p(x) needs them as they are.
     """
     with kept_rng(x):
-        guide_trace, model_trace = traces(vae, x[:1])
+        guide_trace, model_trace = traces(vae, *first_points(vae, x, y, 1))
     for site in sample_sites(guide_trace) + sample_sites(model_trace):
         if site["mask"] is not None or not (isinstance(site["scale"], float) and site["scale"] == 1.0):
             raise ConfigError(
@@ -94,8 +104,11 @@ def _point_size(vae: nn.Module, x: Tensor) -> int:
 
 
 @torch.no_grad()
-def log_likelihood(vae: nn.Module, x: Tensor, num_samples: int = 1000, batch_size: int = 100) -> Tensor:
-    r"""Importance-sampled :math:`\log p(x)` of each data point, in nats, shape ``(len(x),)``.
+def log_likelihood(
+    vae: nn.Module, x: Tensor, num_samples: int = 1000, batch_size: int = 100, y: Tensor | None = None
+) -> Tensor:
+    r"""Importance-sampled :math:`\log p(x)` of each data point, in nats, shape ``(len(x),)``; for a program
+    that needs labels at every call (``model(x, y)``), :math:`\log p(x \mid y)` at the labels ``y``.
 
     The log-mean-exp over ``num_samples`` draws from the guide's joint over all latent sites is taken for
     each data point separately. Data points go through in batches of ``batch_size`` and draws in chunks of
@@ -106,6 +119,8 @@ def log_likelihood(vae: nn.Module, x: Tensor, num_samples: int = 1000, batch_siz
         x: data, shape ``(N, *event_shape)``.
         num_samples: :math:`K`, draws of the latent sites per data point.
         batch_size: data points per pass.
+        y: the labels of ``x``, for a program that needs them (any other is evaluated with its label latent,
+            summed out where its guide enumerates it).
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1 (got {num_samples})")
@@ -113,10 +128,11 @@ def log_likelihood(vae: nn.Module, x: Tensor, num_samples: int = 1000, batch_siz
     was_training = vae.training
     vae.eval()
     try:
-        size = _point_size(vae, x)
+        y = required_labels(vae, y)
+        size = _point_size(vae, x, y)
         out = []
-        for xb in x.split(batch_size):
-            chunk, draw = max(1, DECODER_ELEMENTS // (len(xb) * size)), _sampler(vae, xb)
+        for xb, *yb in batches(vae, x, y, batch_size):
+            chunk, draw = max(1, DECODER_ELEMENTS // (len(xb) * size)), _sampler(vae, xb, *yb)
             total = None  # running log-sum-exp over the chunks
             for start in range(0, num_samples, chunk):
                 lse = torch.logsumexp(draw(min(chunk, num_samples - start)), dim=0)
@@ -127,9 +143,9 @@ def log_likelihood(vae: nn.Module, x: Tensor, num_samples: int = 1000, batch_siz
         vae.train(was_training)
 
 
-def iwae_bound(vae: nn.Module, x: Tensor, num_samples: int, batch_size: int = 100) -> Tensor:
+def iwae_bound(vae: nn.Module, x: Tensor, num_samples: int, batch_size: int = 100, y: Tensor | None = None) -> Tensor:
     r"""One draw of the importance-weighted bound :math:`\mathcal L_K(x)` of each point (nats), K = ``num_samples``.
 
     :math:`K = 1` is the ELBO's Monte Carlo estimate; its expectation rises to :math:`\log p(x)` with :math:`K`.
     """
-    return log_likelihood(vae, x, num_samples=num_samples, batch_size=batch_size)
+    return log_likelihood(vae, x, num_samples=num_samples, batch_size=batch_size, y=y)

@@ -32,6 +32,7 @@ from pyro_vae.infer.estimators import (
     make_estimator,
 )
 from pyro_vae.infer.program import (
+    batches,
     bind,
     check_methods,
     closed_form_sites,
@@ -300,16 +301,6 @@ def _check_param_store(vae: nn.Module, guide_trace: Trace, model_trace: Trace) -
                 )
 
 
-def check_label_use(vae: nn.Module) -> None:
-    """A one-line :class:`ConfigError` for a program whose model needs ``y`` at every call (``model(x, y)``):
-    evaluation, diagnostics and log p(x) call it without labels."""
-    if label_use(vae) == "required":
-        raise ConfigError(
-            f"{type(vae).__name__}.model(x, y) needs labels at every call, which evaluation cannot pass yet; "
-            "give y a default of None (y latent where it is not given)"
-        )
-
-
 def check_program(
     vae: nn.Module, x: Tensor, estimator: str = "mc", free_bits: float = 0.0, jit: bool = False, y: Tensor | None = None
 ) -> bool:
@@ -322,7 +313,6 @@ def check_program(
     enumerates a site (:func:`~pyro_vae.infer.program.enumerated_sites`), which only an estimator that
     :attr:`~pyro_vae.infer.estimators.Estimator.enumerates` trains (and not with free bits).
     """
-    check_label_use(vae)
     with kept_rng(x):
         guide_trace, model_trace = traces(vae, *first_points(vae, x, y), enumerate=True)
     if jit:
@@ -351,16 +341,17 @@ def check_program(
     return bool(enumerated)
 
 
-def kl_methods(vae: nn.Module, x: Tensor, estimator: str | None = None) -> dict[str, str]:
+def kl_methods(vae: nn.Module, x: Tensor, estimator: str | None = None, y: Tensor | None = None) -> dict[str, str]:
     """How each latent site's KL term is estimated, in the guide's order: ``"closed_form"`` or ``"sampled"``.
 
     An estimator whose ``closed_form_kl`` is false (``"mc"``) samples every term. One that is true
     (``"analytic"``) takes the closed form where it is exact: one is registered, and the model's distribution
     at the site depends only on draws the guide made before it (:func:`~pyro_vae.infer.program.closed_form_sites`);
-    it samples the others. ``estimator=None`` answers whether the closed form is exact at all.
+    it samples the others. ``estimator=None`` answers whether the closed form is exact at all. ``y``: the labels
+    of ``x``, for a program that takes them.
     """
     uses_closed_form = estimator is None or make_estimator(estimator).closed_form_kl
-    exact = closed_form_sites(vae.model, vae.guide, x)
+    exact = closed_form_sites(vae.model, vae.guide, *first_points(vae, x, y))
     return {name: "closed_form" if uses_closed_form and ok else "sampled" for name, ok in exact.items()}
 
 
@@ -437,15 +428,18 @@ def _total(terms: list[Tensor], shape: torch.Size) -> Tensor:
     return functools.reduce(torch.add, terms) if terms else torch.zeros(shape)
 
 
-def elbo_per_example(vae: nn.Module, x: Tensor, estimator: str = "mc", num_particles: int = 1) -> Tensor:
-    """The estimate of each data point in ``x`` (nats) by ``estimator`` with ``num_particles`` draws.
+def elbo_per_example(
+    vae: nn.Module, x: Tensor, estimator: str = "mc", num_particles: int = 1, y: Tensor | None = None
+) -> Tensor:
+    """The estimate of each data point in ``x`` (with labels ``y``, for a program that takes them) by
+    ``estimator`` with ``num_particles`` draws.
 
     For the ELBO's estimators the mean over the draws; for the importance-weighted bound (``iwae``,
     ``dreg``) the bound of ``num_particles`` samples. ``"analytic"`` samples a site's KL term where its closed
     form is not exact or not registered (:func:`kl_methods`).
     """
-    check_summable(vae, x, [estimator])
-    return make_estimator(estimator, num_particles).per_example(elbo_terms(vae, x, num_particles))
+    check_summable(vae, x, [estimator], y)
+    return make_estimator(estimator, num_particles).per_example(elbo_terms(vae, x, num_particles, y=y))
 
 
 def check_summable(vae: nn.Module, x: Tensor, estimators: Sequence[str], y: Tensor | None = None) -> None:
@@ -499,9 +493,8 @@ def evaluate_elbo(
         parts: dict[str, list[Tensor]] = {e: [] for e in chosen}
         with kept_rng(x):
             closed_form = closed_form_sites(vae.model, vae.guide, *first_points(vae, x, y))
-        chunks = x.split(batch_size)
-        for xb, yb in zip(chunks, [None] * len(chunks) if y is None else y.split(batch_size)):
-            terms = elbo_terms(vae, xb, num_particles, closed_form, yb)
+        for xb, *yb in batches(vae, x, y, batch_size):
+            terms = elbo_terms(vae, xb, num_particles, closed_form, *yb)
             for e, estimator in chosen.items():
                 parts[e].append(estimator.per_example(terms))
         values = {e: torch.cat(v) for e, v in parts.items()}
@@ -527,16 +520,17 @@ def evaluate_bounds(
     train_particles: int = 1,
     batch_size: int = 1000,
     reduce: Callable[[Tensor], Tensor] | None = None,
+    y: Tensor | None = None,
 ) -> dict[str, float]:
     """What an evaluation of a run trained with ``estimator`` reports (``evaluation_plan``).
 
     The ELBO by each reported estimator with ``num_particles`` draws and, for a bound defined by its
     particles (IWAE), that bound with the ``train_particles`` it was trained with. Same keys as
-    :func:`evaluate_elbo`.
+    :func:`evaluate_elbo` (``y``: the labels of a program that needs them).
     """
     out: dict[str, float] = {}
     for names, particles in evaluation_plan(estimator, num_particles, train_particles):
-        out.update(evaluate_elbo(vae, x, particles, batch_size, names, reduce))
+        out.update(evaluate_elbo(vae, x, particles, batch_size, names, reduce, y))
     return out
 
 

@@ -68,6 +68,8 @@ __all__ = [
     "check_methods",
     "label_use",
     "first_points",
+    "batches",
+    "required_labels",
     "traces",
     "sample_sites",
     "latent_sites",
@@ -163,10 +165,30 @@ def traces(
 
 def first_points(program: nn.Module, x: Tensor, y: Tensor | None = None, n: int = 2) -> tuple[Tensor | None, ...]:
     """The batch of the first ``n`` points that ``program`` is called with: ``(x,)``, or ``(x, y)`` for a program
-    that takes labels (:func:`label_use`; ``y`` may be ``None``)."""
-    if label_use(program) == "none":
-        return (x[:n],)
-    return x[:n], None if y is None else y[:n]
+    that takes labels (:func:`label_use`; ``y`` may be ``None`` unless the program needs it, see :func:`batches`)."""
+    return next(batches(program, x[:n], None if y is None else y[:n], n))
+
+
+def required_labels(program: nn.Module, labels: Tensor | None) -> Tensor | None:
+    """The labels a tool passes to ``program`` when it evaluates data: ``labels`` for a program that needs them at
+    every call (``model(x, y)``), else ``None`` (a label that may be latent is evaluated latent: summed out)."""
+    return labels if label_use(program) == "required" else None
+
+
+def batches(program: nn.Module, x: Tensor, y: Tensor | None = None, size: int | None = None) -> Iterator[tuple]:
+    """The batches a tool calls ``program`` with, ``size`` points at a time (all at once by default): ``(x,)``, or
+    ``(x, y)`` for a program that takes labels; where it needs them at every call (``model(x, y)``), a one-line
+    :class:`ConfigError` if ``y`` is missing or marks a point unlabelled (-1)."""
+    use = label_use(program)
+    if use == "required" and (y is None or bool((y < 0).any())):
+        name = type(program).__name__
+        missing = "none were given" if y is None else "some points are unlabelled (-1)"
+        raise ConfigError(
+            f"{name}.model(x, y) needs a label for every point, and {missing}; give every point its label"
+        )
+    chunks = x.split(size or max(1, len(x)))
+    labels = [None] * len(chunks) if y is None or use == "none" else y.split(size or max(1, len(x)))
+    return ((xb,) if use == "none" else (xb, yb) for xb, yb in zip(chunks, labels))
 
 
 def enumerated_sites(guide_trace: Trace) -> list[str]:

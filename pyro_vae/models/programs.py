@@ -42,6 +42,7 @@ from typing import Any
 from torch import nn
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.models.cvae import CVAE
 from pyro_vae.models.hierarchical import Hierarchical
 from pyro_vae.models.ssvae import SSVAE
 from pyro_vae.models.vae import make_vae
@@ -58,6 +59,7 @@ MODELS: Registry = Registry(
 MODELS.register("vae")(make_vae)
 MODELS.register("hierarchical")(Hierarchical)
 MODELS.register("ssvae")(SSVAE)
+MODELS.register("cvae")(CVAE)
 
 
 def check_methods(program: Any) -> None:

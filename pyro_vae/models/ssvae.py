@@ -30,6 +30,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
+from pyro_vae.models.cvae import one_hot_beside
 from pyro_vae.models.fused import gaussian
 from pyro_vae.models.likelihoods import LIKELIHOODS
 from pyro_vae.models.networks import Activation, MLPDecoder, MLPEncoder, Sizes, _perceptron
@@ -81,10 +82,7 @@ class SSVAE(nn.Module):
         return self.classifier(x.flatten(-len(self.event_shape)))
 
     def _joined(self, h: Tensor, y: Tensor) -> Tensor:
-        """``h`` and the one-hot code of ``y`` side by side, broadcast to each other's leading dimensions."""
-        code = nn.functional.one_hot(y, self.num_classes).to(h.dtype)
-        shape = torch.broadcast_shapes(h.shape[:-1], code.shape[:-1])
-        return torch.cat([h.expand(*shape, -1), code.expand(*shape, -1)], -1)
+        return one_hot_beside(h, y, self.num_classes)
 
     def model(self, x: Tensor, y: Tensor | None = None) -> None:
         """y, then z, then x observed; y observed where given."""

@@ -27,6 +27,7 @@ from pyro_vae.infer.diagnostics import accuracy, diagnostics
 from pyro_vae.infer.estimators import check_estimator
 from pyro_vae.infer.marginal import log_likelihood
 from pyro_vae.infer.objectives import evaluate_bounds
+from pyro_vae.infer.program import required_labels
 from pyro_vae.runs.config import Config, load_data, resolve_device
 from pyro_vae.runs.folders import caption, density_note, loaded
 from pyro_vae.runs.plots import draw_pictures, plot_gradient_snr, plot_gradient_variance
@@ -103,20 +104,22 @@ def evaluate_run(
         raise RunError(f"{{num_samples}} must be >= 0 (got {num_samples})", "num_samples")
     vae, config, data = open_run(run_dir, device, data)
     x = data.train if split == "train" else data.test
+    labels = data.train_labels if split == "train" else data.test_labels
+    y = required_labels(vae, labels)  # a program that needs labels is evaluated at them; any other, label latent
     t = config.train
-    scores = evaluate_bounds(vae, x, t.elbo, num_particles, t.num_particles, batch_size)
+    scores = evaluate_bounds(vae, x, t.elbo, num_particles, t.num_particles, batch_size, y=y)
     result = {"run": str(run_dir), "split": split, "num_particles": num_particles, "train_particles": t.num_particles}
     result.update(scores)
     result["note"] = density_note(vae, x)
     result["binarization"] = data.binarization_note(split)
-    result.update(_usage(vae, x))
-    labels = data.train_labels if split == "train" else data.test_labels
+    result.update(_usage(vae, x, y))
     if hasattr(vae, "classify") and labels is not None:  # a program with a classifier q(y | x)
         result["accuracy"], result["accuracy_se"] = accuracy(vae, x, labels, batch_size)
     if num_samples:
-        ll = log_likelihood(vae, x, num_samples=num_samples, batch_size=min(batch_size, 100)).double()
+        ll = log_likelihood(vae, x, num_samples=num_samples, batch_size=min(batch_size, 100), y=y).double()
         se = ll.std().item() / len(ll) ** 0.5 if len(ll) > 1 else float("nan")
         result.update(log_likelihood=ll.mean().item(), log_likelihood_se=se, num_samples=num_samples)
+        result["log_likelihood_of"] = "log p(x)" if y is None else "log p(x | y)"  # a program that needs labels
     return result
 
 
@@ -124,11 +127,11 @@ def evaluate_run(
 DIAGNOSTIC_POINTS = 10_000
 
 
-def _usage(vae: nn.Module, x: Tensor) -> dict[str, Any]:
+def _usage(vae: nn.Module, x: Tensor, y: Tensor | None = None) -> dict[str, Any]:
     """Is the latent code used? :func:`~pyro_vae.infer.diagnostics.diagnostics` of the first points of ``x``."""
     if len(x) < 2:
         return {}
-    report = diagnostics(vae, x[:DIAGNOSTIC_POINTS])
+    report = diagnostics(vae, x[:DIAGNOSTIC_POINTS], y=None if y is None else y[:DIAGNOSTIC_POINTS])
     report["diagnostic_points"] = report.pop("num_points")
     report["diagnostic_samples"] = report.pop("num_samples")
     return report
@@ -160,8 +163,10 @@ def compare_run(
         check_estimator(name)
     vae, config, data = open_run(run_dir, device, data)
     x = (data.train if split == "train" else data.test)[:batch_size]
+    labels = data.train_labels if split == "train" else data.test_labels
+    y = required_labels(vae, None if labels is None else labels[:batch_size])
     chosen = tuple(estimators) if estimators else None  # None: every estimator that can treat the program
-    result = {"run": str(run_dir), "split": split, **compare_estimators(vae, x, particles, repeats, chosen)}
+    result = {"run": str(run_dir), "split": split, **compare_estimators(vae, x, particles, repeats, chosen, y)}
     result["note"] = density_note(vae, x)
     atomic_write(Path(run_dir) / "compare.json", json.dumps(result, indent=2) + "\n")
     where = f"{caption(config)} | {len(x)} {split} points, {repeats} repeats"

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from pyro_vae.errors import PyroVAEError, RunError, renamed_errors
 from pyro_vae.infer.estimators import has_fused_form
 from pyro_vae.infer.objectives import check_free_bits_prior, check_program, evaluate_bounds
-from pyro_vae.infer.program import label_use
+from pyro_vae.infer.program import label_use, required_labels
 from pyro_vae.models.likelihoods import Likelihood
 from pyro_vae.runs.config import Config, TrainConfig, build_model, config_names, load_data, resolve_device
 from pyro_vae.runs.plots import draw_pictures, skipped_pictures
@@ -65,6 +65,7 @@ from pyro_vae.training.loop import (
     check_data_parallel,
     check_world_size,
     fit,
+    takes_labels,
     training_objective,
 )
 from pyro_vae.training.optim import shaped_by_length
@@ -188,7 +189,9 @@ def train_run(
         check_data_parallel(distributed, t.jit, t.compile)
         if t.free_bits and has_fused_form(vae):
             check_free_bits_prior(vae)  # in the prior's words
-        check_program(vae, data.train, t.elbo, t.free_bits)  # the contract, and what the estimator needs
+        takes_labels(vae, data)  # a program that needs a label at every point: refused where one has none
+        y = required_labels(vae, data.train_labels)
+        check_program(vae, data.train, t.elbo, t.free_bits, y=y)  # the contract, and what the estimator needs
         if t.log == "tensorboard":
             check_tensorboard()
         # (in a job, the processes agree on a stop at the first step)
@@ -539,7 +542,9 @@ def _summarize(
     vae.eval()
     pictures = draw_pictures(vae, data, history, out, caption(config), t.seed)
     torch.manual_seed(t.seed)  # as evaluate_run does: `pyro-vae evaluate` reproduces these numbers in any one process
-    final = evaluate_bounds(vae, data.test, t.elbo, train_particles=t.num_particles)
+    final = evaluate_bounds(
+        vae, data.test, t.elbo, train_particles=t.num_particles, y=required_labels(vae, data.test_labels)
+    )
     summary = {
         "run": str(out),
         "dataset": data.name,

@@ -23,7 +23,16 @@ from torch import Tensor, nn
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer.estimators import runs_as
-from pyro_vae.infer.program import device_of, finite_mean, latent_sites, sample_sites, traces
+from pyro_vae.infer.program import (
+    batches,
+    device_of,
+    finite_mean,
+    first_points,
+    latent_sites,
+    required_labels,
+    sample_sites,
+    traces,
+)
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs.storage import atomic_write
 from pyro_vae.training.data import Dataset
@@ -126,36 +135,41 @@ def _data_mean(model_trace: Any, x: Tensor) -> Tensor | None:
 
 
 @torch.no_grad()
-def reconstruct(vae: nn.Module, x: Tensor) -> Tensor | None:
-    """The mean of :math:`p(x \\mid z)` at the guide's means, read from the program's own model trace.
+def reconstruct(vae: nn.Module, x: Tensor, y: Tensor | None = None) -> Tensor | None:
+    """The mean of :math:`p(x \\mid z)` at the guide's means, read from the program's own model trace (``y``: the
+    labels of a program that needs them).
 
     ``None`` where the model has no single observed site of ``x``'s shape.
     """
     if runs_as(vae, VAE):
         return vae.reconstruct(x)
-    guide_trace = poutine.trace(_AtMeans()(vae.guide)).get_trace(x)
-    return _data_mean(poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x), x)
+    batch = first_points(vae, x, y, len(x))
+    guide_trace = poutine.trace(_AtMeans()(vae.guide)).get_trace(*batch)
+    return _data_mean(poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(*batch), x)
 
 
 @torch.no_grad()
-def generate(vae: nn.Module, x: Tensor) -> Tensor | None:
-    """Means of :math:`p(x \\mid z)` for ``len(x)`` draws of the model's latent sites (``x`` gives only the shape).
+def generate(vae: nn.Module, x: Tensor, y: Tensor | None = None) -> Tensor | None:
+    """Means of :math:`p(x \\mid z)` for ``len(x)`` draws of the model's latent sites (``x`` gives only the shape;
+    ``y``: the labels to generate, for a program that needs them).
 
     The model runs unconditioned (``poutine.uncondition``); ``None`` as for :func:`reconstruct`.
     """
     if runs_as(vae, VAE):
         return vae.sample(len(x))
-    return _data_mean(poutine.trace(poutine.uncondition(vae.model)).get_trace(x), x)
+    return _data_mean(poutine.trace(poutine.uncondition(vae.model)).get_trace(*first_points(vae, x, y, len(x))), x)
 
 
-def plot_reconstructions(vae: nn.Module, x: Tensor, path: str | Path, caption: str = "", num: int = 10) -> bool:
+def plot_reconstructions(
+    vae: nn.Module, x: Tensor, path: str | Path, caption: str = "", num: int = 10, y: Tensor | None = None
+) -> bool:
     """Inputs (top row) above their reconstructions (bottom row), the mean of p(x|z) at the posterior mean.
 
     Returns ``False`` (and draws nothing) when the data are not images, or the program has no reconstruction.
     """
     shape = image_shape(tuple(x.shape[1:]))
-    x = x[:num]
-    reconstruction = None if shape is None else reconstruct(vae, x)
+    x, y = x[:num], None if y is None else y[:num]
+    reconstruction = None if shape is None else reconstruct(vae, x, y)
     if reconstruction is None:
         return False
     both = torch.cat([x, reconstruction.to(x.dtype)])
@@ -168,17 +182,26 @@ def plot_reconstructions(vae: nn.Module, x: Tensor, path: str | Path, caption: s
     return True
 
 
-def plot_samples(vae: nn.Module, path: str | Path, caption: str = "", num: int = 64, x: Tensor | None = None) -> bool:
+def plot_samples(
+    vae: nn.Module,
+    path: str | Path,
+    caption: str = "",
+    num: int = 64,
+    x: Tensor | None = None,
+    num_classes: int | None = None,
+) -> bool:
     """Means of p(x|z) for ``num`` codes z drawn from the prior, on a square grid.
 
     A program other than :class:`~pyro_vae.models.vae.VAE` is run unconditioned on data ``x`` of the right
-    shape (:func:`generate`). Returns ``False`` (and draws nothing) when the data are not images.
+    shape (:func:`generate`); one that needs labels at every call, a row per class of ``num_classes`` (``num``
+    is then that number squared). Returns ``False`` (and draws nothing) when the data are not images.
     """
-    rows = math.isqrt(num)
+    rows = math.isqrt(num) if num_classes is None else num_classes
     if x is not None:
         x = x[:1].expand(rows * rows, *x.shape[1:])
+    y = None if num_classes is None else torch.arange(rows, device=x.device).repeat_interleave(rows)
     shape = image_shape(tuple(vae.event_shape) if x is None else tuple(x.shape[1:]))
-    images = None if shape is None else (vae.sample(rows * rows) if x is None else generate(vae, x))
+    images = None if shape is None else (vae.sample(rows * rows) if x is None else generate(vae, x, y))
     if images is None:
         return False
     fig = _figure(figsize=(5, 5.4))
@@ -345,15 +368,16 @@ def principal_directions(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 @torch.no_grad()
-def posterior_means(vae: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
-    """The guide's mean E[z | x] for every row of ``x``: of a program's one latent site, flattened to a row."""
+def posterior_means(vae: nn.Module, x: Tensor, batch_size: int = 1000, y: Tensor | None = None) -> Tensor:
+    """The guide's mean E[z | x] for every row of ``x``: of a program's one latent site, flattened to a row (``y``:
+    the labels of a program that needs them)."""
     if runs_as(vae, VAE):
         return torch.cat([vae.encode(xb).mean for xb in x.split(batch_size)])
-    return torch.cat([_site_mean(vae, xb) for xb in x.split(batch_size)])
+    return torch.cat([_site_mean(vae, *batch) for batch in batches(vae, x, y, batch_size)])
 
 
-def _site_mean(vae: nn.Module, x: Tensor) -> Tensor:
-    guide_trace, _ = traces(vae, x)
+def _site_mean(vae: nn.Module, x: Tensor, y: Tensor | None = None) -> Tensor:
+    guide_trace, _ = traces(vae, *first_points(vae, x, y, len(x)))
     sites = latent_sites(guide_trace)
     if len(sites) != 1:
         raise ConfigError(f"posterior means are drawn for a program of one latent site; this one has {len(sites)}")
@@ -369,7 +393,7 @@ def skipped_pictures(vae: nn.Module, data: Dataset) -> dict[str, str]:
             skipped[name] = "the data are not images"
     if runs_as(vae, VAE):
         return skipped
-    guide_trace, _ = traces(vae, data.test[:2])
+    guide_trace, _ = traces(vae, *first_points(vae, data.test, required_labels(vae, data.test_labels)))
     sites = latent_sites(guide_trace)
     if len(sites) != 1 or finite_mean(guide_trace.nodes[sites[0]]["fn"]) is None:
         skipped["latent.png"] = f"the program has {len(sites)} latent sites; the latent picture shows one with a mean"
@@ -377,9 +401,11 @@ def skipped_pictures(vae: nn.Module, data: Dataset) -> dict[str, str]:
     return skipped
 
 
-def _latent_coordinates(vae: nn.Module, x: Tensor, max_points: int) -> tuple[Tensor, tuple[str, str], str]:
+def _latent_coordinates(
+    vae: nn.Module, x: Tensor, max_points: int, y: Tensor | None = None
+) -> tuple[Tensor, tuple[str, str], str]:
     """2-D coordinates of the posterior means of ``x``: the latent itself, or its first two principal components."""
-    z = posterior_means(vae, x[:max_points]).double().cpu()
+    z = posterior_means(vae, x[:max_points], y=None if y is None else y[:max_points]).double().cpu()
     latent_dim = z.shape[-1]
     if latent_dim == 2:
         return z, ("z₁", "z₂"), "the 2-D latent"
@@ -391,7 +417,7 @@ def _latent_coordinates(vae: nn.Module, x: Tensor, max_points: int) -> tuple[Ten
 
 def _scatter_latent(ax: Any, vae: VAE, x: Tensor, labels: Tensor | None, max_points: int) -> tuple[Any, str]:
     """Scatter the posterior means on ``ax``; returns the artist (for a colour bar) and how they were projected."""
-    coords, names, how = _latent_coordinates(vae, x, max_points)
+    coords, names, how = _latent_coordinates(vae, x, max_points, required_labels(vae, labels))
     if labels is None:
         points = ax.scatter(coords[:, 0], coords[:, 1], s=4, alpha=0.6)
     else:
@@ -512,10 +538,14 @@ def draw_pictures(
 
 def _draw(vae: nn.Module, data: Dataset, history: list[dict], out: Path, caption: str) -> list[str]:
     drawn, skipped = [], skipped_pictures(vae, data)
-    if plot_reconstructions(vae, data.test, out / "reconstructions.png", caption):
+    y = required_labels(vae, data.test_labels)
+    if plot_reconstructions(vae, data.test, out / "reconstructions.png", caption, y=y):
         drawn.append("reconstructions.png")
     program = None if runs_as(vae, VAE) else data.test  # any other program samples by running its model
-    if "samples.png" not in skipped and plot_samples(vae, out / "samples.png", caption, x=program):
+    by_class = None if y is None else data.num_classes  # one that needs labels: a row per class
+    if "samples.png" not in skipped and plot_samples(
+        vae, out / "samples.png", caption, x=program, num_classes=by_class
+    ):
         drawn.append("samples.png")
     if "latent.png" not in skipped:
         plot_latent_space(vae, data.test, data.test_labels, out / "latent.png", caption)

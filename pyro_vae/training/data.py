@@ -104,6 +104,7 @@ class Dataset:
     binarize: str = "none"
     validation: Tensor | None = None
     num_classes: int | None = None
+    validation_labels: Tensor | None = None
     label_batches: str = "mixed"
 
     @property
@@ -397,16 +398,15 @@ def _hold_out(name: str, num_train: int, size: int) -> tuple[Tensor, Tensor]:
     return order[size:], order[:size]
 
 
-def _splits(name: str, arrays: _Arrays, validation: int) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor | None]:
-    """The splits as float tensors, each point's index as stored (see :class:`_Arrays`), and the training labels."""
+def _splits(name: str, arrays: _Arrays, validation: int) -> tuple[dict[str, Tensor], dict[str, Tensor], dict]:
+    """The splits as float tensors, each point's index as stored (see :class:`_Arrays`), and their labels."""
     splits = {"train": arrays.train.float(), "test": arrays.test.float()}
     rows = {split: (arrays.rows or {}).get(split, torch.arange(len(x))) for split, x in splits.items()}
-    labels = arrays.train_labels
+    labels = {"train": arrays.train_labels, "test": arrays.test_labels}
     if validation:
         kept, held = _hold_out(name, len(splits["train"]), validation)
-        for table in (splits, rows):
+        for table in (splits, rows) if labels["train"] is None else (splits, rows, labels):
             table["train"], table["validation"] = table["train"][kept], table["train"][held]
-        labels = None if labels is None else labels[kept]
     return splits, rows, labels
 
 
@@ -478,24 +478,16 @@ def load_dataset(
     arrays = _load_arrays(dataset, data_root, download)
     name = dataset if dataset in DATASETS else Path(dataset).name
     _check_shapes(name, arrays.train, arrays.test, arrays.train_labels, arrays.test_labels)
-    splits, rows, train_labels = _splits(name, arrays, validation)
-    labelled = _labels(name, (train_labels, arrays.test_labels), rows, labels, label_seed, num_classes)
+    splits, rows, labelled = _splits(name, arrays, validation)
+    labelled, classes = _labels(name, labelled, rows, labels, label_seed, num_classes)
     splits = _binarize(name, splits, rows, binarize, seed)
     fix = f"rescale the data into {support_text} or choose a likelihood whose support fits it"
     for split, x in splits.items():
         _check(x, f"{name} ({split})", support, support_text, fix, rows[split])
-    to = lambda t: None if t is None else t.to(device)  # noqa: E731
-    return Dataset(
-        name=name,
-        train=to(splits["train"]),
-        test=to(splits["test"]),
-        train_labels=to(labelled[0]),
-        test_labels=to(labelled[1]),
-        binarize=binarize,
-        validation=to(splits.get("validation")),
-        num_classes=labelled[2],
-        label_batches=label_batches,
-    )
+    to = {k: v.to(device) for k, v in splits.items()} | {
+        f"{k}_labels": v.to(device) for k, v in labelled.items() if v is not None
+    }
+    return Dataset(name=name, **to, binarize=binarize, num_classes=classes, label_batches=label_batches)
 
 
 def _check_choices(binarize: str, label_batches: str) -> None:
@@ -507,18 +499,20 @@ def _check_choices(binarize: str, label_batches: str) -> None:
 
 
 def _labels(
-    name: str, labels: tuple[Tensor | None, Tensor | None], rows: dict[str, Tensor], keep: int, seed: int, classes: int
-) -> tuple[Tensor | None, Tensor | None, int | None]:
-    """The checked training and test labels, the kept subset of the training ones, and the number of classes
+    name: str, labels: dict[str, Tensor | None], rows: dict[str, Tensor], keep: int, seed: int, classes: int
+) -> tuple[dict[str, Tensor | None], int | None]:
+    """Each split's checked labels, the training ones cut to the kept subset, and the number of classes
     (``rows``: where each split's points are stored, see :class:`_Arrays`)."""
     classes = classes or NUM_CLASSES.get(name) or None
-    train, test = (
-        None if y is None else check_labels(y, f"data set {name}: {split} labels", classes, rows[split])
-        for y, split in zip(labels, ("train", "test"))
-    )
-    if train is None:
+    labels = {
+        split: None if y is None else check_labels(y, f"data set {name}: {split} labels", classes, rows[split])
+        for split, y in labels.items()
+    }
+    if labels["train"] is None:
         if keep:
             raise DataError(f"data.labels = {keep}, but data set {name} has no training labels; give it labels")
-        return None, test, None
-    classes = classes or count_classes(train, test)
-    return (keep_labels(train, keep, classes, seed) if keep else train), test, classes
+        return labels, None
+    classes = classes or count_classes(*labels.values())
+    if keep:
+        labels["train"] = keep_labels(labels["train"], keep, classes, seed)
+    return labels, classes

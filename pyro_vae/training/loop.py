@@ -56,11 +56,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.errors import ConfigError, DataError, PyroVAEError
 from pyro_vae.infer.diagnostics import latent_usage
 from pyro_vae.infer.estimators import BOUNDS, ESTIMATORS, reported_with, value_name
-from pyro_vae.infer.objectives import Objective, check_label_use, evaluate_bounds, kl_methods
-from pyro_vae.infer.program import label_use
+from pyro_vae.infer.objectives import Objective, evaluate_bounds, kl_methods
+from pyro_vae.infer.program import label_use, required_labels
 from pyro_vae.models.vae import VAE
 from pyro_vae.training.annealing import KL_SCHEDULES, Constant, KLSchedule, check_kl_schedule, make_kl_schedule
 from pyro_vae.training.data import Dataset
@@ -71,6 +71,7 @@ from pyro_vae.training.optim import load_schedule_state, make_lr_schedule, make_
 __all__ = [
     "fit",
     "svi_step",
+    "takes_labels",
     "check_batch_size",
     "check_early_stopping",
     "check_data_parallel",
@@ -424,14 +425,17 @@ class _Context:
     def device(self) -> torch.device:
         return next(self.vae.parameters()).device
 
-    def bounds(self, x: Tensor) -> dict[str, float]:
-        """The bounds of the objective's estimator on ``x``; in a job each process evaluates its shard, and they sum."""
+    def bounds(self, x: Tensor, labels: Tensor | None = None) -> dict[str, float]:
+        """The bounds of the objective's estimator on ``x`` (with the ``labels`` of a program that needs them at
+        every call); in a job each process evaluates its shard, and they sum."""
+        y = required_labels(self.vae, labels)
         distributed = self.distributed
         if distributed:
             x = x[distributed.rank :: distributed.world_size]
+            y = None if y is None else y[distributed.rank :: distributed.world_size]
         reduce = distributed.all_reduce if distributed else None
         name, particles = self.objective.name, self.objective.num_particles
-        return evaluate_bounds(self.vae, x, name, train_particles=particles, reduce=reduce)
+        return evaluate_bounds(self.vae, x, name, train_particles=particles, reduce=reduce, y=y)
 
     def value(self, scores: dict[str, float]) -> float:
         """The ELBO by the training estimator among ``scores``."""
@@ -500,7 +504,7 @@ class _Measures:
         """The metrics of ``epoch``, whose steps' losses summed to ``total`` in ``seconds`` at rate ``lr``."""
         c = self.context
         steps = c.kl_weight.steps_per_epoch
-        scores = c.bounds(self.data.test)
+        scores = c.bounds(self.data.test, self.data.test_labels)
         return {
             "epoch": epoch,
             "train_elbo": -total / (steps * len(self.data.train)),
@@ -520,7 +524,9 @@ class _Measures:
         if self.context.rank != 0 or len(self.data.test) < 2:
             return {}
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            return latent_usage(self.context.vae, self.data.test)
+            return latent_usage(
+                self.context.vae, self.data.test, y=required_labels(self.context.vae, self.data.test_labels)
+            )
 
 
 @dataclass(kw_only=True)
@@ -529,6 +535,7 @@ class _Validation:
 
     context: _Context
     x: Tensor | None  # the validation set
+    labels: Tensor | None = None  # its labels
     patience: int = 0  # epochs without a better validation ELBO, after the KL warm-up, before training stops
     best: dict[str, Any] = field(default_factory=dict)  # see TrainState.best
     waited: int = 0
@@ -542,7 +549,7 @@ class _Validation:
         """The validation ELBO of ``epoch``; keeps the best epoch's parameters and counts epochs without one."""
         if self.x is None:
             return {}
-        value = self.context.value(self.context.bounds(self.x))
+        value = self.context.value(self.context.bounds(self.x, self.labels))
         if not self.best or value > self.best["value"]:
             model = {k: v.detach().clone() for k, v in self.context.vae.state_dict().items()}
             self.best, self.waited = {"epoch": epoch, "value": value, "model": model}, 0
@@ -680,11 +687,16 @@ def _check_settings(
     check_data_parallel(distributed, jit, compile)
 
 
-def _takes_labels(vae: nn.Module, data: Dataset) -> bool:
-    """Whether minibatches carry labels: the program takes them and the data have them (one line for a program
-    that needs them at every call, :func:`~pyro_vae.infer.objectives.check_label_use`)."""
-    check_label_use(vae)
-    return label_use(vae) == "optional" and data.train_labels is not None
+def takes_labels(vae: nn.Module, data: Dataset) -> bool:
+    """Whether minibatches carry labels: the program takes them and the data have them; a one-line
+    :class:`DataError` where a program needs them at every call (``model(x, y)``) and a training point has none."""
+    use = label_use(vae)
+    if use == "required" and data.num_labelled < len(data.train):
+        raise DataError(
+            f"{type(vae).__name__}.model(x, y) needs a label for every training point, and data set {data.name} has "
+            f"{data.num_labelled} of {len(data.train)}; give every point its label (data.labels = 0 keeps them all)"
+        )
+    return use != "none" and data.train_labels is not None
 
 
 def _steps_per_epoch(data: Dataset, labelled: bool, batch_size: int, world_size: int) -> int:
@@ -719,7 +731,7 @@ def _build(
     """Check the settings, seed every generator, and build the pieces of a run from the settings of :func:`fit`."""
     _check_settings(data, distributed, batch_size=batch_size, clip_grad_norm=clip_grad_norm, jit=jit, compile=compile)
     rank, world_size = _place(distributed)
-    labelled = _takes_labels(vae, data)
+    labelled = takes_labels(vae, data)
     steps_per_epoch = _steps_per_epoch(data, labelled, batch_size, world_size)
     kl_schedule = make_kl_schedule(kl_warmup, steps_per_epoch)
     check_kl_schedule(kl_schedule, elbo, compile)
@@ -730,7 +742,7 @@ def _build(
     optim = make_optimizer(vae.parameters(), lr, optimizer)
     schedule = make_lr_schedule(optim, lr_schedule, epochs)
     check_early_stopping(early_stopping, data)
-    kl = kl_methods(vae, data.test[:2], elbo)
+    kl = kl_methods(vae, data.test[:2], elbo, y=required_labels(vae, data.test_labels))
     if objective.jit:
         _compile(objective, data.train[:batch_size], len(data.train))
     kl_weight = _BetaSchedule(beta=beta, schedule=kl_schedule, steps_per_epoch=steps_per_epoch)
@@ -747,7 +759,7 @@ def _build(
             labelled=labelled,
         ),
         measures=_Measures(context=c, data=data, kl=kl),
-        validation=_Validation(context=c, x=data.validation, patience=early_stopping),
+        validation=_Validation(context=c, x=data.validation, labels=data.validation_labels, patience=early_stopping),
         schedule=schedule,
         epochs=epochs,
         seed=seed,
