@@ -109,4 +109,21 @@ def test_train_and_evaluate_a_cvae_from_the_command_line(tmp_path, capsys):
     assert main(["evaluate", str(run), "--num-samples", "20", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["log_likelihood_of"] == "log p(x | y)" and result["log_likelihood"] >= result["elbo_mc"] - 1.0
-    assert (run / "samples.png").is_file() and "accuracy" not in result
+    assert (run / "samples_by_class.png").is_file() and (run / "analogies.png").is_file()
+    assert not (run / "confusion.png").exists() and "accuracy" not in result  # no classifier
+
+
+def test_class_pictures_decode_the_code_they_are_given(tmp_path):
+    """decode_with_labels reads p(x | y, z) from the model's trace with z held (poutine.condition): the CVAE's own
+    decoder at the same z and y; and the pictures a run draws for a program with labels."""
+    from pyro_vae.runs.class_plots import class_pictures, decode_with_labels
+
+    torch.manual_seed(0)
+    cvae = CVAE((8, 8), latent_dim=3, hidden=(16,))
+    y, z = torch.tensor([0, 4, 9, 4]), torch.randn(4, 3)
+    x = torch.zeros(4, 8, 8)
+    assert torch.allclose(decode_with_labels(cvae, x, y, z), cvae.sample(y, z))
+    data = load_dataset("digits", binarize="static")
+    drawn, skipped = class_pictures(cvae, data, tmp_path, "")
+    assert drawn == ["samples_by_class.png", "analogies.png"] and not skipped
+    assert all((tmp_path / name).read_bytes().startswith(b"\x89PNG") for name in drawn)

@@ -98,6 +98,7 @@ __all__ = [
     "marginal_kl",
     "AGGREGATE_ELEMENTS",
     "accuracy",
+    "predictions",
 ]
 
 #: Entries of the (draws, N) block of guide log-densities held at once when :math:`\log q(z)` is
@@ -580,22 +581,23 @@ def diagnostics(
 
 
 @torch.no_grad()
-def accuracy(program: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> tuple[float, float]:
-    r"""How often the program's classifier :math:`q(y\mid x)` puts its mode on the label, and the binomial
-    standard error :math:`\sqrt{a(1-a)/n}`; points labelled :data:`~pyro_vae.training.labels.UNLABELLED` (-1)
-    are left out.
-
-    The program has a ``classify(x)`` method returning the logits of :math:`q(y\mid x)`, shape
-    ``(batch, num_classes)`` (:class:`~pyro_vae.models.ssvae.SSVAE` has).
-    """
-    kept = y >= 0
-    x, y = x[kept], y[kept]
+def predictions(program: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
+    r"""The mode of the program's classifier :math:`q(y\mid x)` at each point of ``x``: ``classify(x)`` returns
+    its logits, shape ``(batch, num_classes)`` (:class:`~pyro_vae.models.ssvae.SSVAE` has one)."""
     was_training = program.training
     program.eval()
     try:
-        pairs = zip(x.split(batch_size), y.split(batch_size))
-        hits = torch.cat([program.classify(xb).argmax(-1) == yb for xb, yb in pairs])
+        return torch.cat([program.classify(xb).argmax(-1) for xb in x.split(batch_size)])
     finally:
         program.train(was_training)
+
+
+def accuracy(program: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> tuple[float, float]:
+    r"""How often the program's classifier :math:`q(y\mid x)` puts its mode on the label (:func:`predictions`),
+    and the binomial standard error :math:`\sqrt{a(1-a)/n}`; points labelled
+    :data:`~pyro_vae.training.labels.UNLABELLED` (-1) are left out.
+    """
+    kept = y >= 0
+    hits = predictions(program, x[kept], batch_size) == y[kept]
     a = hits.double().mean().item()
     return a, math.sqrt(a * (1 - a) / len(hits)) if len(hits) > 1 else float("nan")

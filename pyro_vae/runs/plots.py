@@ -8,17 +8,13 @@ Each carries a title, and a caption line with the run's configuration.
 
 from __future__ import annotations
 
-import io
 import itertools
 import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from pyro import poutine
-from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import site_is_subsample
 from torch import Tensor, nn
 
 from pyro_vae.errors import ConfigError
@@ -28,13 +24,13 @@ from pyro_vae.infer.program import (
     device_of,
     finite_mean,
     first_points,
+    label_use,
     latent_sites,
-    required_labels,
-    sample_sites,
     traces,
 )
 from pyro_vae.models.vae import VAE
-from pyro_vae.runs.storage import atomic_write
+from pyro_vae.runs.class_plots import class_pictures
+from pyro_vae.runs.figures import _AtMeans, _data_mean, _figure, _grid, _save, image_shape
 from pyro_vae.training.data import Dataset
 
 __all__ = [
@@ -56,82 +52,6 @@ __all__ = [
     "generate",
     "skipped_pictures",
 ]
-
-
-def image_shape(event_shape: tuple[int, ...]) -> tuple[int, int] | None:
-    """How to show one data point as an image: 2-D as is, 1-D when its length is a square; else ``None``."""
-    if len(event_shape) == 2:
-        return event_shape  # type: ignore[return-value]
-    if len(event_shape) == 3 and event_shape[0] == 1:
-        return event_shape[1:]  # type: ignore[return-value]
-    if len(event_shape) == 1 and math.isqrt(event_shape[0]) ** 2 == event_shape[0]:
-        side = math.isqrt(event_shape[0])
-        return side, side
-    return None
-
-
-def _grid(images: Tensor, rows: int, shape: tuple[int, int]) -> np.ndarray:
-    """Tile ``images`` (n, ...) into one array of ``rows`` rows, separated by 1-pixel light-grey lines."""
-    images = images.detach().float().cpu().reshape(-1, *shape).clamp(0, 1)
-    cols = math.ceil(len(images) / rows)
-    h, w = shape
-    canvas = torch.full((rows * (h + 1) - 1, cols * (w + 1) - 1), 0.25)
-    for i, image in enumerate(images):
-        r, c = divmod(i, cols)
-        canvas[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = image
-    return canvas.numpy()
-
-
-def _figure(**kwargs: Any) -> Any:
-    """A new figure with constrained layout, bound to no backend and unknown to the global figure manager.
-
-    matplotlib is imported on first use (it adds half a second to start-up).
-    """
-    from matplotlib.figure import Figure
-
-    return Figure(layout="constrained", **kwargs)
-
-
-def _save(fig: Any, path: Path, title: str, caption: str) -> None:
-    fig.suptitle(title)
-    # Below the axes: savefig(bbox_inches="tight") grows the canvas to include it.
-    fig.text(0.5, -0.02, caption, ha="center", va="top", fontsize=7)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, palette_png(buffer.getvalue()))
-
-
-def palette_png(png: bytes) -> bytes:
-    """A PNG re-encoded with a 256-colour palette: plots look the same at a third of the size."""
-    from PIL import Image  # Pillow comes with matplotlib
-
-    out = io.BytesIO()
-    image = Image.open(io.BytesIO(png)).convert("RGB")
-    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(out, format="PNG", optimize=True)
-    return out.getvalue()
-
-
-class _AtMeans(Messenger):
-    """Each latent site of a guide takes its distribution's mean, where it has a finite one, instead of a draw."""
-
-    def _pyro_sample(self, msg: dict[str, Any]) -> None:
-        if msg["is_observed"] or msg["done"] or site_is_subsample(msg):
-            return
-        mean = finite_mean(msg["fn"])
-        if mean is not None:
-            msg["value"], msg["done"] = mean, True
-
-
-def _data_mean(model_trace: Any, x: Tensor) -> Tensor | None:
-    """The mean of the model's one observed site of ``x`` (its values, perhaps reshaped), in ``x``'s shape.
-
-    ``None`` where no observed site (or one unconditioned, for samples), or more than one, holds as many values as
-    ``x``.
-    """
-    observed = [s for s in sample_sites(model_trace) if s["is_observed"] or s["infer"].get("was_observed")]
-    sites = [s for s in observed if s["value"].numel() == x.numel()]
-    return sites[0]["fn"].mean.detach().reshape(x.shape) if len(sites) == 1 else None
 
 
 @torch.no_grad()
@@ -188,20 +108,17 @@ def plot_samples(
     caption: str = "",
     num: int = 64,
     x: Tensor | None = None,
-    num_classes: int | None = None,
 ) -> bool:
     """Means of p(x|z) for ``num`` codes z drawn from the prior, on a square grid.
 
     A program other than :class:`~pyro_vae.models.vae.VAE` is run unconditioned on data ``x`` of the right
-    shape (:func:`generate`); one that needs labels at every call, a row per class of ``num_classes`` (``num``
-    is then that number squared). Returns ``False`` (and draws nothing) when the data are not images.
+    shape (:func:`generate`). Returns ``False`` (and draws nothing) when the data are not images.
     """
-    rows = math.isqrt(num) if num_classes is None else num_classes
+    rows = math.isqrt(num)
     if x is not None:
         x = x[:1].expand(rows * rows, *x.shape[1:])
-    y = None if num_classes is None else torch.arange(rows, device=x.device).repeat_interleave(rows)
     shape = image_shape(tuple(vae.event_shape) if x is None else tuple(x.shape[1:]))
-    images = None if shape is None else (vae.sample(rows * rows) if x is None else generate(vae, x, y))
+    images = None if shape is None else (vae.sample(rows * rows) if x is None else generate(vae, x))
     if images is None:
         return False
     fig = _figure(figsize=(5, 5.4))
@@ -393,7 +310,9 @@ def skipped_pictures(vae: nn.Module, data: Dataset) -> dict[str, str]:
             skipped[name] = "the data are not images"
     if runs_as(vae, VAE):
         return skipped
-    guide_trace, _ = traces(vae, *first_points(vae, data.test, required_labels(vae, data.test_labels)))
+    if label_use(vae) != "none":
+        skipped.setdefault("samples.png", "a program that takes labels draws samples_by_class.png instead")
+    guide_trace, _ = traces(vae, *first_points(vae, data.test, _given_labels(vae, data.test_labels)))
     sites = latent_sites(guide_trace)
     if len(sites) != 1 or finite_mean(guide_trace.nodes[sites[0]]["fn"]) is None:
         skipped["latent.png"] = f"the program has {len(sites)} latent sites; the latent picture shows one with a mean"
@@ -417,7 +336,7 @@ def _latent_coordinates(
 
 def _scatter_latent(ax: Any, vae: VAE, x: Tensor, labels: Tensor | None, max_points: int) -> tuple[Any, str]:
     """Scatter the posterior means on ``ax``; returns the artist (for a colour bar) and how they were projected."""
-    coords, names, how = _latent_coordinates(vae, x, max_points, required_labels(vae, labels))
+    coords, names, how = _latent_coordinates(vae, x, max_points, _given_labels(vae, labels))
     if labels is None:
         points = ax.scatter(coords[:, 0], coords[:, 1], s=4, alpha=0.6)
     else:
@@ -538,14 +457,11 @@ def draw_pictures(
 
 def _draw(vae: nn.Module, data: Dataset, history: list[dict], out: Path, caption: str) -> list[str]:
     drawn, skipped = [], skipped_pictures(vae, data)
-    y = required_labels(vae, data.test_labels)
+    y = _given_labels(vae, data.test_labels)
     if plot_reconstructions(vae, data.test, out / "reconstructions.png", caption, y=y):
         drawn.append("reconstructions.png")
     program = None if runs_as(vae, VAE) else data.test  # any other program samples by running its model
-    by_class = None if y is None else data.num_classes  # one that needs labels: a row per class
-    if "samples.png" not in skipped and plot_samples(
-        vae, out / "samples.png", caption, x=program, num_classes=by_class
-    ):
+    if "samples.png" not in skipped and plot_samples(vae, out / "samples.png", caption, x=program):
         drawn.append("samples.png")
     if "latent.png" not in skipped:
         plot_latent_space(vae, data.test, data.test_labels, out / "latent.png", caption)
@@ -558,4 +474,11 @@ def _draw(vae: nn.Module, data: Dataset, history: list[dict], out: Path, caption
     if history and all("active_units" in h for h in history):
         plot_collapse(history, out / "collapse.png", caption)
         drawn.append("collapse.png")
+    if label_use(vae) != "none":
+        drawn += class_pictures(vae, data, out, caption)[0]
     return drawn
+
+
+def _given_labels(vae: nn.Module, labels: Tensor | None) -> Tensor | None:
+    """The labels a picture gives a program that takes them (its latent code is then that of the true label)."""
+    return None if label_use(vae) == "none" else labels
