@@ -469,3 +469,21 @@ def test_check_program_refuses_a_program_that_needs_labels_at_every_call():
 
     with pytest.raises(ConfigError, match=r"Conditional\.model\(x, y\) needs a label for every point, and none"):
         check_program(Conditional(), torch.rand(4, 8, 8).bernoulli())
+
+
+def test_diagnostics_give_a_labels_mutual_information_exactly():
+    """I(x; y) = H(mean_n q(y|x_n)) - mean_n H(q(y|x_n)) and KL(q(y) || p(y)) from the guide's probabilities, at
+    every point, with no draw (the conjugate program's q(y|x) is known in closed form)."""
+    import pyro.distributions as dist
+
+    from pyro_vae.infer.diagnostics import diagnostics
+
+    x = torch.linspace(-2.0, 4.0, 50, dtype=torch.float64)
+    report = diagnostics(_ConjugateLabel(), x, batch_size=16)["sites"]["y"]
+    q = torch.softmax(dist.Normal(torch.arange(3.0, dtype=torch.float64), 2**0.5).log_prob(x.unsqueeze(-1)), -1)
+    entropy = lambda p: -(p * p.log()).sum(-1)  # noqa: E731
+    mean = q.mean(0)
+    assert report["mutual_information"] == pytest.approx((entropy(mean) - entropy(q).mean()).item(), rel=1e-12)
+    assert report["marginal_kl"] == pytest.approx((mean * (mean * 3).log()).sum().item(), rel=1e-12)
+    assert report["mutual_information_se"] is None and report["latent_dim"] == 3
+    assert report["activity"] == pytest.approx(q.var(0).tolist(), rel=1e-12)

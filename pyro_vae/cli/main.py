@@ -507,13 +507,13 @@ def _print_usage(result: dict[str, Any]) -> None:
         f"latent code ({result['diagnostic_points']} points): {units} of {dims} "
         f"dimensions active (variance of the posterior mean > {result['threshold']:g})"
     )
-    _print_site_usage(result, "  ")
+    _print_site_usage(result, "  ", result.get("latent_site", "z"))
     for name, site in result.get("sites", {}).items():
         print(f"  site {name}: {site['active_units']} of {site['latent_dim']} dimensions active")
-        _print_site_usage(site, "    ")
+        _print_site_usage(site, "    ", name)
 
 
-def _print_site_usage(report: dict[str, Any], indent: str) -> None:
+def _print_site_usage(report: dict[str, Any], indent: str, site: str) -> None:
     if report["kl_per_dim"] is not None:
         ranked = sorted(report["kl_per_dim"], reverse=True)
         shown = " ".join(f"{v:.2f}" for v in ranked[:8]) + (" ..." if len(ranked) > 8 else "")
@@ -521,10 +521,11 @@ def _print_site_usage(report: dict[str, Any], indent: str) -> None:
     if report["mutual_information"] is None:
         print(f"{indent}KL {report['kl_total']:.3f} nats per point ({report['kl_total_method'].replace('_', ' ')})")
         return
+    pm = lambda key: "" if report[f"{key}_se"] is None else f" ± {report[f'{key}_se']:.3f}"  # noqa: E731
     print(
-        f"{indent}KL {report['kl_total']:.3f} = mutual information I(x; z) {report['mutual_information']:.3f} "
-        f"± {report['mutual_information_se']:.3f} + marginal KL(q(z) || p(z)) {report['marginal_kl']:.3f} "
-        f"± {report['marginal_kl_se']:.3f} nats per point"
+        f"{indent}KL {report['kl_total']:.3f} = mutual information I(x; {site}) {report['mutual_information']:.3f}"
+        f"{pm('mutual_information')} + marginal KL(q({site}) || p({site})) {report['marginal_kl']:.3f}"
+        f"{pm('marginal_kl')} nats per point"
     )
 
 

@@ -68,7 +68,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Categorical, Distribution, Independent, Normal
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer.estimators import runs_as
@@ -246,12 +246,18 @@ class _Parts:
     """Per-point terms of one latent site, gathered batch by batch from traces."""
 
     def __init__(self) -> None:
-        self.means, self.kl, self.dims, self.normal = [], [], [], []
+        self.means, self.kl, self.dims, self.normal, self.classes = [], [], [], [], []
 
     def add(self, guide_site: dict, model_site: dict, closed_form: bool) -> None:
         q, p, v = guide_site["fn"], model_site["fn"], guide_site["value"]
         draws, batch = v.shape[:2]
-        self.means.append(_posterior_mean(q, v).reshape(draws, batch, -1).mean(0))
+        pair = [_categorical(d) for d in (q, p)]
+        if None not in pair:  # a label: the mean of its one-hot code is q's probabilities; for I(x; y), exactly
+            probs = [torch.broadcast_to(d.probs, (*v.shape, d.probs.shape[-1]))[0] for d in pair]
+            self.classes.append(tuple(probs))
+            self.means.append(probs[0])
+        else:
+            self.means.append(_posterior_mean(q, v).reshape(draws, batch, -1).mean(0))
         kl = closed_form_kl(q, p) if closed_form else None
         kl = q.log_prob(v) - p.log_prob(v) if kl is None else kl
         self.kl.append(torch.broadcast_to(kl, (draws, batch)).mean(0))
@@ -266,13 +272,12 @@ class _Parts:
         method = "closed_form" if structure.closed_form else "sampled"
         exact = structure.closed_form and not structure.conditioned  # depends on no other draw: exact given x
         per_dim = None if any(d is None for d in self.dims) else self._estimate(torch.cat(self.dims), exact, method)
-        defined = surgery and not structure.conditioned and len(self.normal) == len(self.kl)
-        return _Site(
-            torch.cat(self.means),
-            per_dim,
-            self._estimate(torch.cat(self.kl), exact, method),
-            _traced_surgery(self.normal) if defined else None,
-        )
+        defined = surgery and not structure.conditioned
+        if defined and len(self.classes) == len(self.kl):
+            information = _categorical_surgery(self.classes)
+        else:
+            information = _traced_surgery(self.normal) if defined and len(self.normal) == len(self.kl) else None
+        return _Site(torch.cat(self.means), per_dim, self._estimate(torch.cat(self.kl), exact, method), information)
 
     @staticmethod
     def _estimate(terms: Tensor, exact: bool, method: str) -> Estimate:
@@ -331,6 +336,29 @@ def _diagonal_normal(q: Distribution) -> Normal | None:
     while isinstance(q, Independent):
         q = q.base_dist
     return q if isinstance(q, Normal) else None
+
+
+def _categorical(d: Distribution) -> Categorical | None:
+    """The categorical distribution a label's site draws from (through ``Independent`` wrappers), or ``None``."""
+    while isinstance(d, Independent):
+        d = d.base_dist
+    return d if isinstance(d, Categorical) else None
+
+
+def _categorical_surgery(classes: list[tuple[Tensor, Tensor]]) -> tuple[Estimate, Estimate] | None:
+    r"""Mutual information and marginal KL of a label site given x alone, exact from the guide's probabilities:
+    :math:`I(x; y) = H[\bar q(y)] - \frac1N\sum_n H[q(y\mid x_n)]` and
+    :math:`\mathrm{KL}(\bar q(y)\,\|\,p(y))`, :math:`\bar q = \frac1N\sum_n q(\cdot\mid x_n)`; ``None`` where the
+    prior differs from point to point."""
+    q = torch.cat([a for a, _ in classes]).double()
+    p = torch.cat([b for _, b in classes]).double()
+    if not torch.allclose(p, p[:1].expand_as(p)):
+        return None
+    mean = q.mean(0)
+    entropy = lambda probs: -torch.special.xlogy(probs, probs).sum(-1)  # noqa: E731
+    information = entropy(mean) - entropy(q).mean()
+    marginal = (torch.special.xlogy(mean, mean) - torch.special.xlogy(mean, p[0])).sum()
+    return Estimate(information, None, "closed_form"), Estimate(marginal, None, "closed_form")
 
 
 def _traced_surgery(normal: list[tuple[Tensor, ...]]) -> tuple[Estimate, Estimate]:
