@@ -18,6 +18,7 @@ SMOKE_RUNS = {
     "custom_program.py": [],
     "gradient_snr.py": ["--out", "snr"],
     "posterior_collapse.py": ["--out", "collapse"],
+    "semi_supervised.py": [],
 }
 
 
@@ -56,6 +57,6 @@ def test_notebook_runs_top_to_bottom(tmp_path):
     )
     client.execute()  # raises CellExecutionError, with the cell and its traceback, if any cell fails
     pictures = {p.name for p in (tmp_path / "runs" / "tutorial").iterdir()}
-    assert pictures == {"curves.png", "latent_spaces.png", "vamp_samples.png"}
+    assert pictures == {"curves.png", "latent_spaces.png", "vamp_samples.png", "m2_analogies.png"}
     printed = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
-    assert "closed form - sampled" in printed and "K = 1000" in printed
+    assert "closed form - sampled" in printed and "K = 1000" in printed and "M2:" in printed
