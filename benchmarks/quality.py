@@ -237,7 +237,12 @@ def _same_protocol(a: Config, b: Config) -> bool:
 def train(name: str, budget: str, args: argparse.Namespace) -> Path:
     """Train the preset into its run folder, or continue it from its checkpoint; a finished run is left as it is."""
     run = run_folder(name, budget, args.out)
-    config = preset_config(name, budget, args.data_root, args.device, args.smoke)
+    return train_config(name, preset_config(name, budget, args.data_root, args.device, args.smoke), run, args.quiet)
+
+
+def train_config(name: str, config: Config, run: Path, quiet: bool = False) -> Path:
+    """Train ``config`` into ``run``, or continue it from its checkpoint; a finished run is left as it is (a folder
+    trained with another configuration stops the command, with what to do)."""
     if (run / "config.toml").is_file() and not _same_protocol(Config.from_toml(run / "config.toml"), config):
         sys.exit(
             f"{name}: {run} was trained with another configuration than this preset's; "
@@ -248,9 +253,9 @@ def train(name: str, budget: str, args: argparse.Namespace) -> Path:
     with StopSignals() as stop:
         try:
             if (run / "checkpoint.pt").is_file():
-                resume_run(run, progress=not args.quiet, stop=stop)
+                resume_run(run, progress=not quiet, stop=stop)
             else:
-                train_run(config, run, overwrite=True, progress=not args.quiet, stop=stop)
+                train_run(config, run, overwrite=True, progress=not quiet, stop=stop)
         except TrainingInterrupted as e:
             sys.exit(f"{name}: {e}; the same command continues it from {e.checkpoint}")
     return run
@@ -462,14 +467,15 @@ def _plot_bound(ax: Any, r: dict, color: str, label: str) -> None:
     ax.plot(hours[start:], bound[start:], color=color, linewidth=1, label=label)
 
 
-def train_in_processes(names: list[str], argv: list[str], jobs: int) -> None:
-    """Train ``names`` in ``jobs`` processes at a time (``--train-only --threads 1``); exits if one fails."""
+def train_in_processes(names: list[str], argv: list[str], jobs: int, script: str = __file__) -> None:
+    """Train ``names`` in ``jobs`` processes of ``script`` at a time (``--train-only --threads 1``); exits if one
+    fails."""
     waiting, running = list(names), []
     while waiting or running:
         while waiting and len(running) < jobs:
             name = waiting.pop(0)
             options = ["--presets", name, "--train-only", "--threads", "1", "--jobs", "1"]  # the last given wins
-            command = [sys.executable, __file__, *argv, *options]
+            command = [sys.executable, script, *argv, *options]
             running.append((name, subprocess.Popen(command)))
         time.sleep(1)
         for name, process in list(running):

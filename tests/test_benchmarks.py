@@ -13,6 +13,7 @@ TABLES = [
     "== ms per training step (forward, backward, Adam) ==",
     "== ms per training step of a user's program (two stochastic layers) ==",
     "== ms per training step of the hierarchical program ==",
+    "== ms per unlabelled training step of the semi-supervised program (M2) ==",
     "== seconds per MNIST training epoch ==",
     "== peak memory of library training ==",
     "== throughput of pyro_vae.log_likelihood ==",
@@ -37,7 +38,7 @@ def test_speed_benchmark_runs_in_smoke_mode(tmp_path):
     assert "failed" not in result.stdout, result.stdout
     # each hand-written step computes the library's loss: same weights, same draws, float32 rounding apart
     same = [line for line in result.stdout.splitlines() if line.startswith("same weights, same draw of z")]
-    assert len(same) == 6 and all(float(line.rsplit(" ", 1)[1]) < 1e-5 for line in same), same
+    assert len(same) == 8 and all(float(line.rsplit(" ", 1)[1]) < 1e-5 for line in same), same
 
 
 @pytest.mark.slow  # three one-epoch runs on the digits
@@ -70,6 +71,28 @@ def test_quality_benchmark_runs_every_preset_in_smoke_mode(tmp_path):
     assert (out / "log_likelihood.png").is_file()
     tomczak = next(r for r in rows if r["preset"] == "tomczak2018-vamp")
     assert (out / "tomczak2018-vamp-full" / "best.pt").is_file() and tomczak["best_epoch"] <= tomczak["epochs"]
+
+
+@pytest.mark.slow  # six presets: two short epochs each on the digits, K = 20
+def test_semisupervised_benchmark_runs_every_preset_in_smoke_mode(tmp_path):
+    out = tmp_path / "semisupervised"
+    result = run_benchmark(
+        "semisupervised.py", "--smoke", "--out", out, "--quiet", cwd=tmp_path, warnings_as_errors=True
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((out / "results.json").read_text())
+    assert [(r["labels"], r["label_seed"]) for r in rows] == [
+        (100, 0),
+        (100, 1),
+        (100, 2),
+        (600, 0),
+        (1000, 0),
+        (3000, 0),
+    ]
+    for r in rows:
+        assert 0 <= r["accuracy"] <= 1 and r["log_likelihood"] < 0 and r["elbo"] <= r["log_likelihood"] + 1, r
+        assert r["mutual_information"] >= 0 and r["test_images"] == 359
+    assert "Kingma et al. M2 88.03 ± 1.71" in result.stdout and "3 draws" in result.stdout
 
 
 def load_quality():

@@ -1,0 +1,235 @@
+"""Few labels on MNIST: the semi-supervised VAE (M2) at 100, 600, 1000 and 3000 labels, beside the published numbers.
+
+    python benchmarks/semisupervised.py --jobs 2                 # every preset, two at a time (hours; resumes)
+    python benchmarks/semisupervised.py --presets m2-100-draw0 --train-only --threads 1   # a background job
+    python benchmarks/semisupervised.py --smoke                  # every preset, two short epochs on the digits
+
+Each preset trains ``pyro_vae.MODELS["ssvae"]`` (:data:`RECIPE`) on MNIST with its labels cut to N, balanced
+across classes and drawn with ``data.label_seed`` (three draws at 100 labels), into
+``benchmarks/semisupervised/<preset>/`` (resuming it when it was interrupted). Then its classifier q(y | x)
+is scored on all 10,000 test images (accuracy, the mode against the label), and the model on unlabelled test
+images with y summed out by enumeration: the ELBO on all of them, log p(x) by importance sampling with
+K = 5000 inside each class on the first ``--ll-images``. The table, with the anchors (:data:`ANCHORS`), is
+printed and written to ``benchmarks/semisupervised/results.json``; an evaluation is reused while the run's
+model file is unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import pyro_vae
+from pyro_vae import Config
+from pyro_vae.infer.diagnostics import accuracy, diagnostics
+from pyro_vae.runs.config import load_data, resolve_device
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "benchmarks" / "semisupervised"
+_spec = importlib.util.spec_from_file_location("quality", Path(__file__).with_name("quality.py"))
+quality = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(quality)
+
+#: The programme every preset trains, Kingma et al.'s M2 as their section 4.2 and code describe it: one hidden
+#: layer of 500 softplus units in each network, z of 50 dimensions, Bernoulli pixels (dynamic binarization),
+#: Adam at 3e-4; each step a labelled and an unlabelled minibatch of 100 (data.label_batches = "mixed").
+RECIPE: dict[str, Any] = {
+    "data": {"dataset": "mnist", "binarize": "dynamic", "label_batches": "mixed"},
+    "model": {"type": "ssvae", "latent_dim": 50, "hidden": [500], "activation": "softplus"},
+    "train": {"epochs": 200, "batch_size": 100, "lr": 3e-4, "elbo": "mc", "checkpoint_every": 5},
+}
+
+#: Labels kept, and the label draws (``data.label_seed``) of each.
+LABELS: dict[int, tuple[int, ...]] = {100: (0, 1, 2), 600: (0,), 1000: (0,), 3000: (0,)}
+
+#: Published MNIST test accuracy (%) at each number of labels: Kingma et al. (2014), Table 1, M2 (100 - error,
+#: with the error's standard deviation over draws); Pyro's ss-vae tutorial, enumeration with the auxiliary loss
+#: (mean of 5 label draws).
+ANCHORS: dict[int, dict[str, tuple[float, float | None]]] = {
+    100: {"Kingma et al. M2": (88.03, 1.71), "Pyro tutorial": (93.19, None)},
+    600: {"Kingma et al. M2": (95.06, 0.13), "Pyro tutorial": (94.37, None)},
+    1000: {"Kingma et al. M2": (96.40, 0.56), "Pyro tutorial": (94.87, None)},
+    3000: {"Kingma et al. M2": (96.08, 0.63), "Pyro tutorial": (95.82, None)},
+}
+
+#: Presets by name: ``m2-<labels>`` (``-draw<seed>`` where there are several draws).
+PRESETS: dict[str, tuple[int, int]] = {
+    (f"m2-{n}-draw{seed}" if len(seeds) > 1 else f"m2-{n}"): (n, seed) for n, seeds in LABELS.items() for seed in seeds
+}
+
+
+def alpha(labels: int, num_train: int = 60_000) -> float:
+    """Kingma et al.'s weight of the classifier's term, 0.1 N on the mean over the labelled points: per labelled
+    point (``model.alpha``) 0.1 N / N_l."""
+    return 0.1 * num_train / labels
+
+
+def preset_config(name: str, data_root: Path, device: str = "auto", smoke: bool = False) -> Config:
+    """The configuration of preset ``name``; ``smoke``: two short epochs on the digits."""
+    labels, seed = PRESETS[name]
+    values = copy.deepcopy(RECIPE)
+    values["data"].update(data_root=str(data_root), labels=labels, label_seed=seed)
+    values["model"]["alpha"] = alpha(labels)
+    values["train"]["device"] = device
+    if smoke:
+        values["data"].update(dataset="digits", labels=min(labels, 200))
+        values["model"].update(latent_dim=4, hidden=[32])
+        values["train"].update(epochs=2, checkpoint_every=1)
+    return Config.from_dict(values)
+
+
+def _accuracy_and_information(vae: torch.nn.Module, data: pyro_vae.Dataset) -> dict[str, float]:
+    torch.manual_seed(0)
+    hit, se = accuracy(vae, data.test, data.test_labels)
+    information = diagnostics(vae, data.test, batch_size=1000)["sites"]["y"]["mutual_information"]
+    return {"accuracy": hit, "accuracy_se": se, "mutual_information": information}
+
+
+def _unlabelled(vae: torch.nn.Module, data: pyro_vae.Dataset, num_samples: int, images: int) -> dict[str, float]:
+    """The unlabelled test ELBO (all images) and log p(x) (the first ``images``), y summed out; with the time."""
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    elbo = pyro_vae.evaluate_elbo(vae, data.test, estimators=("mc",))
+    ll = pyro_vae.log_likelihood(vae, data.test[:images], num_samples=num_samples, batch_size=10).double()
+    return {
+        "elbo": elbo["elbo_mc"],
+        "elbo_se": elbo["elbo_mc_se"],
+        "log_likelihood": ll.mean().item(),
+        "log_likelihood_se": ll.std().item() / math.sqrt(len(ll)) if len(ll) > 1 else math.nan,
+        "ll_images": len(ll),
+        "num_samples": num_samples,
+        "eval_seconds": time.perf_counter() - start,
+    }
+
+
+def evaluate(name: str, run: Path, previous: dict | None, args: argparse.Namespace) -> dict:
+    """The results row of a trained run."""
+    device = resolve_device(args.device)
+    summary = json.loads((run / "summary.json").read_text())
+    labels, seed = PRESETS[name]
+    row = {
+        "preset": name,
+        "labels": labels,
+        "label_seed": seed,
+        "epochs": summary["epochs"],
+        "train_seconds": summary["train_seconds"],
+        "epoch_seconds": statistics.median(
+            m["seconds"] for m in pyro_vae.runs.evaluation.read_metrics(run / "metrics.jsonl")
+        ),
+        "model_digest": quality._digest(quality._model_file(run)),
+    }
+    vae, config = pyro_vae.load(run, device)
+    config.data.data_root = str(args.data_root)
+    data = load_data(config, device)
+    keys = ("elbo", "elbo_se", "log_likelihood", "log_likelihood_se", "ll_images", "num_samples", "eval_seconds")
+    same = previous and not args.reevaluate and previous.get("model_digest") == row["model_digest"]
+    if same and previous.get("num_samples") == args.num_samples and previous.get("ll_images") == args.ll_images:
+        row.update({k: previous[k] for k in keys})
+    else:
+        row.update(_unlabelled(vae, data, args.num_samples, args.ll_images))
+    row.update(_accuracy_and_information(vae, data), test_images=len(data.test))
+    return row
+
+
+def table(rows: list[dict]) -> list[list[str]]:
+    """One line per number of labels: accuracy (mean ± sd over draws), log p(x), ELBO, time, and the anchors."""
+    lines = []
+    for labels in LABELS:
+        group = [r for r in rows if r["labels"] == labels]
+        if not group:
+            continue
+        acc = [100 * r["accuracy"] for r in group]
+        spread = (
+            f" ± {statistics.stdev(acc):.2f} sd ({len(acc)} draws)"
+            if len(acc) > 1
+            else f" ± {100 * group[0]['accuracy_se']:.2f} SE"
+        )
+        anchors = "; ".join(
+            f"{who} {value:.2f}" + ("" if sd is None else f" ± {sd:.2f}")
+            for who, (value, sd) in ANCHORS[labels].items()
+        )
+        lines.append(
+            [
+                str(labels),
+                f"{statistics.mean(acc):.2f}{spread}",
+                " / ".join(f"{r['log_likelihood']:.2f} ± {r['log_likelihood_se']:.2f}" for r in group),
+                " / ".join(f"{r['elbo']:.2f}" for r in group),
+                " / ".join(f"{r['epochs']} ep, {r['train_seconds'] / 3600:.1f} h" for r in group),
+                anchors,
+            ]
+        )
+    return lines
+
+
+def print_table(rows: list[dict]) -> None:
+    header = ["labels", "test accuracy %", "test log p(x)", "test ELBO", "training", "published accuracy %"]
+    lines = table(rows)
+    widths = [max(len(c) for c in column) for column in zip(header, *lines)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("-" * (sum(widths) + 2 * (len(widths) - 1)))
+    for line in lines:
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths)))
+    r = rows[0]
+    print(
+        f"accuracy: the mode of q(y | x) on all {r['test_images']} test images; log p(x): y summed out, "
+        f"K = {r['num_samples']} importance samples in each class on the first {r['ll_images']} test images "
+        "(binarized once with seed 0); "
+        "ELBO: unlabelled, y summed out, every test image; anchors: Kingma et al. (2014) Table 1 M2, and Pyro's "
+        "ss-vae tutorial (enumeration with the auxiliary loss, mean of 5 draws)"
+    )
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", choices=list(PRESETS), help="default: every preset")
+    parser.add_argument("--train-only", action="store_true", help="train or resume; evaluate nothing")
+    parser.add_argument("--reevaluate", action="store_true", help="evaluate again even where results.json has it")
+    parser.add_argument("--num-samples", type=int, default=5000, help="K of the importance-sampled log p(x)")
+    parser.add_argument("--ll-images", type=int, default=500, help="test images of log p(x)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    parser.add_argument("--jobs", type=int, default=1, help="train this many presets at a time, one thread each")
+    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--out", type=Path, help=f"where the runs and results go (default {OUT.relative_to(REPO)})")
+    parser.add_argument(
+        "--smoke", action="store_true", help="two short epochs on the digits (runs/semisupervised-smoke)"
+    )
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.smoke:
+        args.num_samples, args.ll_images = 20, 20
+    args.out = args.out or (Path("runs") / "semisupervised-smoke" if args.smoke else OUT)
+    names = args.presets or list(PRESETS)
+    if args.jobs > 1:
+        quality.train_in_processes(names, argv if argv is not None else sys.argv[1:], args.jobs, __file__)
+    runs = {
+        n: quality.train_config(n, preset_config(n, args.data_root, args.device, args.smoke), args.out / n, args.quiet)
+        for n in names
+    }
+    if args.train_only:
+        return []
+    results = args.out / "results.json"
+    old = {r["preset"]: r for r in json.loads(results.read_text())} if results.is_file() else {}
+    rows = [evaluate(n, run, old.get(n), args) for n, run in runs.items()]
+    merged = {**old, **{r["preset"]: r for r in rows}}
+    rows = [merged[n] for n in PRESETS if n in merged]
+    results.write_text(json.dumps(rows, indent=2) + "\n")
+    print_table(rows)
+    print(f"wrote {results}", file=sys.stderr)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
