@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pyro
@@ -174,3 +175,42 @@ def test_a_run_on_a_users_file_records_its_number_of_classes(tmp_path):
     assert main([*args.split(), "--out", str(run), "--quiet"]) == 0
     m2, config = pyro_vae.load(run)
     assert config.data.num_classes == 3 and m2.num_classes == 3
+
+
+@pytest.mark.parametrize(
+    "model, data",
+    [
+        ({"type": "ssvae", "hidden": [16]}, {"labels": 30, "label_batches": "mixed"}),
+        ({"type": "ssvae", "hidden": [16]}, {"labels": 30, "label_batches": "ratio"}),
+        ({"type": "cvae", "hidden": [16]}, {}),
+    ],
+    ids=["ssvae-mixed", "ssvae-ratio", "cvae"],
+)
+def test_a_stopped_run_with_labels_resumes_bit_for_bit(tmp_path, model, data):
+    """Stopped inside its second epoch, resumed from its checkpoint: the same parameters, metrics and summary as
+    the run never stopped (the label subset, the labelled and unlabelled orders and the binarization included)."""
+    from pyro_vae import Config
+    from pyro_vae.runs.folders import resume_run, train_run
+    from pyro_vae.runs.storage import load_checkpoint
+    from pyro_vae.training.loop import TrainingInterrupted
+
+    values = {
+        "data": {"binarize": "dynamic", **data},
+        "model": {"latent_dim": 3, **model},
+        "train": {"epochs": 2, "batch_size": 128, "checkpoint_every": 0},
+    }
+    config = Config.from_dict(values)
+    train_run(config, tmp_path / "whole", progress=False)
+    polls = iter(range(10**9))
+    with pytest.raises(TrainingInterrupted):  # polls: before writing, at the start, 11 steps, epoch 1's end, 3 steps
+        train_run(config, tmp_path / "stopped", progress=False, stop=lambda: 15 if next(polls) >= 17 else None)
+    resume_run(tmp_path / "stopped", progress=False)
+    whole, stopped = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("whole", "stopped"))
+    assert whole["model"].keys() == stopped["model"].keys()
+    assert all(torch.equal(whole["model"][k], stopped["model"][k]) for k in whole["model"])
+
+    def metrics(name):
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+
+    assert metrics("stopped") == metrics("whole")
