@@ -214,3 +214,29 @@ def test_a_stopped_run_with_labels_resumes_bit_for_bit(tmp_path, model, data):
         return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
 
     assert metrics("stopped") == metrics("whole")
+
+
+def test_the_training_elbo_leaves_the_classifier_term_out():
+    """With a learning rate too small to move anything, two runs that differ only in alpha record the same
+    training ELBO: the loop subtracts the auxiliary terms the objective added (Objective.take_auxiliary)."""
+    import pyro_vae
+    from pyro_vae.training.data import load_dataset
+
+    data = load_dataset("digits", binarize="static", labels=40)
+    elbos = []
+    for alpha in (0.0, 1000.0):
+        m2 = SSVAE((8, 8), latent_dim=2, hidden=(8,), alpha=alpha)
+        torch.manual_seed(0)
+        m2.load_state_dict(SSVAE((8, 8), latent_dim=2, hidden=(8,)).state_dict())
+        elbos.append(
+            pyro_vae.fit(m2, data, epochs=1, batch_size=128, lr=1e-12, seed=3, progress=False)[0]["train_elbo"]
+        )
+    assert elbos[1] == pytest.approx(elbos[0], rel=1e-6)
+
+
+def test_labels_with_unlabelled_points_are_refused_by_the_tools():
+    from pyro_vae.errors import ConfigError
+
+    m2, x = _m2(), _x()
+    with pytest.raises(ConfigError, match=r"labels of SSVAE: some points are unlabelled \(-1\); pass y=None"):
+        evaluate_elbo(m2, x, y=torch.tensor([0, -1, 2, 1]))

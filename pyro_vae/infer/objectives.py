@@ -224,6 +224,7 @@ class Objective:
             )
         # the fused form is the declared program's own; any other is checked once, and so is an enumerated site
         self._checked = self.fused and self.labels == "none"
+        self._auxiliary: Tensor | float = 0.0
         self._fused = self._fused_loss
         if self.path == "compiled":
             # fallback_random: the compiled code draws z from torch's generator, as the eager code and Pyro do.
@@ -259,7 +260,15 @@ class Objective:
         auxiliary = getattr(self.vae, "auxiliary_loss", None)
         if y is None or auxiliary is None:
             return loss
-        return loss + (num_data if num_data is not None else len(x)) / len(x) * auxiliary(x, y)
+        term = (num_data if num_data is not None else len(x)) / len(x) * auxiliary(x, y)
+        self._auxiliary = self._auxiliary + term.detach()
+        return loss + term
+
+    def take_auxiliary(self) -> float:
+        """The program's auxiliary terms added to the losses since the last call (the training loop reports the
+        ELBO without them)."""
+        value, self._auxiliary = float(self._auxiliary), 0.0
+        return value
 
     def _pyro_loss(self, x: Tensor, num_data: int | None, y: Tensor | None) -> Tensor:
         batch = (x,) if self.labels == "none" else (x, y)

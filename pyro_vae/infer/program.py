@@ -177,14 +177,18 @@ def required_labels(program: nn.Module, labels: Tensor | None) -> Tensor | None:
 
 def batches(program: nn.Module, x: Tensor, y: Tensor | None = None, size: int | None = None) -> Iterator[tuple]:
     """The batches a tool calls ``program`` with, ``size`` points at a time (all at once by default): ``(x,)``, or
-    ``(x, y)`` for a program that takes labels; where it needs them at every call (``model(x, y)``), a one-line
-    :class:`ConfigError` if ``y`` is missing or marks a point unlabelled (-1)."""
-    use = label_use(program)
+    ``(x, y)`` for a program that takes labels; a one-line :class:`ConfigError` where ``y`` marks a point unlabelled
+    (-1), or is missing for a program that needs labels at every call (``model(x, y)``)."""
+    use, name = label_use(program), type(program).__name__
     if use == "required" and (y is None or bool((y < 0).any())):
-        name = type(program).__name__
         missing = "none were given" if y is None else "some points are unlabelled (-1)"
         raise ConfigError(
             f"{name}.model(x, y) needs a label for every point, and {missing}; give every point its label"
+        )
+    if use == "optional" and y is not None and bool((y < 0).any()):  # a batch is labelled or not, as a whole
+        raise ConfigError(
+            f"labels of {name}: some points are unlabelled (-1); pass y=None to sum the label out, "
+            "or only labelled points"
         )
     chunks = x.split(size or max(1, len(x)))
     labels = [None] * len(chunks) if y is None or use == "none" else y.split(size or max(1, len(x)))

@@ -121,13 +121,16 @@ class _Loss(nn.Module):
         return self.objective(x, num_data, y, also)
 
 
-def data_parallel(vae: nn.Module, objective: object, context: Distributed, beta: float = 1.0) -> nn.Module:
+def data_parallel(
+    vae: nn.Module, objective: object, context: Distributed, beta: float = 1.0, labelled: bool = False
+) -> nn.Module:
     """``objective`` as a module whose backward pass averages the gradient over all processes.
 
     DistributedDataParallel broadcasts process 0's parameters when it is built (so every
     process starts from the same VAE) and all-reduces gradients in buckets while the backward
-    pass runs. With ``beta = 0`` the prior's parameters take no part in the loss, which
-    DDP must be told.
+    pass runs. With ``beta = 0`` the prior's parameters take no part in the loss, and with ``labelled`` steps a
+    classifier may take none in a step (every point labelled, no auxiliary term), which DDP must be told.
     """
     device_ids = [context.device.index] if context.device.type == "cuda" else None
-    return DistributedDataParallel(_Loss(vae, objective), device_ids=device_ids, find_unused_parameters=beta == 0)
+    unused = beta == 0 or labelled
+    return DistributedDataParallel(_Loss(vae, objective), device_ids=device_ids, find_unused_parameters=unused)

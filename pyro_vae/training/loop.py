@@ -481,7 +481,8 @@ class _Stepper:
         for step, ((x, y, num_data), *also) in enumerate(self.batches(first), first + 1):
             c.objective.beta = c.kl_weight.at(epoch, step)
             where = (epoch, step)
-            total += svi_step(self.loss, self.optimizer, x, num_data, self.clip_grad_norm, where, y, tuple(also))
+            loss = svi_step(self.loss, self.optimizer, x, num_data, self.clip_grad_norm, where, y, tuple(also))
+            total += loss - c.objective.take_auxiliary()  # the ELBO's part: a classifier's term is not the ELBO's
             progress.bar.update()
             seconds = elapsed + time.perf_counter() - began
             stops.check(lambda: snapshot(epoch - 1, step, total, seconds, epoch_order))  # noqa: B023 (called at once)
@@ -738,7 +739,7 @@ def _build(
     pyro.set_rng_seed((seed + rank) % 2**32)  # NumPy, which Pyro seeds too, takes 32-bit seeds
     order = torch.Generator().manual_seed(seed)  # the same permutation in every process; each takes its shard
     objective = Objective(vae, elbo, num_particles, jit, beta, fused, compile, free_bits)
-    loss = data_parallel(vae, objective, distributed, beta) if distributed else objective
+    loss = data_parallel(vae, objective, distributed, beta, labelled) if distributed else objective
     optim = make_optimizer(vae.parameters(), lr, optimizer)
     schedule = make_lr_schedule(optim, lr_schedule, epochs)
     check_early_stopping(early_stopping, data)
