@@ -37,7 +37,7 @@ semisupervised: $(VENV)/.installed  ## MNIST accuracy of M2 at 100 (3 draws), 60
 # all (29 minutes on 2 cores, most of it MNIST; README "Pictures"); `make docs/swap_priors.png` draws one.
 DATA ?= ../shared/data
 DOCS := analytic_vs_mc compare gradient_snr_digits gradient_snr_mnist posterior_collapse \
-        latent_space_with_without_kl swap_priors mnist-2d-manifold mnist-2d-samples
+        latent_space_with_without_kl swap_priors mnist-2d-manifold mnist-2d-samples m2-analogies m2-confusion
 PY   := $(BIN)/python
 
 docs: $(DOCS:%=docs/%.png)  ## every picture the README shows, redrawn (about half an hour; MNIST from ../shared/data)
@@ -68,6 +68,12 @@ docs/mnist-2d-manifold.png: $(VENV)/.installed FORCE
 		--out runs/mnist-2d --overwrite
 	cp runs/mnist-2d/manifold.png docs/mnist-2d-manifold.png
 	cp runs/mnist-2d/samples.png docs/mnist-2d-samples.png
+
+docs/m2-confusion.png: docs/m2-analogies.png  # one training run draws both
+docs/m2-analogies.png: $(VENV)/.installed FORCE
+	$(PY) examples/semi_supervised.py --out runs/semi_supervised
+	cp runs/semi_supervised/analogies.png docs/m2-analogies.png
+	cp runs/semi_supervised/confusion.png docs/m2-confusion.png
 
 FORCE:
 
