@@ -487,3 +487,20 @@ def test_diagnostics_give_a_labels_mutual_information_exactly():
     assert report["marginal_kl"] == pytest.approx((mean * (mean * 3).log()).sum().item(), rel=1e-12)
     assert report["mutual_information_se"] is None and report["latent_dim"] == 3
     assert report["activity"] == pytest.approx(q.var(0).tolist(), rel=1e-12)
+
+
+def test_balanced_steps_weigh_every_point_of_a_step_the_same():
+    """The same steps as "mixed"; the labelled part's weight per point is the unlabelled one's, N_u / b_u, which
+    weighs the labelled terms by labelled_weight against the full-data objective."""
+    from pyro_vae.training.labels import labelled_weight
+
+    labels = torch.full((230,), UNLABELLED)
+    labels[:13] = 1
+    x = torch.arange(230, dtype=torch.float64)
+    mixed = list(mixed_batches(x, labels, 10, torch.Generator().manual_seed(0)))
+    balanced = list(mixed_batches(x, labels, 10, torch.Generator().manual_seed(0), balanced=True))
+    for a, b in zip(mixed, balanced, strict=True):
+        assert torch.equal(a[0].x, b[0].x) and torch.equal(a[1].x, b[1].x) and a[1].num_data == b[1].num_data
+        assert b[0].num_data / len(b[0].x) == b[1].num_data / len(b[1].x) == 217 / 10
+    assert labelled_weight(labels, 10) == pytest.approx((217 / 10) / (13 / 10)) == balanced[0][0].num_data / 13
+    assert labelled_weight(torch.zeros(20, dtype=torch.long), 10) == 1.0  # every point labelled: nothing to weigh

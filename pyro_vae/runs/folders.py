@@ -65,6 +65,7 @@ from pyro_vae.training.loop import (
     check_data_parallel,
     check_world_size,
     fit,
+    label_weight,
     takes_labels,
     training_objective,
 )
@@ -555,7 +556,9 @@ def _summarize(
         "seconds": seconds,  # the whole run's training, across resumes and extensions
         "train_seconds": seconds,  # the same, under the name the benchmarks use
         "train_elbo": (best or history[-1])["train_elbo"],  # of the epoch whose model this is
-        "train_objective": training_objective(t.elbo, t.beta, t.kl_warmup, t.free_bits),
+        "train_objective": training_objective(
+            t.elbo, t.beta, t.kl_warmup, t.free_bits, label_weight(data, takes_labels(vae, data), t.batch_size)
+        ),
         **{f"test_{k}": v for k, v in final.items() if k != "num_examples"},
         "path": history[-1]["path"],
         "note": density_note(vae, data.test),

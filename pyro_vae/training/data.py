@@ -105,7 +105,7 @@ class Dataset:
     validation: Tensor | None = None
     num_classes: int | None = None
     validation_labels: Tensor | None = None
-    label_batches: str = "mixed"
+    label_batches: str = "balanced"
 
     @property
     def num_labelled(self) -> int:
@@ -159,13 +159,16 @@ class Dataset:
         world_size: int = 1,
     ) -> Iterator[tuple[Batch, ...]]:
         """One epoch of steps, each a tuple of :class:`~pyro_vae.training.labels.Batch`, formed as
-        ``label_batches`` says: a labelled and an unlabelled part (:func:`~pyro_vae.training.labels.mixed_batches`)
-        or one part of either kind (:func:`~pyro_vae.training.labels.labelled_batches`); binarized as
-        :meth:`batches`."""
+        ``label_batches`` says: a labelled and an unlabelled part (:func:`~pyro_vae.training.labels.mixed_batches`,
+        their points weighing the same where ``"balanced"``) or one part of either kind
+        (:func:`~pyro_vae.training.labels.labelled_batches`); binarized as :meth:`batches`."""
         if self.train_labels is None:
             raise DataError(f"data set {self.name} has no labels; use a data set with labels, or a program without")
         args = (self.train, self.train_labels, batch_size, generator, start, rank, world_size)
-        steps = mixed_batches(*args) if self.label_batches == "mixed" else ((b,) for b in labelled_batches(*args))
+        if self.label_batches == "ratio":
+            steps = ((b,) for b in labelled_batches(*args))
+        else:
+            steps = mixed_batches(*args, balanced=self.label_batches == "balanced")
         dynamic = self.binarize == "dynamic"
         for parts in steps:
             yield tuple(b._replace(x=torch.bernoulli(b.x)) for b in parts) if dynamic else parts
@@ -450,7 +453,7 @@ def load_dataset(
     labels: int = 0,
     label_seed: int = 0,
     num_classes: int = 0,
-    label_batches: str = "mixed",
+    label_batches: str = "balanced",
 ) -> Dataset:
     """Load a data set, check it, binarize it as asked, and move it to ``device``.
 

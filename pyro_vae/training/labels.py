@@ -2,10 +2,11 @@ r"""Labels: checked, a balanced subset kept with a recorded seed, and minibatche
 
 A data set's training labels are a tensor of class indices in ``[0, num_classes)``, with
 :data:`UNLABELLED` (-1) where a point's label is not kept (``data.labels``). A program that takes labels
-(``model(x, y=None)``) is trained on steps weighted so that each is an unbiased estimate of the full-data
-objective, formed as ``data.label_batches`` says (:data:`LABEL_BATCHES`): by default every step has a labelled
-minibatch and an unlabelled one (:func:`mixed_batches`, as Kingma et al.'s code does), or steps are all
-labelled or all unlabelled, in the ratio the data have (:func:`labelled_batches`).
+(``model(x, y=None)``) is trained on steps formed as ``data.label_batches`` says (:data:`LABEL_BATCHES`): by
+default every step has a labelled minibatch and an unlabelled one whose points all weigh the same
+(``"balanced"``, :func:`mixed_batches`); or the same steps, each part standing for all points of its kind, an
+unbiased estimate of the full-data objective (``"mixed"``); or steps all labelled or all unlabelled, in the
+ratio the data have, unbiased too (``"ratio"``, :func:`labelled_batches`).
 
 Example:
     >>> labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2])
@@ -33,16 +34,19 @@ __all__ = [
     "epoch_steps",
     "keep_labels",
     "labelled_batches",
+    "labelled_weight",
     "mixed_batches",
 ]
 
 #: The label of a training point whose label is not kept: the program sees ``y = None`` for it.
 UNLABELLED = -1
 
-#: How labelled and unlabelled points form the steps of an epoch (``data.label_batches``): ``"mixed"``, a
-#: labelled and an unlabelled minibatch in every step (:func:`mixed_batches`), or ``"ratio"``, steps all of one
-#: kind in the ratio the data have (:func:`labelled_batches`).
-LABEL_BATCHES = ("mixed", "ratio")
+#: How labelled and unlabelled points form the steps of an epoch (``data.label_batches``): ``"balanced"``, a
+#: labelled and an unlabelled minibatch in every step, every point of a step weighing the same (the labelled
+#: terms weighted up by :func:`labelled_weight`); ``"mixed"``, the same steps, each part standing for all of its
+#: kind (:func:`mixed_batches`); ``"ratio"``, steps all of one kind in the ratio the data have
+#: (:func:`labelled_batches`).
+LABEL_BATCHES = ("balanced", "mixed", "ratio")
 
 
 def check_labels(labels: Tensor, where: str, num_classes: int | None = None, rows: Tensor | None = None) -> Tensor:
@@ -130,12 +134,21 @@ def _mixed_plan(counts: list[int], batch_size: int) -> tuple[int, list[int]]:
     return max(n // b for n, b in zip(counts, sizes) if b), sizes
 
 
+def labelled_weight(labels: Tensor, batch_size: int, world_size: int = 1) -> float:
+    r"""The factor :math:`w = (N_u / b_u) / (N_l / b_l)` by which ``"balanced"`` steps weigh the labelled points'
+    terms against the full-data objective (1 where the data have points of one kind only): about
+    :math:`N_u / N_l` while both kinds fill a minibatch, 599 for 100 labels of MNIST's 60,000."""
+    totals = _totals(labels, world_size)
+    sizes = _mixed_plan([n // world_size for n in totals], batch_size)[1]
+    return totals[1] * sizes[0] / (sizes[1] * totals[0]) if all(sizes) else 1.0
+
+
 def epoch_steps(labels: Tensor, batch_size: int, world_size: int = 1, scheme: str = "ratio") -> int:
     """The number of steps in an epoch of :func:`labelled_batches` (``scheme = "ratio"``) or of
-    :func:`mixed_batches` (``"mixed"``), in each process of a job."""
+    :func:`mixed_batches` (``"mixed"``, ``"balanced"``), in each process of a job."""
     labelled = int((labels != UNLABELLED).sum())
     counts = [labelled // world_size, (len(labels) - labelled) // world_size]
-    return _mixed_plan(counts, batch_size)[0] if scheme == "mixed" else sum(_plan(counts, batch_size)[0])
+    return sum(_plan(counts, batch_size)[0]) if scheme == "ratio" else _mixed_plan(counts, batch_size)[0]
 
 
 def _totals(labels: Tensor, world_size: int) -> list[int]:
@@ -214,6 +227,7 @@ def mixed_batches(
     start: int = 0,
     rank: int = 0,
     world_size: int = 1,
+    balanced: bool = False,
 ) -> Iterator[tuple[Batch, ...]]:
     r"""One epoch of steps, each a labelled minibatch and an unlabelled one (the parts of a kind that has points).
 
@@ -223,11 +237,18 @@ def mixed_batches(
     few labelled points of a semi-supervised run are seen in every step (as in Kingma et al.'s code). A part
     stands for all :math:`N_k` points of its kind (``num_data``): every position of a part is a uniform draw
     from its kind, so each step is an unbiased estimate of the full-data objective,
-    :math:`\sum_{\text{labelled}} + \sum_{\text{unlabelled}}`. ``start`` skips that many steps of the epoch;
-    with ``world_size`` processes each takes its shard of every order.
+    :math:`\sum_{\text{labelled}} + \sum_{\text{unlabelled}}`. With ``balanced``, a labelled point weighs what
+    an unlabelled one does, :math:`N_u / b_u`: the step estimates
+    :math:`w \sum_{\text{labelled}} + \sum_{\text{unlabelled}}` with :math:`w` = :func:`labelled_weight`, the
+    weighting of implementations that add up the two minibatches' losses as they are (Pyro's ss-vae tutorial).
+    ``start`` skips that many steps of the epoch; with ``world_size`` processes each takes its shard of every
+    order.
     """
     totals = _totals(labels, world_size)
     steps, sizes = _mixed_plan([n // world_size for n in totals], batch_size)
+    stands = list(totals)
+    if balanced and all(sizes):
+        stands[0] = totals[1] * sizes[0] / sizes[1]
     masks = (labels != UNLABELLED, labels == UNLABELLED)
     streams = [
         _orders(mask.nonzero().flatten().cpu(), steps * b, generator, rank, world_size) for mask, b in zip(masks, sizes)
@@ -236,5 +257,5 @@ def mixed_batches(
         parts = []
         for kind in (k for k in (0, 1) if sizes[k]):
             index = streams[kind][step * sizes[kind] : (step + 1) * sizes[kind]].to(train.device)
-            parts.append(Batch(train[index], labels[index] if kind == 0 else None, totals[kind]))
+            parts.append(Batch(train[index], labels[index] if kind == 0 else None, stands[kind]))
         yield tuple(parts)

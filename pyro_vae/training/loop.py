@@ -65,7 +65,7 @@ from pyro_vae.models.vae import VAE
 from pyro_vae.training.annealing import KL_SCHEDULES, Constant, KLSchedule, check_kl_schedule, make_kl_schedule
 from pyro_vae.training.data import Dataset
 from pyro_vae.training.distributed import Distributed, data_parallel
-from pyro_vae.training.labels import Batch, epoch_steps
+from pyro_vae.training.labels import Batch, epoch_steps, labelled_weight
 from pyro_vae.training.optim import load_schedule_state, make_lr_schedule, make_optimizer, schedule_state
 
 __all__ = [
@@ -325,10 +325,18 @@ class _Stops:
 
 
 def training_objective(
-    estimator: str, beta: float = 1.0, kl_warmup: dict[str, Any] | str | None = None, free_bits: float = 0.0
+    estimator: str,
+    beta: float = 1.0,
+    kl_warmup: dict[str, Any] | str | None = None,
+    free_bits: float = 0.0,
+    label_weight: float = 1.0,
 ) -> str:
-    """What a run's training loss estimates, for its epoch lines and summary: its bound, or what it changes in it."""
+    """What a run's training loss estimates, for its epoch lines and summary: its bound, or what it changes in it
+    (``label_weight``: the factor on the labelled points' terms, see
+    :func:`~pyro_vae.training.labels.labelled_weight`)."""
     changes = [f"beta {beta:g}"] if beta != 1 else []
+    if label_weight != 1:
+        changes.append(f"labelled terms x{label_weight:.3g}")
     warmup = KL_SCHEDULES.validate(kl_warmup or "constant", "kl_warmup")
     if not issubclass(KL_SCHEDULES.get(warmup["type"]), Constant):
         changes.append("KL warm-up")
@@ -700,6 +708,13 @@ def takes_labels(vae: nn.Module, data: Dataset) -> bool:
     return use != "none" and data.train_labels is not None
 
 
+def label_weight(data: Dataset, labelled: bool, batch_size: int, world_size: int = 1) -> float:
+    """The factor on the labelled points' terms of a run's steps: 1 but for ``"balanced"`` steps."""
+    if not labelled or data.label_batches != "balanced":
+        return 1.0
+    return labelled_weight(data.train_labels, batch_size, world_size)
+
+
 def _steps_per_epoch(data: Dataset, labelled: bool, batch_size: int, world_size: int) -> int:
     """The steps of an epoch in each process (formed as ``data.label_batches`` says where ``labelled``)."""
     if labelled:
@@ -764,7 +779,9 @@ def _build(
         schedule=schedule,
         epochs=epochs,
         seed=seed,
-        described=training_objective(elbo, beta, kl_warmup, free_bits),
+        described=training_objective(
+            elbo, beta, kl_warmup, free_bits, label_weight(data, labelled, batch_size, world_size)
+        ),
     )
 
 
