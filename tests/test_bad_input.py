@@ -446,6 +446,22 @@ CASES = [
         files={"x.npy": npy(UNIT)},
     ),
     case(
+        "data-label-batches-unknown",
+        "train --model ssvae --labels 20 --set data.label_batches=halves",
+        r"data\.label_batches must be one of .*balanced.*mixed.*ratio.* \(got 'halves'\)",
+    ),
+    case(
+        "cvae-needs-every-label",
+        "train --model cvae --labels 20",
+        r"CVAE\.model\(x, y\) needs a label for every training point, and data set digits has 20 of 1438",
+    ),
+    case(
+        "cvae-data-without-labels",
+        "train --model cvae --dataset {tmp}/x.npy --batch-size 8",
+        r"CVAE\.model\(x, y\) needs a label for every training point, and data set x\.npy has 0 of",
+        files={"x.npy": npy(UNIT)},
+    ),
+    case(
         "data-train-without-test",
         "train --dataset {tmp}/x.npz",
         r"x\.npz has 'train' but no 'test' array; add one",
