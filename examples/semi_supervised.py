@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--labels", type=int, default=50, help="training labels kept, balanced across classes")
     parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument(
+        "--label-batches", default="mixed", choices=("mixed", "balanced", "ratio"), help="data.label_batches"
+    )
     parser.add_argument("--num-samples", type=int, default=1000, help="K of the importance-sampled log p(x)")
     parser.add_argument("--out", default="runs/semi_supervised", help="where the pictures go")
     parser.add_argument("--seed", type=int, default=0)
@@ -57,7 +60,12 @@ def main(argv: list[str] | None = None) -> dict:
     epochs, num_samples = (3, 20) if args.smoke else (args.epochs, args.num_samples)
 
     data = pyro_vae.load_dataset(
-        args.dataset, data_root=args.data_root, binarize="dynamic", labels=args.labels, label_seed=args.seed
+        args.dataset,
+        data_root=args.data_root,
+        binarize="dynamic",
+        labels=args.labels,
+        label_seed=args.seed,
+        label_batches=args.label_batches,
     )
     print(f"{data.name}: {data.num_labelled} of {len(data.train)} training images labelled, {len(data.test)} test")
     size = dict(latent_dim=8, hidden=(256,)) if data.name == "digits" else {}

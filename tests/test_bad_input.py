@@ -448,15 +448,20 @@ CASES = [
     case(
         "data-label-batches-unknown",
         "train --model ssvae --labels 20 --set data.label_batches=halves",
-        r"data\.label_batches must be one of .*balanced.*mixed.*ratio.* \(got 'halves'\)",
+        r"data\.label_batches must be one of 'mixed', 'balanced', 'ratio' \(got 'halves'\)",
     ),
     case(
-        "cvae-needs-every-label",
+        "config-ssvae-free-bits",
+        "train --model ssvae --labels 50 --free-bits 0.5",
+        r"train\.free_bits: the guide enumerates site 'y', which only 'mc' \(TraceEnum_ELBO\) sums out in training",
+    ),
+    case(
+        "data-cvae-needs-every-label",
         "train --model cvae --labels 20",
         r"CVAE\.model\(x, y\) needs a label for every training point, and data set digits has 20 of 1438",
     ),
     case(
-        "cvae-data-without-labels",
+        "data-cvae-without-labels",
         "train --model cvae --dataset {tmp}/x.npy --batch-size 8",
         r"CVAE\.model\(x, y\) needs a label for every training point, and data set x\.npy has 0 of",
         files={"x.npy": npy(UNIT)},

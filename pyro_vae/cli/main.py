@@ -486,7 +486,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         label = f"{result.get('log_likelihood_of', 'log p(x)')} (IS, K={result['num_samples']})"
         print(f"  {label:<22} {result['log_likelihood']:10.3f} ± {result['log_likelihood_se']:.3f} nats per point")
     if "accuracy" in result:
-        print(f"  accuracy of q(y|x)     {100 * result['accuracy']:9.2f}% ± {100 * result['accuracy_se']:.2f}")
+        print(
+            f"  accuracy of q(y|x)     {100 * result['accuracy']:9.2f}% ± {100 * result['accuracy_se']:.2f} "
+            f"({result['accuracy_points']} labelled points)"
+        )
     if result.get("note"):
         print(f"note: {result['note']}")
     if result.get("binarization"):

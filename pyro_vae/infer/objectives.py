@@ -281,7 +281,12 @@ class Objective:
 
 
 def check_free_bits_prior(vae: VAE) -> None:
-    """A :class:`ConfigError` unless the prior is a product over latent dimensions (free bits needs each one's KL)."""
+    """A :class:`ConfigError` unless the prior is a product over latent dimensions (free bits needs each one's KL).
+
+    A program without a ``prior`` module (the semi-supervised one) is checked site by site by :func:`check_program`.
+    """
+    if not callable(getattr(vae, "prior", None)):
+        return
     if per_dimension(vae.prior()) is None:
         name = next((n for n in PRIORS if PRIORS.get(n) is type(vae.prior)), type(vae.prior).__name__)
         raise ConfigError(

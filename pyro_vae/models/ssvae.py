@@ -51,7 +51,9 @@ class SSVAE(nn.Module):
         activation: the nonlinearity between layers (Kingma et al.: softplus).
         alpha: the weight of :math:`-\\log q(y\\mid x)` per labelled point, beside its ELBO. Kingma et al.'s
             :math:`\\alpha = 0.1 N` multiplies the mean over the :math:`N_l` labelled points: per point
-            :math:`0.1 N / N_l`: 50 for 100 labels of their 50,000 training images (60 of MNIST's 60,000).
+            :math:`0.1 N / N_l`: 50 for 100 labels of their 50,000 training images (60 of MNIST's 60,000). Under
+            ``data.label_batches = "balanced"`` the labelled terms, this one with them, are weighted up by
+            :func:`~pyro_vae.training.labels.labelled_weight`.
         likelihood: :math:`p(x\\mid y, z)`, a :data:`~pyro_vae.models.likelihoods.LIKELIHOODS` table.
     """
 

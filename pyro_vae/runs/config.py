@@ -71,10 +71,10 @@ class DataConfig:
     # training labels kept, balanced across classes and chosen with label_seed; the rest unlabelled (0: all)
     labels: Annotated[int, AtLeast(0)] = 0
     label_seed: int = 0
-    # how labelled and unlabelled points form a step: both in every step, every point weighing the same
-    # ("balanced": the labelled terms weighted up), both, each part standing for its kind ("mixed": the
-    # full-data objective), or one kind a step in the data's ratio ("ratio")
-    label_batches: Literal["balanced", "mixed", "ratio"] = "balanced"
+    # how labelled and unlabelled points form a step: both in every step, each part standing for its kind
+    # ("mixed": the full-data objective), both, every point weighing the same ("balanced": the labelled terms
+    # weighted up), or one kind a step in the data's ratio ("ratio")
+    label_batches: Literal["mixed", "balanced", "ratio"] = "mixed"
     # the number of classes of the labels (0: 10 for digits and mnist, else one more than the largest label)
     num_classes: Annotated[int, AtLeast(0)] = 0
 

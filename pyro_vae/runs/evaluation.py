@@ -115,6 +115,7 @@ def evaluate_run(
     result.update(_usage(vae, x, y))
     if hasattr(vae, "classify") and labels is not None:  # a program with a classifier q(y | x)
         result["accuracy"], result["accuracy_se"] = accuracy(vae, x, labels, batch_size)
+        result["accuracy_points"] = int((labels >= 0).sum())  # the training split: its kept labels only
     if num_samples:
         ll = log_likelihood(vae, x, num_samples=num_samples, batch_size=min(batch_size, 100), y=y).double()
         se = ll.std().item() / len(ll) ** 0.5 if len(ll) > 1 else float("nan")

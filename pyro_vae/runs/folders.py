@@ -557,7 +557,11 @@ def _summarize(
         "train_seconds": seconds,  # the same, under the name the benchmarks use
         "train_elbo": (best or history[-1])["train_elbo"],  # of the epoch whose model this is
         "train_objective": training_objective(
-            t.elbo, t.beta, t.kl_warmup, t.free_bits, label_weight(data, takes_labels(vae, data), t.batch_size)
+            t.elbo,
+            t.beta,
+            t.kl_warmup,
+            t.free_bits,
+            label_weight(data, takes_labels(vae, data), t.batch_size, distributed.world_size if distributed else 1),
         ),
         **{f"test_{k}": v for k, v in final.items() if k != "num_examples"},
         "path": history[-1]["path"],

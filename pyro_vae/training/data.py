@@ -105,7 +105,7 @@ class Dataset:
     validation: Tensor | None = None
     num_classes: int | None = None
     validation_labels: Tensor | None = None
-    label_batches: str = "balanced"
+    label_batches: str = "mixed"
 
     @property
     def num_labelled(self) -> int:
@@ -453,7 +453,7 @@ def load_dataset(
     labels: int = 0,
     label_seed: int = 0,
     num_classes: int = 0,
-    label_batches: str = "balanced",
+    label_batches: str = "mixed",
 ) -> Dataset:
     """Load a data set, check it, binarize it as asked, and move it to ``device``.
 

@@ -3,10 +3,10 @@ r"""Labels: checked, a balanced subset kept with a recorded seed, and minibatche
 A data set's training labels are a tensor of class indices in ``[0, num_classes)``, with
 :data:`UNLABELLED` (-1) where a point's label is not kept (``data.labels``). A program that takes labels
 (``model(x, y=None)``) is trained on steps formed as ``data.label_batches`` says (:data:`LABEL_BATCHES`): by
-default every step has a labelled minibatch and an unlabelled one whose points all weigh the same
-(``"balanced"``, :func:`mixed_batches`); or the same steps, each part standing for all points of its kind, an
-unbiased estimate of the full-data objective (``"mixed"``); or steps all labelled or all unlabelled, in the
-ratio the data have, unbiased too (``"ratio"``, :func:`labelled_batches`).
+default every step has a labelled minibatch and an unlabelled one, each standing for all points of its kind,
+an unbiased estimate of the full-data objective (``"mixed"``, :func:`mixed_batches`); or the same steps with
+every point weighing the same, the labelled terms weighted up (``"balanced"``); or steps all labelled or all
+unlabelled, in the ratio the data have, unbiased too (``"ratio"``, :func:`labelled_batches`).
 
 Example:
     >>> labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2])
@@ -41,12 +41,12 @@ __all__ = [
 #: The label of a training point whose label is not kept: the program sees ``y = None`` for it.
 UNLABELLED = -1
 
-#: How labelled and unlabelled points form the steps of an epoch (``data.label_batches``): ``"balanced"``, a
-#: labelled and an unlabelled minibatch in every step, every point of a step weighing the same (the labelled
-#: terms weighted up by :func:`labelled_weight`); ``"mixed"``, the same steps, each part standing for all of its
-#: kind (:func:`mixed_batches`); ``"ratio"``, steps all of one kind in the ratio the data have
+#: How labelled and unlabelled points form the steps of an epoch (``data.label_batches``): ``"mixed"``, a
+#: labelled and an unlabelled minibatch in every step, each standing for all of its kind (:func:`mixed_batches`);
+#: ``"balanced"``, the same steps, every point of a step weighing the same (the labelled terms weighted up by
+#: :func:`labelled_weight`); ``"ratio"``, steps all of one kind in the ratio the data have
 #: (:func:`labelled_batches`).
-LABEL_BATCHES = ("balanced", "mixed", "ratio")
+LABEL_BATCHES = ("mixed", "balanced", "ratio")
 
 
 def check_labels(labels: Tensor, where: str, num_classes: int | None = None, rows: Tensor | None = None) -> Tensor:
@@ -240,7 +240,8 @@ def mixed_batches(
     :math:`\sum_{\text{labelled}} + \sum_{\text{unlabelled}}`. With ``balanced``, a labelled point weighs what
     an unlabelled one does, :math:`N_u / b_u`: the step estimates
     :math:`w \sum_{\text{labelled}} + \sum_{\text{unlabelled}}` with :math:`w` = :func:`labelled_weight`, the
-    weighting of implementations that add up the two minibatches' losses as they are (Pyro's ss-vae tutorial).
+    weighting of implementations that add up the two minibatches' losses as they are; under ``world_size``
+    processes a job's step holds every process's parts, and :math:`w` is that of the job's step.
     ``start`` skips that many steps of the epoch; with ``world_size`` processes each takes its shard of every
     order.
     """

@@ -715,6 +715,11 @@ def label_weight(data: Dataset, labelled: bool, batch_size: int, world_size: int
     return labelled_weight(data.train_labels, batch_size, world_size)
 
 
+def _labelled_only(data: Dataset, labelled: bool) -> bool:
+    """Whether a step may be all labelled (ratio steps, or no unlabelled point): a classifier may then take no part."""
+    return labelled and (data.label_batches == "ratio" or data.num_labelled == len(data.train))
+
+
 def _steps_per_epoch(data: Dataset, labelled: bool, batch_size: int, world_size: int) -> int:
     """The steps of an epoch in each process (formed as ``data.label_batches`` says where ``labelled``)."""
     if labelled:
@@ -746,15 +751,15 @@ def _build(
 ) -> _Run:
     """Check the settings, seed every generator, and build the pieces of a run from the settings of :func:`fit`."""
     _check_settings(data, distributed, batch_size=batch_size, clip_grad_norm=clip_grad_norm, jit=jit, compile=compile)
-    rank, world_size = _place(distributed)
+    rank, n = _place(distributed)  # n: the processes of the job
     labelled = takes_labels(vae, data)
-    steps_per_epoch = _steps_per_epoch(data, labelled, batch_size, world_size)
+    steps_per_epoch = _steps_per_epoch(data, labelled, batch_size, n)
     kl_schedule = make_kl_schedule(kl_warmup, steps_per_epoch)
     check_kl_schedule(kl_schedule, elbo, compile)
     pyro.set_rng_seed((seed + rank) % 2**32)  # NumPy, which Pyro seeds too, takes 32-bit seeds
     order = torch.Generator().manual_seed(seed)  # the same permutation in every process; each takes its shard
     objective = Objective(vae, elbo, num_particles, jit, beta, fused, compile, free_bits)
-    loss = data_parallel(vae, objective, distributed, beta, labelled) if distributed else objective
+    loss = data_parallel(vae, objective, distributed, beta, _labelled_only(data, labelled)) if distributed else None
     optim = make_optimizer(vae.parameters(), lr, optimizer)
     schedule = make_lr_schedule(optim, lr_schedule, epochs)
     check_early_stopping(early_stopping, data)
@@ -767,7 +772,7 @@ def _build(
         stepper=_Stepper(
             context=c,
             data=data,
-            loss=loss,
+            loss=loss or objective,
             optimizer=optim,
             order=order,
             batch_size=batch_size,
@@ -779,9 +784,7 @@ def _build(
         schedule=schedule,
         epochs=epochs,
         seed=seed,
-        described=training_objective(
-            elbo, beta, kl_warmup, free_bits, label_weight(data, labelled, batch_size, world_size)
-        ),
+        described=training_objective(elbo, beta, kl_warmup, free_bits, label_weight(data, labelled, batch_size, n)),
     )
 
 
