@@ -203,7 +203,7 @@ class _TinyM2(torch.nn.Module):
 
     def __init__(self, d: int = 64, classes: int = 10, z: int = 2) -> None:
         super().__init__()
-        self.classify, self.encode = torch.nn.Linear(d, classes), torch.nn.Linear(d + classes, 2 * z)
+        self.classifier, self.encode = torch.nn.Linear(d, classes), torch.nn.Linear(d + classes, 2 * z)
         self.decode, self.classes, self.z = torch.nn.Linear(z + classes, d), classes, z
         self.calls: list[str] = []
 
@@ -234,7 +234,7 @@ class _TinyM2(torch.nn.Module):
         x = x.reshape(len(x), -1)
         with pyro.plate("data", len(x), dim=-1):
             if y is None:
-                y = pyro.sample("y", dist.Categorical(logits=self.classify(x)))
+                y = pyro.sample("y", dist.Categorical(logits=self.classifier(x)))
             code = self._one_hot(y, x)
             h = self.encode(torch.cat([x.expand(*code.shape[:-1], -1), code], -1))
             pyro.sample(

@@ -228,10 +228,12 @@ def test_the_training_elbo_leaves_the_classifier_term_out():
         m2 = SSVAE((8, 8), latent_dim=2, hidden=(8,), alpha=alpha)
         torch.manual_seed(0)
         m2.load_state_dict(SSVAE((8, 8), latent_dim=2, hidden=(8,)).state_dict())
-        elbos.append(
-            pyro_vae.fit(m2, data, epochs=1, batch_size=128, lr=1e-12, seed=3, progress=False)[0]["train_elbo"]
-        )
+        history = pyro_vae.fit(m2, data, epochs=1, batch_size=128, lr=1e-12, seed=3, progress=False)
+        elbos.append(history[0]["train_elbo"])
     assert elbos[1] == pytest.approx(elbos[0], rel=1e-6)
+    from pyro_vae.infer.diagnostics import accuracy
+
+    assert history[0]["test_accuracy"] == accuracy(m2, data.test, data.test_labels)[0]  # recorded each epoch
 
 
 def test_labels_with_unlabelled_points_are_refused_by_the_tools():

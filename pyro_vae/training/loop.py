@@ -57,7 +57,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pyro_vae.errors import ConfigError, DataError, PyroVAEError
-from pyro_vae.infer.diagnostics import latent_usage
+from pyro_vae.infer.diagnostics import accuracy, latent_usage
 from pyro_vae.infer.estimators import BOUNDS, ESTIMATORS, reported_with, value_name
 from pyro_vae.infer.objectives import Objective, evaluate_bounds, kl_methods
 from pyro_vae.infer.program import label_use, required_labels
@@ -525,7 +525,15 @@ class _Measures:
             "path": c.objective.path,
             "kl": self.kl,
             **self.latent_usage(),
+            **self.accuracy(),
         }
+
+    def accuracy(self) -> dict[str, float]:
+        """``test_accuracy``: how often a program's classifier (``classify(x)``) puts its mode on the test label."""
+        vae, labels = self.context.vae, self.data.test_labels
+        if not hasattr(vae, "classify") or labels is None or self.context.rank != 0:
+            return {}
+        return {"test_accuracy": accuracy(vae, self.data.test, labels)[0]}
 
     def latent_usage(self) -> dict[str, Any]:
         """Active units and the KL per dimension on the test set (process 0), outside the run's random stream."""
