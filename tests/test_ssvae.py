@@ -242,3 +242,29 @@ def test_labels_with_unlabelled_points_are_refused_by_the_tools():
     m2, x = _m2(), _x()
     with pytest.raises(ConfigError, match=r"labels of SSVAE: some points are unlabelled \(-1\); pass y=None"):
         evaluate_elbo(m2, x, y=torch.tensor([0, -1, 2, 1]))
+
+
+def test_a_run_written_before_the_choice_of_steps_resumes_with_the_steps_it_had(tmp_path):
+    """A run's config.toml without data.label_batches (written by a release with one-kind steps only) resumes
+    with "ratio" steps, as it was trained: bit for bit the run never stopped."""
+    from pyro_vae import Config
+    from pyro_vae.runs.folders import resume_run, train_run
+    from pyro_vae.runs.storage import load_checkpoint
+    from pyro_vae.training.loop import TrainingInterrupted
+
+    values = {
+        "data": {"binarize": "dynamic", "labels": 30, "label_batches": "ratio"},
+        "model": {"type": "ssvae", "latent_dim": 3, "hidden": [16]},
+        "train": {"epochs": 2, "batch_size": 128, "checkpoint_every": 0},
+    }
+    train_run(Config.from_dict(values), tmp_path / "whole", progress=False)
+    polls = iter(range(10**9))
+    with pytest.raises(TrainingInterrupted):
+        train_run(
+            Config.from_dict(values), tmp_path / "old", progress=False, stop=lambda: 15 if next(polls) >= 17 else None
+        )
+    path = tmp_path / "old" / "config.toml"
+    path.write_text("".join(line for line in path.read_text().splitlines(True) if not line.startswith("label_batches")))
+    resume_run(tmp_path / "old", progress=False)
+    whole, old = (load_checkpoint(tmp_path / name / "checkpoint.pt")["model"] for name in ("whole", "old"))
+    assert all(torch.equal(whole[k], old[k]) for k in whole)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pyro
+import tomllib
 import torch
 from torch import Tensor, nn
 
@@ -326,6 +327,8 @@ def _resumable(run_dir: Path) -> tuple[Config, dict[str, Any]]:
             "run_dir",
         )
     config = Config.from_toml(run_dir / "config.toml")
+    if "label_batches" not in tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8")).get("data", {}):
+        config.data.label_batches = "ratio"  # a run written before the choice: the steps it was trained with
     state = load_checkpoint(run_dir / "checkpoint.pt")
     if "train" not in state:
         raise RunError(
