@@ -485,8 +485,10 @@ def test_diagnostics_give_a_labels_mutual_information_exactly():
     mean = q.mean(0)
     assert report["mutual_information"] == pytest.approx((entropy(mean) - entropy(q).mean()).item(), rel=1e-12)
     assert report["marginal_kl"] == pytest.approx((mean * (mean * 3).log()).sum().item(), rel=1e-12)
-    assert report["mutual_information_se"] is None and report["latent_dim"] == 3
+    assert report["mutual_information_se"] is None and report["latent_dim"] == 3 and report["label"]
     assert report["activity"] == pytest.approx(q.var(0).tolist(), rel=1e-12)
+    whole = diagnostics(_ConjugateLabel(), x, batch_size=16)  # a label's classes are not units of the code
+    assert (whole["latent_dim"], whole["sites"]["z"]["label"]) == (1, False)
 
 
 def test_balanced_steps_weigh_every_point_of_a_step_the_same():

@@ -501,7 +501,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _print_usage(result: dict[str, Any]) -> None:
     """Is the latent code used? The diagnostics of ``evaluate``, a few lines (a few more for each of several sites)."""
-    sites = result.get("sites", {}).values()
+    sites = [site for site in result.get("sites", {}).values() if not site.get("label")]  # a label: no units
     units, dims = result["active_units"], result["latent_dim"]
     if len(sites) > 1:  # per layer, as Burda et al. report a hierarchy's: "units in layer 1 + units in layer 2"
         units = " + ".join(str(site["active_units"]) for site in sites) + f" = {units}"
@@ -512,7 +512,10 @@ def _print_usage(result: dict[str, Any]) -> None:
     )
     _print_site_usage(result, "  ", result.get("latent_site", "z"))
     for name, site in result.get("sites", {}).items():
-        print(f"  site {name}: {site['active_units']} of {site['latent_dim']} dimensions active")
+        if site.get("label"):
+            print(f"  site {name}: a label of {site['latent_dim']} classes")
+        else:
+            print(f"  site {name}: {site['active_units']} of {site['latent_dim']} dimensions active")
         _print_site_usage(site, "    ", name)
 
 

@@ -124,6 +124,7 @@ class _Site(NamedTuple):
     kl_per_dim: Estimate | None  # None: the distributions are not products over dimensions
     kl_total: Estimate
     surgery: tuple[Estimate, Estimate] | None  # mutual information and marginal KL, where defined
+    label: bool = False  # a categorical site: its "dimensions" are its classes, not units of the latent code
 
 
 def _check(x: Tensor, num_samples: int = 1, batch_size: int = 1, threshold: float = 0.0) -> None:
@@ -277,7 +278,8 @@ class _Parts:
             information = _categorical_surgery(self.classes)
         else:
             information = _traced_surgery(self.normal) if defined and len(self.normal) == len(self.kl) else None
-        return _Site(torch.cat(self.means), per_dim, self._estimate(torch.cat(self.kl), exact, method), information)
+        kl = self._estimate(torch.cat(self.kl), exact, method)
+        return _Site(torch.cat(self.means), per_dim, kl, information, len(self.classes) == len(self.kl))
 
     @staticmethod
     def _estimate(terms: Tensor, exact: bool, method: str) -> Estimate:
@@ -506,8 +508,9 @@ def latent_usage(
         }
         for name, site in sites.items()
     }
+    units = [usage[name] for name, site in sites.items() if not site.label] or list(usage.values())
     combined = {
-        "active_units": sum(u["active_units"] for u in usage.values()),
+        "active_units": sum(u["active_units"] for u in units),  # a label's classes are not units of the code
         "kl_per_dim": _joined([u["kl_per_dim"] for u in usage.values()]),
     }
     return combined if len(usage) == 1 else {**combined, "sites": usage}
@@ -523,6 +526,7 @@ def _site_report(site: _Site, threshold: float) -> dict[str, Any]:
     per_dim, total = site.kl_per_dim, site.kl_total
     information, marginal = site.surgery if site.surgery is not None else (None, None)
     return {
+        "label": site.label,
         "latent_dim": spread.shape[-1],
         "activity": _listed(spread),
         "active_units": int((spread > threshold).sum()),
@@ -540,15 +544,17 @@ def _site_report(site: _Site, threshold: float) -> dict[str, Any]:
 
 
 def _combined(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The top level of a report of several sites: units and dimensions added up, KLs summed, lists joined."""
+    """The top level of a report of several sites: units and dimensions added up (a label's classes are not
+    units of the latent code: its site is left out of them), KLs summed, lists joined."""
     parts = list(reports.values())
+    units = [r for r in parts if not r["label"]] or parts
     methods = {r["kl_method"] for r in parts}
     total_methods = {r["kl_total_method"] for r in parts}
     ses = [r["kl_total_se"] for r in parts if r["kl_total_se"] is not None]
     return {
-        "latent_dim": sum(r["latent_dim"] for r in parts),
-        "activity": [a for r in parts for a in r["activity"]],
-        "active_units": sum(r["active_units"] for r in parts),
+        "latent_dim": sum(r["latent_dim"] for r in units),
+        "activity": [a for r in units for a in r["activity"]],
+        "active_units": sum(r["active_units"] for r in units),
         "kl_per_dim": _joined([r["kl_per_dim"] for r in parts]),
         "kl_per_dim_se": None,
         "kl_method": methods.pop() if len(methods) == 1 else "mixed",
