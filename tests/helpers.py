@@ -6,6 +6,8 @@ import torch
 
 from pyro_vae import make_vae
 from pyro_vae.models.hierarchical import Hierarchical
+from pyro_vae.models.ssvae import SSVAE
+from pyro_vae.models.stacked import M1M2
 
 EVENT_SHAPE = (4, 4)
 
@@ -50,3 +52,16 @@ def numerical_kl_from_normal(loc_q: float, scale_q: float, p) -> float:
     log_q, log_p = q.log_prob(z), p.log_prob(z)
     integrand = log_q.exp() * (log_q - log_p) * scale_q  # dz = scale_q du
     return torch.trapezoid(integrand, u).item()
+
+
+def tiny_m2(alpha: float = 3.0) -> SSVAE:
+    """M2 on points of shape (2, 3), 3 classes, float64."""
+    torch.manual_seed(0)
+    return SSVAE((2, 3), num_classes=3, latent_dim=2, hidden=(5,), alpha=alpha).double()
+
+
+def tiny_m1m2(alpha: float = 3.0) -> M1M2:
+    """M1 + M2 on points of shape (2, 3): M1 with z1 of 4, M2 with z2 of 2, 3 classes, float64."""
+    torch.manual_seed(0)
+    m1 = make_vae((2, 3), latent_dim=4, network={"type": "mlp", "hidden": [5]})
+    return M1M2(m1, num_classes=3, latent_dim=2, hidden=(5,), alpha=alpha).double()

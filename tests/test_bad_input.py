@@ -467,6 +467,23 @@ CASES = [
         files={"x.npy": npy(UNIT)},
     ),
     case(
+        "config-m1m2-without-features",
+        "train --model m1m2 --labels 20",
+        r"model\.features is required for model 'm1m2'",
+    ),
+    case(
+        "config-m1m2-features-missing",
+        "train --model m1m2 --labels 20 --set model.features=nowhere",
+        r"model\.features = 'nowhere': run folder nowhere does not exist",
+    ),
+    case(
+        "config-m1m2-features-of-other-data",
+        "train --model m1m2 --dataset {tmp}/x.npy --batch-size 8 --set model.features={run}",
+        r"model\.features = '.*run' was trained on points of shape \(8, 8\), these are \(4,\); train M1 on the same",
+        run=True,
+        files={"x.npy": npy(UNIT)},
+    ),
+    case(
         "data-train-without-test",
         "train --dataset {tmp}/x.npz",
         r"x\.npz has 'train' but no 'test' array; add one",

@@ -73,6 +73,7 @@ from pyro_vae.models.kl import (  # importing kl also registers the Gaussian clo
     free_bits_kl,
 )
 from pyro_vae.models.ssvae import SSVAE
+from pyro_vae.models.stacked import M1M2
 from pyro_vae.models.vae import VAE
 from pyro_vae.registry import Registry
 
@@ -107,7 +108,7 @@ ESTIMATORS: Registry = Registry("estimator", context=("num_particles",), group="
 #: Pyro's reference by the tests (``tests/test_estimators.py``). Exact classes: a subclass may redefine its program,
 #: and is fused only once it is added here, with a test that holds it to the reference.
 #: Each declares the fused form of :mod:`pyro_vae.models.fused`.
-FUSED_PROGRAMS: set[type] = {VAE, Hierarchical, SSVAE}
+FUSED_PROGRAMS: set[type] = {VAE, Hierarchical, SSVAE, M1M2}
 
 
 def runs_as(program: Any, cls: type) -> bool:

@@ -20,13 +20,14 @@ fused loss to Pyro's reference on the same draws, for every estimator.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Draw", "gaussian", "held_call"]
+__all__ = ["Draw", "enumerated_label", "gaussian", "held_call", "label_elbo"]
 
 
 class Draw(NamedTuple):
@@ -48,3 +49,24 @@ def held_call(module: nn.Module, *inputs: Tensor) -> Any:
     """``module(*inputs)`` with its parameters held fixed: the gradient reaches the inputs, not the parameters."""
     held = {name: p.detach() for name, p in module.named_parameters()}
     return torch.func.functional_call(module, held, inputs)
+
+
+def enumerated_label(logits: Tensor, num_particles: int) -> tuple[Tensor, Tensor]:
+    """Every class of a label at once, laid out as Pyro's parallel enumeration lays them (the classes first, then
+    the particles, then the points): :math:`\\log q(y\\mid x)` of shape ``(C, [L,] B)`` from ``logits`` of shape
+    ``(B, C)``, and the classes, of shape ``(C, [1,] 1)``."""
+    particles = [1] if num_particles > 1 else []
+    classes = logits.shape[-1]
+    log_q = logits.log_softmax(-1).T.reshape(classes, *particles, len(logits))
+    return log_q, torch.arange(classes, device=logits.device).view(classes, *particles, 1)
+
+
+def label_elbo(log_px: Tensor, latent: Tensor, log_q_y: Tensor | None, num_classes: int, beta: float) -> Tensor:
+    """The ELBO, summed, of a program whose label has the uniform prior: :math:`\\log p(x\\mid\\cdot) + \\log p(y)
+    + \\beta\\,\\text{latent}` where ``y`` is observed (``log_q_y`` is ``None``), else its expectation under
+    :math:`q(y\\mid x)` (``log_q_y`` from :func:`enumerated_label`), with :math:`\\log p(y) - \\log q(y\\mid x)`
+    among the latent terms."""
+    log_p_y = -math.log(num_classes)
+    if log_q_y is None:  # y observed: its log p(y) is the data's, not a latent term
+        return (log_px + log_p_y + beta * latent).sum()
+    return (log_q_y.exp() * (log_px + beta * (latent + log_p_y - log_q_y))).sum()

@@ -9,7 +9,9 @@ the constructor declares:
 - ``latent_dim``, ``model.latent_dim``;
 - ``network``, ``prior``, ``likelihood``: the tables ``model.network``, ``model.prior``, ``model.likelihood``
   (``{"type": name, **params}``, to be built with :data:`~pyro_vae.models.networks.NETWORKS`,
-  :data:`~pyro_vae.models.priors.PRIORS` and :data:`~pyro_vae.models.likelihoods.LIKELIHOODS`).
+  :data:`~pyro_vae.models.priors.PRIORS` and :data:`~pyro_vae.models.likelihoods.LIKELIHOODS`);
+- ``num_classes``, the number of values of a label;
+- ``load_run``, a function from a run folder to its trained program (for a program built on another's).
 
 A plugin registers its own program as it registers a prior: in a module named by ``model.imports`` (or
 ``--import``), or through the entry-point group ``pyro_vae.models``.
@@ -45,6 +47,7 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.models.cvae import CVAE
 from pyro_vae.models.hierarchical import Hierarchical
 from pyro_vae.models.ssvae import SSVAE
+from pyro_vae.models.stacked import make_m1m2
 from pyro_vae.models.vae import make_vae
 from pyro_vae.registry import Registry
 
@@ -53,13 +56,14 @@ __all__ = ["MODELS", "build_program", "check_methods", "label_use"]
 #: Programs by name; each entry is a constructor of an ``nn.Module`` with ``model`` and ``guide`` methods.
 MODELS: Registry = Registry(
     "model",
-    context=("event_shape", "latent_dim", "network", "prior", "likelihood", "num_classes"),
+    context=("event_shape", "latent_dim", "network", "prior", "likelihood", "num_classes", "load_run"),
     group="pyro_vae.models",
 )
 MODELS.register("vae")(make_vae)
 MODELS.register("hierarchical")(Hierarchical)
 MODELS.register("ssvae")(SSVAE)
 MODELS.register("cvae")(CVAE)
+MODELS.register("m1m2")(make_m1m2)
 
 
 def check_methods(program: Any) -> None:

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_vae.models.cvae import one_hot_beside
-from pyro_vae.models.fused import gaussian
+from pyro_vae.models.fused import enumerated_label, gaussian, label_elbo
 from pyro_vae.models.likelihoods import LIKELIHOODS
 from pyro_vae.models.networks import Activation, MLPDecoder, MLPEncoder, Sizes, _perceptron
 
@@ -117,18 +117,14 @@ class SSVAE(nn.Module):
         particles = (num_particles,) if num_particles > 1 else ()
         log_q_y = None
         if y is None:
-            log_q_y = self.classify(x).log_softmax(-1).T.reshape(self.num_classes, *[1] * len(particles), len(x))
-            y = torch.arange(self.num_classes, device=x.device).view(-1, *[1] * (len(particles) + 1))
+            log_q_y, y = enumerated_label(self.classify(x), num_particles)
         loc, scale = self.encoder(self._joined(x.flatten(-len(self.event_shape)), y))
         q_z = gaussian(loc, scale)
         q_z = q_z.expand(torch.broadcast_shapes(q_z.batch_shape, (*particles, len(x))))
         z = q_z.rsample()
         log_px = self.likelihood(self.decoder(self._joined(z, y))).log_prob(x)
         p_z = dist.Normal(torch.zeros_like(z), 1.0, validate_args=False).to_event(1)
-        latent, log_p_y = p_z.log_prob(z) - q_z.log_prob(z), -math.log(self.num_classes)
-        if log_q_y is None:  # y observed: its log p(y) is the data's, not a latent term
-            return (log_px + log_p_y + beta * latent).sum()
-        return (log_q_y.exp() * (log_px + beta * (latent + log_p_y - log_q_y))).sum()
+        return label_elbo(log_px, p_z.log_prob(z) - q_z.log_prob(z), log_q_y, self.num_classes, beta)
 
     def auxiliary_loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """:math:`-\\alpha \\sum_n \\log q(y_n\\mid x_n)` over the labelled points of a batch (0 without labels)."""

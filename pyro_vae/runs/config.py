@@ -31,7 +31,7 @@ import tomllib
 import torch
 from torch import nn
 
-from pyro_vae.errors import ConfigError, renamed_errors
+from pyro_vae.errors import ConfigError, RunError, renamed_errors
 from pyro_vae.infer.estimators import ESTIMATORS, check_estimator
 from pyro_vae.models.likelihoods import LIKELIHOODS
 from pyro_vae.models.networks import NETWORKS
@@ -433,10 +433,21 @@ def build_model(config: Config, event_shape: tuple[int, ...], num_classes: int |
     and labels of ``num_classes`` classes (by default ``data.num_classes``, or the built-in data set's)."""
     m = config.model
     context = {"latent_dim": m.latent_dim, "network": m.network, "prior": m.prior, "likelihood": m.likelihood}
+    context["load_run"] = _trained_program
     classes = num_classes or config.data.num_classes or NUM_CLASSES.get(config.data.dataset)
     if classes:
         context["num_classes"] = classes
     return build_program({**m.params, "type": m.type}, "model", event_shape=tuple(event_shape), **context)
+
+
+def _trained_program(run: str) -> nn.Module:
+    """The trained program of the run folder ``run`` (a program built on another's names its run)."""
+    from pyro_vae.runs.folders import load  # folders builds programs with this module
+
+    try:
+        return load(run)[0]
+    except RunError as e:
+        raise ConfigError(f"model.features = {run!r}: {e}") from None
 
 
 def resolve_device(name: str) -> torch.device:
