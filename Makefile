@@ -30,7 +30,7 @@ bench: $(VENV)/.installed  ## speed against a hand-written PyTorch VAE: steps, e
 quality: $(VENV)/.installed  ## the published MNIST log-likelihoods at the CPU budget: README "How good are the models?" (hours; resumes)
 	$(BIN)/python benchmarks/quality.py --jobs 2
 
-semisupervised: $(VENV)/.installed  ## MNIST accuracy of M2 at 100 (3 draws), 600, 1000, 3000 labels: README "Few labels" (hours; resumes)
+semisupervised: $(VENV)/.installed  ## MNIST accuracy of M1+M2 at 100 (3 draws), 600, 1000, 3000 labels and M2 at 100: README "Few labels" (hours; resumes)
 	$(BIN)/python benchmarks/semisupervised.py --jobs 2
 
 # Every picture in docs/, drawn again by the command the README names beside it. `make docs` draws them

@@ -51,7 +51,7 @@ from pyro_vae.infer.objectives import Objective
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs.config import build_model, load_data, resolve_device
 from pyro_vae.runs.evaluation import read_metrics
-from pyro_vae.runs.folders import load_snapshot, resume_run, snapshot_path, train_run
+from pyro_vae.runs.folders import anchored, load_snapshot, located, resume_run, snapshot_path, train_run
 from pyro_vae.training.loop import TrainingInterrupted
 from pyro_vae.training.optim import make_optimizer, staged_epochs
 
@@ -243,7 +243,8 @@ def train(name: str, budget: str, args: argparse.Namespace) -> Path:
 def train_config(name: str, config: Config, run: Path, quiet: bool = False) -> Path:
     """Train ``config`` into ``run``, or continue it from its checkpoint; a finished run is left as it is (a folder
     trained with another configuration stops the command, with what to do)."""
-    if (run / "config.toml").is_file() and not _same_protocol(Config.from_toml(run / "config.toml"), config):
+    saved = run / "config.toml"
+    if saved.is_file() and not _same_protocol(located(Config.from_toml(saved), run), anchored(config)):
         sys.exit(
             f"{name}: {run} was trained with another configuration than this preset's; "
             "move it away (or give another --out) to train the preset"

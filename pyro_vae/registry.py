@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 
 from pyro_vae.errors import ConfigError
 
-__all__ = ["Registry", "Parameter", "AtLeast", "AtMost", "check_value", "type_name"]
+__all__ = ["Registry", "Parameter", "AtLeast", "AtMost", "RunFolder", "check_value", "names_run_folder", "type_name"]
 
 T = TypeVar("T", bound=Callable[..., Any])
 
@@ -50,6 +50,17 @@ class AtMost(typing.NamedTuple):
     def check(self, value: float, path: str) -> None:
         if value > self.bound:
             raise ConfigError(f"{path} must be <= {self.bound} (got {value})")
+
+
+class RunFolder(typing.NamedTuple):
+    """Marks a parameter naming a run folder, used as ``Annotated[str, RunFolder()]`` in a signature: a run
+    records it made absolute, as it records its data's paths, so that it loads from any folder."""
+
+
+def names_run_folder(annotation: Any) -> bool:
+    """Whether a parameter's annotation marks it as naming a run folder (:class:`RunFolder`)."""
+    metadata = getattr(annotation, "__metadata__", ())
+    return any(isinstance(rule, RunFolder) for rule in metadata)
 
 
 class Parameter(typing.NamedTuple):

@@ -474,7 +474,7 @@ CASES = [
     case(
         "config-m1m2-features-missing",
         "train --model m1m2 --labels 20 --set model.features=nowhere",
-        r"model\.features = 'nowhere': run folder nowhere does not exist",
+        r"model\.features = '.*nowhere', the run the program is built on: run folder .*nowhere does not exist",
     ),
     case(
         "config-m1m2-features-of-other-data",

@@ -76,7 +76,7 @@ def test_quality_benchmark_runs_every_preset_in_smoke_mode(tmp_path):
     assert (out / "tomczak2018-vamp-full" / "best.pt").is_file() and tomczak["best_epoch"] <= tomczak["epochs"]
 
 
-@pytest.mark.slow  # an M1 and nine presets: two short epochs each on the digits, K = 20
+@pytest.mark.slow  # an M1 and eight presets: two short epochs each on the digits, K = 20
 def test_semisupervised_benchmark_runs_every_preset_in_smoke_mode(tmp_path):
     out = tmp_path / "semisupervised"
     result = run_benchmark(
@@ -86,7 +86,7 @@ def test_semisupervised_benchmark_runs_every_preset_in_smoke_mode(tmp_path):
     rows = json.loads((out / "results.json").read_text())
     draws = [(100, 0), (100, 1), (100, 2)]
     expected = [("m1m2", n, seed) for n, seed in [*draws, (600, 0), (1000, 0), (3000, 0)]]
-    assert [(r["program"], r["labels"], r["label_seed"]) for r in rows] == expected + [("m2", *d) for d in draws]
+    assert [(r["program"], r["labels"], r["label_seed"]) for r in rows] == expected + [("m2", *d) for d in draws[:2]]
     for r in rows:
         assert 0 <= r["accuracy"] <= 1 and r["log_likelihood"] < 0 and r["elbo"] <= r["log_likelihood"] + 1, r
         assert r["mutual_information"] >= 0 and r["test_images"] == 359

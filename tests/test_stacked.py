@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import pyro
 import pyro.distributions as dist
@@ -15,6 +16,7 @@ from pyro_vae.infer.estimators import log_weight
 from pyro_vae.infer.objectives import Objective, enumerated_terms
 from pyro_vae.infer.program import traces
 from pyro_vae.models.stacked import M1M2
+from pyro_vae.training.initialization import initialize
 
 from helpers import tiny_m1m2
 
@@ -96,3 +98,29 @@ def test_a_run_on_the_digits_keeps_m1_as_trained(tmp_path):
     data = pyro_vae.load_dataset("digits")
     assert 0.1 <= pyro_vae.infer.diagnostics.accuracy(stacked, data.test, data.test_labels)[0] <= 1
     assert torch.isfinite(pyro_vae.log_likelihood(stacked, data.test[:5], num_samples=10)).all()
+
+
+def test_glorot_initialization_leaves_m1_as_trained():
+    m = _stacked()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    initialize(m, "glorot")
+    after = m.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("m1."))
+    assert not torch.equal(before["encoder.net.0.weight"], after["encoder.net.0.weight"])
+
+
+def test_a_run_and_its_m1_move_together(tmp_path, monkeypatch):
+    """The run records M1's folder relative to itself: copied elsewhere beside its M1, it loads from any folder."""
+    old = tmp_path / "old"
+    common = ["--epochs", "1", "--hidden", "8", "--quiet", "--latent-dim", "3"]
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *common, "--out", "old/m1"]) == 0
+    args = ["--model", "m1m2", "--labels", "20", "--set", "model.features=old/m1", "--set", "model.hidden=[8]"]
+    assert main(["train", *common, *args, "--out", "old/runs/m1m2"]) == 0
+    assert 'features = "../../m1"' in (old / "runs" / "m1m2" / "config.toml").read_text()
+    shutil.copytree(old, tmp_path / "new")
+    shutil.rmtree(old)
+    monkeypatch.chdir(tmp_path / "new" / "runs")
+    stacked, _ = pyro_vae.load(tmp_path / "new" / "runs" / "m1m2")
+    m1, _ = pyro_vae.load("../m1")
+    assert all(torch.equal(a, b) for a, b in zip(stacked.m1.state_dict().values(), m1.state_dict().values()))

@@ -14,8 +14,11 @@ sampled. The classifier :math:`q(y \mid x)` reads :math:`\mu_1(x)`, the mean of 
 rather than the draw :math:`z_1` (both are guides; at 100 MNIST labels the mean learned faster in trials), so
 :meth:`M1M2.classify` is the guide's own :math:`q(y \mid x)`.
 
-In a config, ``model.features`` names M1's run folder (relative to where the command runs); the program's
-checkpoint holds M1's weights too, but loading a run rebuilds M1 from that folder's config.
+In a config, ``model.features`` names M1's run folder (relative to where the command runs); the run records
+it relative to its own folder, so that the two move together, and loading the run rebuilds M1 from that
+folder's configuration (the run's checkpoint holds M1's weights too). ``train.beta`` and a KL warm-up weigh
+every latent site, :math:`z_1` with them: M2's fit of :math:`z_1` is inside that site's term, so train with
+:math:`\beta = 1`.
 
 Reference:
     Semi-supervised Learning with Deep Generative Models (Kingma, Rezende, Mohamed & Welling, 2014), section 3.1.3.
@@ -33,7 +36,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import pyro
 import pyro.distributions as dist
@@ -44,6 +47,7 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.models.cvae import one_hot_beside
 from pyro_vae.models.fused import enumerated_label, gaussian, label_elbo
 from pyro_vae.models.networks import Activation, MLPEncoder, Sizes, _perceptron
+from pyro_vae.registry import RunFolder
 
 __all__ = ["M1M2", "make_m1m2"]
 
@@ -57,7 +61,8 @@ class M1M2(nn.Module):
 
     Args:
         m1: a trained VAE with ``encode(x)`` (:math:`q_1(z_1\\mid x)`, event shape ``(d,)``), ``decode(z1)``
-            (:math:`p_1(x\\mid z_1)`), ``latent_dim`` and ``event_shape``; it is frozen.
+            (:math:`p_1(x\\mid z_1)`), ``latent_dim`` and ``event_shape``; it is frozen in place (its parameters
+            no longer require gradients) and kept in evaluation mode.
         num_classes: the number of values of ``y``.
         latent_dim: the size of :math:`z_2`.
         hidden: the hidden layers of each of M2's three networks (Kingma et al.: one of 500).
@@ -156,7 +161,7 @@ class M1M2(nn.Module):
 
 def make_m1m2(
     event_shape: tuple[int, ...],
-    features: str,
+    features: Annotated[str, RunFolder()],
     load_run: Callable[[str], nn.Module] | None = None,
     num_classes: int = 10,
     latent_dim: int = 50,

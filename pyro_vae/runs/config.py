@@ -446,8 +446,8 @@ def _trained_program(run: str) -> nn.Module:
 
     try:
         return load(run)[0]
-    except RunError as e:
-        raise ConfigError(f"model.features = {run!r}: {e}") from None
+    except (RunError, ConfigError) as e:
+        raise ConfigError(f"model.features = {run!r}, the run the program is built on: {e}") from None
 
 
 def resolve_device(name: str) -> torch.device:

@@ -26,6 +26,7 @@ import dataclasses
 import errno
 import inspect
 import json
+import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -42,6 +43,8 @@ from pyro_vae.infer.estimators import has_fused_form
 from pyro_vae.infer.objectives import check_free_bits_prior, check_program, evaluate_bounds
 from pyro_vae.infer.program import label_use, required_labels
 from pyro_vae.models.likelihoods import Likelihood
+from pyro_vae.models.programs import MODELS
+from pyro_vae.registry import names_run_folder
 from pyro_vae.runs.config import Config, TrainConfig, build_model, config_names, load_data, resolve_device
 from pyro_vae.runs.plots import draw_pictures, skipped_pictures
 from pyro_vae.runs.storage import (
@@ -206,7 +209,7 @@ def train_run(
         with hold_folder(out) if main else contextlib.nullcontext():  # then deleting is this process's alone
             if main:
                 _clear_folder(out)
-                atomic_write(out / "config.toml", config.to_toml())
+                atomic_write(out / "config.toml", recorded(config, out).to_toml())
             if progress and main:
                 _announce(config, data, device, out, world_size if distributed else 0)
             return _train_into(out, config, data, vae, None, progress, stop, distributed)
@@ -227,7 +230,9 @@ def _announce(config: Config, data: Dataset, device: torch.device, out: Path, pr
 
 
 def anchored(config: Config) -> Config:
-    """``config`` with its data paths (``data.data_root``, a file ``data.dataset``) made absolute.
+    """``config`` with its data paths (``data.data_root``, a file ``data.dataset``) and the run folders its
+    program names (a parameter marked :class:`~pyro_vae.registry.RunFolder`, as ``m1m2``'s ``features``) made
+    absolute, from the working directory.
 
     A run records where its data are from anywhere, so that it can be evaluated from another folder.
     """
@@ -236,6 +241,32 @@ def anchored(config: Config) -> Config:
     d["data_root"] = str(Path(d["data_root"]).expanduser().resolve())
     if Path(d["dataset"]).suffix in FILE_SUFFIXES:
         d["dataset"] = str(Path(d["dataset"]).expanduser().resolve())
+    for name in _named_runs(config):
+        values["model"][name] = str(Path(values["model"][name]).expanduser().resolve())
+    return Config.from_dict(values)
+
+
+def _named_runs(config: Config) -> list[str]:
+    """The program's parameters in ``config`` that name a run folder (:class:`~pyro_vae.registry.RunFolder`)."""
+    marked = [p.name for p in MODELS.parameters(config.model.type) if names_run_folder(p.annotation)]
+    return [name for name in marked if isinstance(config.model.params.get(name), str)]
+
+
+def recorded(config: Config, out: str | Path) -> Config:
+    """``config`` as the run folder ``out`` records it: the run folders its program names relative to ``out``,
+    so that a run and the runs it is built on move together (a clone of a repository holding both)."""
+    values = config.to_dict()
+    for name in _named_runs(config):
+        values["model"][name] = os.path.relpath(Path(values["model"][name]).resolve(), Path(out).resolve())
+    return Config.from_dict(values)
+
+
+def located(config: Config, run_dir: str | Path) -> Config:
+    """``config``, read from the run folder ``run_dir``, with the run folders its program names made absolute:
+    a relative one is relative to ``run_dir`` (:func:`recorded`)."""
+    values = config.to_dict()
+    for name in _named_runs(config):
+        values["model"][name] = str((Path(run_dir) / Path(values["model"][name]).expanduser()).resolve())
     return Config.from_dict(values)
 
 
@@ -635,7 +666,7 @@ def _load_model(config: Config, state: dict[str, Any], path: Path, run_dir: Path
             f"checkpoint {path} has no {' or '.join(repr(k) for k in missing)}; "
             "it was not written by pyro-vae train: retrain"
         )
-    vae = build_model(config, tuple(state["event_shape"]))
+    vae = build_model(located(config, run_dir or path.parent), tuple(state["event_shape"]))
     try:
         vae.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as e:

@@ -67,11 +67,12 @@ def initialize(
 def glorot_(module: nn.Module, skip: type | tuple[type, ...] = ()) -> None:
     """Glorot-uniform weights and zero biases in every linear and convolutional layer of ``module``.
 
-    Layers inside a submodule of a ``skip`` type (a program's priors) keep their own initialisation.
+    Layers inside a submodule of a ``skip`` type (a program's priors) keep their own initialisation, and so do
+    frozen layers (weights that require no gradient, as M1 in :class:`~pyro_vae.models.stacked.M1M2`).
     """
     kept = {id(m) for owner in module.modules() if isinstance(owner, skip) for m in owner.modules()}
     for layer in module.modules():
-        if isinstance(layer, _LAYERS) and id(layer) not in kept:
+        if isinstance(layer, _LAYERS) and id(layer) not in kept and layer.weight.requires_grad:
             nn.init.xavier_uniform_(layer.weight)
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
