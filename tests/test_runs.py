@@ -196,3 +196,14 @@ def test_a_schedule_drawn_over_the_runs_length_is_not_extended_whatever_its_name
             resume_run(tmp_path / "run", progress=False, epochs=2)
     finally:
         LR_SCHEDULES.unregister("stretched")
+
+
+def test_a_caption_shows_what_the_program_is_built_from():
+    """vae: its network, prior and likelihood; another program: its name and parameters, not the tables it ignores."""
+    from pyro_vae.runs.folders import caption
+
+    vae = caption(Config.from_dict({"model": {"latent_dim": 3}}))
+    assert "| mlp " in vae and "latent 3 | prior standard_normal | likelihood bernoulli" in vae
+    m2 = caption(Config.from_dict({"model": {"type": "ssvae", "hidden": [64], "alpha": 5.0}}))
+    assert "| ssvae | latent 10 | hidden 64 | activation softplus | alpha 5.0 | likelihood bernoulli |" in m2
+    assert "mlp" not in m2 and "prior" not in m2

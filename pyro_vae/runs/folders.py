@@ -138,13 +138,27 @@ def density_note(vae: nn.Module, x: Tensor) -> str | None:
 
 def caption(config: Config) -> str:
     """The run's configuration in one line, printed under every picture."""
-    m, t = config.model, config.train
-    net = ",".join(str(h) for h in m.network.get("hidden", m.network.get("channels", [])))
+    t = config.train
     return (
-        f"{config.data.dataset} | {m.network['type']} {net} | latent {m.latent_dim} | prior {m.prior['type']} | "
-        f"likelihood {m.likelihood['type']} | elbo {t.elbo} x{t.num_particles} | beta {t.beta:g} | "
-        f"epochs {t.epochs} | batch {t.batch_size} | lr {t.lr:g} | seed {t.seed}"
+        f"{config.data.dataset} | {_program_words(config.model)} | elbo {t.elbo} x{t.num_particles} | "
+        f"beta {t.beta:g} | epochs {t.epochs} | batch {t.batch_size} | lr {t.lr:g} | seed {t.seed}"
     )
+
+
+def _program_words(m: Any) -> str:
+    """The program of a caption: its name (but ``vae``'s), then the tables its constructor takes and its own
+    parameters, so that a program shows what it is built from and nothing it ignores."""
+    taken = inspect.signature(MODELS.get(m.type)).parameters
+    net = ",".join(str(h) for h in m.network.get("hidden", m.network.get("channels", [])))
+    words = [] if m.type == "vae" else [m.type]
+    words += [f"{m.network['type']} {net}"] if "network" in taken else []
+    words += [f"latent {m.latent_dim}"] if "latent_dim" in taken else []
+    for name, value in m.params.items():
+        shown = ",".join(map(str, value)) if isinstance(value, list) else value
+        words.append(f"{name} {Path(shown).name if name in _named_runs_of(m) else shown}")
+    words += [f"prior {m.prior['type']}"] if "prior" in taken else []
+    words += [f"likelihood {m.likelihood['type']}"] if "likelihood" in taken else []
+    return " | ".join(words)
 
 
 def _header(config: Config, shape: tuple[int, ...]) -> dict[str, Any]:
@@ -248,8 +262,12 @@ def anchored(config: Config) -> Config:
 
 def _named_runs(config: Config) -> list[str]:
     """The program's parameters in ``config`` that name a run folder (:class:`~pyro_vae.registry.RunFolder`)."""
-    marked = [p.name for p in MODELS.parameters(config.model.type) if names_run_folder(p.annotation)]
-    return [name for name in marked if isinstance(config.model.params.get(name), str)]
+    return _named_runs_of(config.model)
+
+
+def _named_runs_of(m: Any) -> list[str]:
+    marked = [p.name for p in MODELS.parameters(m.type) if names_run_folder(p.annotation)]
+    return [name for name in marked if isinstance(m.params.get(name), str)]
 
 
 def recorded(config: Config, out: str | Path) -> Config:
