@@ -97,14 +97,14 @@ def test_semisupervised_benchmark_runs_every_preset_in_smoke_mode(tmp_path):
         assert all(torch.equal(a, b) for a, b in zip(stacked.m1.state_dict().values(), m1.state_dict().values()))
 
 
-def load_quality():
-    """benchmarks/quality.py as a module (it is a script, not part of the package)."""
+def load_quality(name: str = "quality"):
+    """benchmarks/<name>.py as a module (a script, not part of the package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("quality", SPEED.parent / "quality.py")
-    quality = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(quality)
-    return quality
+    spec = importlib.util.spec_from_file_location(name, SPEED.parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_quality_refuses_a_run_folder_of_another_protocol(tmp_path):
@@ -163,3 +163,28 @@ def test_the_committed_quality_table_is_that_of_the_committed_runs():
         assert (summary["epochs"], summary["train_seconds"]) == (r["epochs"], r["train_seconds"]), r["run"]
         assert (summary["path"], r["epoch_seconds"]) == (r["path"], quality._median_epoch_seconds(run)), r["run"]
         assert r["test_images"] == 10_000 and r["num_samples"] == 5000, r["run"]
+
+
+def test_the_committed_semisupervised_table_is_that_of_the_committed_runs():
+    """Each row of results.json (the README table) is a committed run of its preset, trained as the preset says,
+    with the model the repository keeps where it keeps one."""
+    from pyro_vae import Config
+    from pyro_vae.runs.folders import anchored, located
+
+    semi = load_quality("semisupervised")
+    rows = json.loads((semi.OUT / "results.json").read_text())
+    assert {r["preset"] for r in rows} == set(semi.PRESETS)
+    for r in rows:
+        run = semi.OUT / r["preset"]
+        preset = anchored(
+            semi.preset_config(r["preset"], semi.REPO.parent / "shared" / "data", m1=str(semi.REPO / semi.M1_RUN))
+        )
+        saved = located(Config.from_toml(run / "config.toml"), run)
+        assert semi.quality._same_protocol(saved, preset), r["preset"]
+        summary = json.loads((run / "summary.json").read_text())
+        assert (summary["epochs"], summary["train_seconds"]) == (r["epochs"], r["train_seconds"]), r["preset"]
+        if (run / "checkpoint.pt").is_file():
+            assert semi.quality._digest(run / "checkpoint.pt") == r["model_digest"], r["preset"]
+        assert r["test_images"] == 10_000 and r["num_samples"] == 5000, r["preset"]
+    kept = [r for r in rows if (semi.OUT / r["preset"] / "checkpoint.pt").is_file()]
+    assert {r["program"] for r in kept} == {"m1m2", "m2"}
