@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test test-fast bench quality semisupervised docs lint clean FORCE
+.PHONY: demo test test-fast bench quality semisupervised docs site lint clean FORCE
 
 # Re-install when the package metadata changes; the stamp records a finished install.
 $(VENV)/.installed: pyproject.toml
@@ -79,8 +79,12 @@ FORCE:
 
 lint: $(VENV)/.installed  ## ruff: style and formatting at 120 columns (installs the dev extra)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	$(BIN)/python -m ruff check pyro_vae tests examples benchmarks
-	$(BIN)/python -m ruff format --check pyro_vae tests examples benchmarks
+	$(BIN)/python -m ruff check pyro_vae tests examples benchmarks docs
+	$(BIN)/python -m ruff format --check pyro_vae tests examples benchmarks docs
+
+site: $(VENV)/.installed  ## the documentation site in docs/_build/html, warnings as errors (installs the docs extra; runs the tutorial notebook when its code changed, about 2 minutes)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[docs]'
+	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info .pytest_cache
+	rm -rf $(VENV) runs build *.egg-info .pytest_cache docs/_build docs/notebooks

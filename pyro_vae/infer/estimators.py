@@ -167,7 +167,7 @@ class Estimator:
     closed_form_kl: ClassVar[bool] = False
     #: The bound it estimates; estimators of the same bound agree in expectation (``compare`` checks it).
     bound: ClassVar[str] = "elbo"
-    #: The registered estimator whose value this one computes with another gradient, if any: evaluation
+    #: The registered estimator whose value this one computes with another gradient, if any; evaluation
     #: reports that one (``stl`` has ``mc``'s value, ``dreg`` ``iwae``'s).
     value_of: ClassVar[str | None] = None
     #: Whether the number of particles is part of the bound (the IWAE bound of K samples), so that the
@@ -175,11 +175,11 @@ class Estimator:
     particles_define_bound: ClassVar[bool] = False
     #: Whether beta, the weight of the KL term, means anything for the bound.
     weights_kl: ClassVar[bool] = True
-    #: Whether log q is evaluated with the guide's parameters held fixed (no score term: STL, DReG).
+    #: Whether log q is evaluated with the guide's parameters held fixed (no score term, as in STL and DReG).
     stop_guide: ClassVar[bool] = False
     #: Whether free bits (a floor under each latent dimension's KL term) is implemented for it.
     free_bits: ClassVar[bool] = True
-    #: Whether it trains a guide that enumerates a site (``infer={"enumerate": "parallel"}``), summing it out: Pyro's
+    #: Whether it trains a guide that enumerates a site (``infer={"enumerate": "parallel"}``), summing it out; Pyro's
     #: ``TraceEnum_ELBO`` is then its reference.
     enumerates: ClassVar[bool] = False
     #: Whether its gradient is taken through every latent draw, so that each latent site must be reparameterizable

@@ -135,7 +135,8 @@ class VAE(nn.Module):
             with kl_weight(beta):
                 return pyro.sample(self.latent_site, self.encode(x))
 
-    #: The fused form (:mod:`pyro_vae.models.fused`): the closed-form KL of ``z`` is exact.
+    #: For each latent site of the fused form (:mod:`pyro_vae.models.fused`), whether its closed-form KL is exact;
+    #: ``z``'s is.
     fused_exact: ClassVar[tuple[bool, ...]] = (True,)
 
     def fused_guide(self, x: Tensor, num_particles: int) -> list[Draw]:
