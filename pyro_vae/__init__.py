@@ -9,6 +9,13 @@ the closed-form Gaussian KL (``TraceMeanField_ELBO``), on Pyro's path or a fused
 
 import importlib
 import sys
+import warnings
+
+with warnings.catch_warnings():
+    # Pyro imports tqdm.auto, which warns "IProgress not found" in a notebook without ipywidgets; pyro-vae draws
+    # tqdm's text bar there instead (pyro_vae.training.loop.progress_bar_class), so the warning is noise.
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    import pyro.infer  # noqa: F401
 
 from pyro_vae.errors import ConfigError, DataError, PyroVAEError, RunError
 from pyro_vae.infer.compare import compare_estimators

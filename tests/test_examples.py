@@ -60,3 +60,5 @@ def test_notebook_runs_top_to_bottom(tmp_path):
     assert pictures == {"curves.png", "latent_spaces.png", "vamp_samples.png", "m2_analogies.png"}
     printed = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
     assert "closed form - sampled" in printed and "K = 1000" in printed and "M2:" in printed
+    warned = [o["text"] for cell in notebook.cells for o in cell.get("outputs", []) if o.get("name") == "stderr"]
+    assert not any("Warning" in text for text in warned), warned  # tqdm's IProgress warning, say

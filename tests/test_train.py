@@ -89,3 +89,14 @@ def test_mnist_through_the_command_line(tmp_path, capsys):
     assert "60000 train / 10000 test" in capsys.readouterr().out
     assert main(["evaluate", str(out), "--json"]) == 0
     assert '"num_examples": 10000' in capsys.readouterr().out
+
+
+def test_a_notebook_without_widgets_gets_the_text_progress_bar():
+    """Without ipywidgets, importing tqdm.auto in a notebook warns "IProgress not found": the text bar is taken."""
+    import tqdm.auto
+    import tqdm.std
+
+    from pyro_vae.training.loop import progress_bar_class
+
+    assert progress_bar_class(widgets=False) is tqdm.std.tqdm
+    assert progress_bar_class(widgets=True) is tqdm.auto.tqdm

@@ -39,6 +39,7 @@ puts a saved :class:`TrainState` back and goes through the epochs, each of which
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import random
 import signal
@@ -54,7 +55,7 @@ import numpy as np
 import pyro
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import std
 
 from pyro_vae.errors import ConfigError, DataError, PyroVAEError
 from pyro_vae.infer.diagnostics import accuracy, latent_usage
@@ -83,6 +84,19 @@ __all__ = [
     "get_rng_state",
     "set_rng_state",
 ]
+
+
+def progress_bar_class(widgets: bool) -> type:
+    """``tqdm.auto``'s bar where Jupyter's widgets (ipywidgets) are installed, else tqdm's text bar: without them
+    importing ``tqdm.auto`` in a notebook warns "IProgress not found" (and its bar draws nothing)."""
+    if not widgets:
+        return std.tqdm
+    from tqdm.auto import tqdm as auto
+
+    return auto
+
+
+tqdm = progress_bar_class(importlib.util.find_spec("ipywidgets") is not None)
 
 #: What each epoch's metrics hold (ELBOs in nats per data point).
 METRICS: dict[str, str] = {
