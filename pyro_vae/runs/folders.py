@@ -155,7 +155,7 @@ def _program_words(m: Any) -> str:
     words += [f"latent {m.latent_dim}"] if "latent_dim" in taken else []
     for name, value in m.params.items():
         shown = ",".join(map(str, value)) if isinstance(value, list) else value
-        words.append(f"{name} {Path(shown).name if name in _named_runs_of(m) else shown}")
+        words.append(f"{name} {Path(shown).name if name in _named_runs(m) else shown}")
     words += [f"prior {m.prior['type']}"] if "prior" in taken else []
     words += [f"likelihood {m.likelihood['type']}"] if "likelihood" in taken else []
     return " | ".join(words)
@@ -255,37 +255,36 @@ def anchored(config: Config) -> Config:
     d["data_root"] = str(Path(d["data_root"]).expanduser().resolve())
     if Path(d["dataset"]).suffix in FILE_SUFFIXES:
         d["dataset"] = str(Path(d["dataset"]).expanduser().resolve())
-    for name in _named_runs(config):
+    for name in _named_runs(config.model):
         values["model"][name] = str(Path(values["model"][name]).expanduser().resolve())
     return Config.from_dict(values)
 
 
-def _named_runs(config: Config) -> list[str]:
-    """The program's parameters in ``config`` that name a run folder (:class:`~pyro_vae.registry.RunFolder`)."""
-    return _named_runs_of(config.model)
-
-
-def _named_runs_of(m: Any) -> list[str]:
+def _named_runs(m: Any) -> list[str]:
+    """The parameters of the program ``m`` (``config.model``) that name a run folder
+    (:class:`~pyro_vae.registry.RunFolder`)."""
     marked = [p.name for p in MODELS.parameters(m.type) if names_run_folder(p.annotation)]
     return [name for name in marked if isinstance(m.params.get(name), str)]
+
+
+def _moved_runs(config: Config, move: Callable[[Path], str]) -> Config:
+    """``config`` with each run folder its program names replaced by ``move(path)``."""
+    values = config.to_dict()
+    for name in _named_runs(config.model):
+        values["model"][name] = move(Path(values["model"][name]).expanduser())
+    return Config.from_dict(values)
 
 
 def recorded(config: Config, out: str | Path) -> Config:
     """``config`` as the run folder ``out`` records it: the run folders its program names relative to ``out``,
     so that a run and the runs it is built on move together (a clone of a repository holding both)."""
-    values = config.to_dict()
-    for name in _named_runs(config):
-        values["model"][name] = os.path.relpath(Path(values["model"][name]).resolve(), Path(out).resolve())
-    return Config.from_dict(values)
+    return _moved_runs(config, lambda path: os.path.relpath(path.resolve(), Path(out).resolve()))
 
 
 def located(config: Config, run_dir: str | Path) -> Config:
     """``config``, read from the run folder ``run_dir``, with the run folders its program names made absolute:
     a relative one is relative to ``run_dir`` (:func:`recorded`)."""
-    values = config.to_dict()
-    for name in _named_runs(config):
-        values["model"][name] = str((Path(run_dir) / Path(values["model"][name]).expanduser()).resolve())
-    return Config.from_dict(values)
+    return _moved_runs(config, lambda path: str((Path(run_dir) / path).resolve()))
 
 
 @contextlib.contextmanager
