@@ -292,11 +292,15 @@ def _job(device_name: str) -> Iterator[tuple[torch.device, Distributed | None]]:
     """The device, and this process's place in a torchrun job (``None`` alone); leaves the job at the end."""
     device = resolve_device(device_name)
     distributed = from_env(device)
+    if distributed is None:
+        yield device, None
+        return
     try:
-        yield (distributed.device if distributed else device), distributed
-    finally:
-        if distributed is not None:
-            distributed.close()
+        yield distributed.device, distributed
+    except BaseException:
+        distributed.close()
+        raise
+    distributed.close(wait=True)
 
 
 def resume_run(

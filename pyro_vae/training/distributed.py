@@ -25,6 +25,7 @@ Reference:
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 
@@ -69,9 +70,23 @@ class Distributed:
         """Whether any process says ``flag`` (a stop request, say), so that all act on it at the same step."""
         return bool(self.all_reduce(torch.tensor([float(flag)], device=self.device)).item())
 
-    def close(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    def close(self, wait: bool = False) -> None:
+        """Leave the job.
+
+        Args:
+            wait: the normal end of a job: first wait for every process to get here (process 0 may
+                still be drawing and evaluating), so that no process tears its connections down under
+                a peer. After an error the peers may be anywhere; then the group is left at once.
+
+        What still holds the group (a DistributedDataParallel wrapper in a reference cycle) is freed
+        first, so it is not destroyed later, while the interpreter shuts down.
+        """
+        if not dist.is_initialized():
+            return
+        gc.collect()
+        if wait:
+            dist.barrier(device_ids=[self.device.index]) if self.device.type == "cuda" else dist.barrier()
+        dist.destroy_process_group()
 
 
 def from_env(device: torch.device) -> Distributed | None:
