@@ -29,7 +29,7 @@ from pyro_vae.models.networks import NETWORKS
 from pyro_vae.models.priors import PRIORS
 from pyro_vae.models.programs import MODELS
 from pyro_vae.models.vae import VAE, make_vae
-from pyro_vae.runs.config import Config
+from pyro_vae.runs.config import Config, presets
 from pyro_vae.runs.evaluation import compare_run, evaluate_run, plot_run
 from pyro_vae.runs.folders import load, resume_run, train_run
 from pyro_vae.training.annealing import KL_SCHEDULES
@@ -64,6 +64,7 @@ __all__ = [
     "load_dataset",
     "fit",
     "Config",
+    "presets",
     "train_run",
     "resume_run",
     "load",

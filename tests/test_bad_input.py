@@ -168,6 +168,12 @@ CASES = [
         "train --set model.network.hidden=400",
         r"model\.network\.hidden must be a list \(got 400\)",
     ),
+    case(
+        "config-unknown-preset",
+        "train --config vampp",
+        r"--config 'vampp' is neither a file nor a preset; presets: flow, laplace, mixture, normal, standard_normal, "
+        r"student_t, vamp \(pyro-vae presets\)",
+    ),
     case("config-dataset-as-number", "train --set data.dataset=3", r"data\.dataset must be a string \(got 3\)"),
     case("config-table-as-value", "train --set train=3", r"train must be a table \(got 3\)"),
     case(

@@ -10,6 +10,7 @@ import pytest
 from pyro_vae import ESTIMATORS
 from pyro_vae.cli.main import main
 from pyro_vae.errors import RunError
+from pyro_vae.runs.config import Config, presets
 
 SMALL = ["--epochs", "2", "--hidden", "32", "--latent-dim", "2", "--batch-size", "256", "--quiet"]
 
@@ -228,19 +229,32 @@ def test_argparse_rejects_malformed_numbers(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "config",
-    sorted((Path(__file__).resolve().parents[1] / "examples" / "configs").glob("*.toml")),
-    ids=lambda p: p.stem,
-)
-def test_every_example_config_trains_for_two_epochs(config, tmp_path, capsys):
-    out = tmp_path / config.stem
-    assert main(["train", "--config", str(config), "--epochs", "2", "--out", str(out)]) == 0
+@pytest.mark.parametrize("preset", sorted(presets()))
+def test_every_preset_trains_for_two_epochs_by_its_name(preset, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a name, not a path: found in the package from any folder
+    out = tmp_path / preset
+    assert main(["train", "--config", preset, "--epochs", "2", "--out", str(out)]) == 0
     err = capsys.readouterr().err
-    closed = config.stem in {"standard_normal", "normal", "laplace"}
+    closed = preset in {"standard_normal", "normal", "laplace"}
     assert f"KL term (analytic ELBO): z: {'closed form' if closed else 'sampled'}" in err
     metrics = (out / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 2 and '"kl": {"z": "' + ("closed_form" if closed else "sampled") + '"}' in metrics[-1]
+
+
+def test_presets_are_listed_with_what_they_are(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for name, description in presets().items():
+        assert f"  {name}" in out and description in out
+    assert main(["config", "--config", "vamp"]) == 0
+    assert Config.from_toml_string(capsys.readouterr().out) == Config.load("vamp")
+
+
+def test_a_file_named_like_a_preset_is_the_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("vamp").write_text("[model]\nlatent_dim = 3\n")
+    assert main(["config", "--config", "vamp"]) == 0
+    assert Config.from_toml_string(capsys.readouterr().out).model.latent_dim == 3
 
 
 def test_evaluate_adds_the_importance_sampled_log_likelihood(trained, capsys):

@@ -1,15 +1,11 @@
 """The typed configuration: round trips, overrides, and one-line errors for bad values."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from pyro_vae import PRIORS, Config
 from pyro_vae.errors import ConfigError
-from pyro_vae.runs.config import apply_overrides
-
-CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"
+from pyro_vae.runs.config import PRESETS, apply_overrides, presets
 
 
 def test_defaults_are_complete_and_round_trip():
@@ -141,15 +137,26 @@ def test_unknown_prior_lists_every_registered_prior():
     )
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.stem)
-def test_example_configs_load_validate_and_round_trip(path):
-    config = Config.from_toml(path)
-    assert config.model.prior["type"] == path.stem  # one config per prior, named after it
+@pytest.mark.parametrize("name", sorted(presets()))
+def test_presets_load_by_name_validate_and_round_trip(name):
+    config = Config.load(name)
+    assert config == Config.from_toml(PRESETS / f"{name}.toml") == Config.load(PRESETS / f"{name}.toml")
+    assert config.model.prior["type"] == name  # one preset per prior, named after it
     assert Config.from_toml_string(config.to_toml()) == config
 
 
-def test_one_example_config_per_prior():
-    assert {p.stem for p in CONFIGS.glob("*.toml")} == set(PRIORS)
+def test_one_preset_per_prior_each_described_in_one_line():
+    assert set(presets()) == set(PRIORS)
+    for name, description in presets().items():
+        first = (PRESETS / f"{name}.toml").read_text().splitlines()[0]
+        assert first == f"# {description}" and description.endswith("."), name
+
+
+def test_an_unknown_preset_names_the_presets():
+    with pytest.raises(ConfigError, match="source 'vampp' is neither a file nor a preset; presets: flow, laplace"):
+        Config.load("vampp")
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        Config.load("vamp.toml")  # a file name is a file, never a preset
 
 
 def test_bad_toml_and_missing_file(tmp_path):

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pyro_vae.cli.signals import SIGNALS, exit_status
 from pyro_vae.errors import ConfigError, PyroVAEError, renamed_errors
-from pyro_vae.runs.config import Config, TrainConfig, apply_overrides, import_modules, set_key
+from pyro_vae.runs.config import Config, TrainConfig, apply_overrides, import_modules, presets, set_key
 from pyro_vae.training.loop import TrainingInterrupted
 
 __all__ = ["main"]
@@ -172,6 +172,7 @@ def _parser() -> argparse.ArgumentParser:
         commands.add_parser(kind, help=f"list the registered {kind} and their parameters")
     _evaluate_parser(commands)
     _config_parser(commands)
+    commands.add_parser("presets", help="list the named configurations that ship with pyro-vae (--config NAME)")
     for name, command in commands.choices.items():  # the global options work after the command too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         command.add_argument(
@@ -206,7 +207,9 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
         description="Train a program (a VAE by default) into a run folder. "
         "Options override the config file, which overrides the defaults.",
     )
-    train.add_argument("--config", type=Path, help="TOML configuration file")
+    train.add_argument(
+        "--config", metavar="FILE|PRESET", help="a TOML configuration file, or a preset's name (pyro-vae presets)"
+    )
     train.add_argument(
         "--set",
         action="append",
@@ -289,12 +292,14 @@ def _show_defaults(train: argparse.ArgumentParser) -> None:
 def _config_parser(commands: argparse._SubParsersAction) -> None:
     """Add ``config``."""
     config = commands.add_parser("config", help="print the resolved configuration as TOML (the defaults, or a file's)")
-    config.add_argument("--config", type=Path, help="TOML configuration file (default: none, the defaults)")
+    config.add_argument(
+        "--config", metavar="FILE|PRESET", help="a TOML configuration file, or a preset's name (default: the defaults)"
+    )
     config.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key (repeatable)")
 
 
 def _config(args: argparse.Namespace) -> int:
-    base = Config.from_toml(args.config) if args.config else Config()
+    base = Config.load(args.config) if args.config else Config()
     print(Config.from_dict(apply_overrides(base.to_dict(), args.set)).to_toml(), end="")
     return 0
 
@@ -377,6 +382,7 @@ def _flags(args: argparse.Namespace) -> dict[str, tuple[str, str]]:
     flag = lambda dest: "--" + dest.replace("_", "-")  # noqa: E731
     setting = lambda dest: flag(dest) if dest in _SWITCHES else f"{flag(dest)} "  # noqa: E731
     names = {dest: (flag(dest), setting(dest)) for dest in vars(args)}
+    names["source"] = (flag("config"), setting("config"))  # Config.load's parameter
     if args.command == "train":
         names.update({key.rpartition(".")[2]: (key, setting(option)) for option, key in _TRAIN_OPTIONS.items()})
         names["estimator"] = names["elbo"]
@@ -384,8 +390,15 @@ def _flags(args: argparse.Namespace) -> dict[str, tuple[str, str]]:
     return names
 
 
+def _presets(args: argparse.Namespace) -> int:
+    print("presets (pyro-vae train --config NAME; pyro-vae config --config NAME prints one):")
+    for name, description in presets().items():
+        print(f"  {name:<16} {description}")
+    return 0
+
+
 def _train_config(args: argparse.Namespace) -> Config:
-    base = Config.from_toml(args.config) if args.config else Config()
+    base = Config.load(args.config) if args.config else Config()
     values = apply_overrides(base.to_dict(), args.set)
     for option, key in _TRAIN_OPTIONS.items():
         if getattr(args, option) is not None:
@@ -655,9 +668,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         with renamed_errors(_flags(args)):
-            return {"train": _train, "evaluate": _evaluate, "compare": _compare, "plot": _plot, "config": _config}.get(
-                args.command, _list
-            )(args)
+            return {
+                "train": _train,
+                "evaluate": _evaluate,
+                "compare": _compare,
+                "plot": _plot,
+                "config": _config,
+                "presets": _presets,
+            }.get(args.command, _list)(args)
     except TrainingInterrupted as e:
         name = signal.Signals(e.signum).name if e.signum is not None else "a stop request"
         where = (

@@ -45,6 +45,7 @@ from pyro_vae.training.optim import LR_SCHEDULES, OPTIMIZERS
 
 __all__ = [
     "Config",
+    "presets",
     "DataConfig",
     "ModelConfig",
     "TrainConfig",
@@ -301,6 +302,28 @@ class Config:
         return cls.from_dict(_parse_toml(text, source))
 
     @classmethod
+    def load(cls, source: str | Path) -> Config:
+        """The configuration in a TOML file, or the preset of that name (:func:`presets`).
+
+        A path to an existing file is read; otherwise a name without a suffix is looked up among
+        the presets, as ``pyro-vae train --config vamp`` does.
+
+        Example:
+            >>> Config.load("vamp").model.prior["type"]
+            'vamp'
+        """
+        path = Path(source)
+        if path.exists() or path.suffix:  # a file, or what is meant to be one
+            return cls.from_toml(path)
+        if str(source) in presets():
+            return cls.from_toml(PRESETS / f"{source}.toml")
+        raise ConfigError(
+            f"{{source}} {str(source)!r} is neither a file nor a preset; presets: {', '.join(presets())} "
+            "(pyro-vae presets), or give the path of a TOML file",
+            "source",
+        )
+
+    @classmethod
     def from_toml(cls, path: str | Path) -> Config:
         """Read and validate a TOML file; every message names the file."""
         path = Path(path)
@@ -317,6 +340,30 @@ class Config:
 
     def to_toml(self) -> str:
         return _to_toml(self.to_dict())
+
+
+#: The folder of the named configurations that ship with the package (``pyro-vae presets``).
+PRESETS = Path(__file__).resolve().parent / "presets"
+
+
+def presets() -> dict[str, str]:
+    """The named configurations that ship with pyro-vae, each with what its file's first comment line says.
+
+    ``pyro-vae train --config NAME`` and :meth:`Config.load` take a name; ``pyro-vae presets``
+    lists them; ``pyro-vae config --config NAME`` prints one as a file to start from.
+
+    Returns:
+        ``{name: description}``, sorted by name.
+
+    Example:
+        >>> "vamp" in presets()
+        True
+    """
+    found = {}
+    for path in sorted(PRESETS.glob("*.toml")):
+        first = path.read_text(encoding="utf-8").splitlines()[0]
+        found[path.stem] = first.removeprefix("#").strip()
+    return found
 
 
 def _parse_toml(text: str, source: str) -> dict[str, Any]:
