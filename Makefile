@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test test-fast bench quality semisupervised docs site lint clean FORCE
+.PHONY: demo test test-fast bench quality semisupervised pictures site lint clean FORCE
 
 # Re-install when the package metadata changes; the stamp records a finished install.
 $(VENV)/.installed: pyproject.toml
@@ -27,20 +27,20 @@ test-fast: $(VENV)/.installed  ## everything but the slow tier
 bench: $(VENV)/.installed  ## speed against a hand-written PyTorch VAE: steps, epochs, memory, log-likelihood, torch.compile (about 5 minutes)
 	$(BIN)/python benchmarks/speed.py
 
-quality: $(VENV)/.installed  ## the published MNIST log-likelihoods at the CPU budget: README "How good are the models?" (hours; resumes)
+quality: $(VENV)/.installed  ## the published MNIST log-likelihoods at the CPU budget: docs/benchmarks/quality.md (hours; resumes)
 	$(BIN)/python benchmarks/quality.py --jobs 2
 
-semisupervised: $(VENV)/.installed  ## MNIST accuracy of M1+M2 at 100 (3 draws), 600, 1000, 3000 labels and M2 at 100: README "Few labels" (hours; resumes)
+semisupervised: $(VENV)/.installed  ## MNIST accuracy of M1+M2 at 100 (3 draws), 600, 1000, 3000 labels and M2 at 100: docs/benchmarks/semisupervised.md (hours; resumes)
 	$(BIN)/python benchmarks/semisupervised.py --jobs 2
 
-# Every picture in docs/, drawn again by the command the README names beside it. `make docs` draws them
-# all (29 minutes on 2 cores, most of it MNIST; README "Pictures"); `make docs/swap_priors.png` draws one.
+# Every picture in docs/, drawn again by the command the site names beside it. `make pictures` draws them
+# all (29 minutes on 2 cores, most of it MNIST); `make docs/swap_priors.png` draws one. `make site` builds the site.
 DATA ?= ../shared/data
 DOCS := analytic_vs_mc compare gradient_snr_digits gradient_snr_mnist posterior_collapse \
         latent_space_with_without_kl swap_priors mnist-2d-manifold mnist-2d-samples m2-analogies m2-confusion
 PY   := $(BIN)/python
 
-docs: $(DOCS:%=docs/%.png)  ## every picture the README shows, redrawn (about half an hour; MNIST from ../shared/data)
+pictures: $(DOCS:%=docs/%.png)  ## every picture in docs/, redrawn (about half an hour; MNIST from ../shared/data)
 
 docs/analytic_vs_mc.png: $(VENV)/.installed FORCE
 	$(PY) examples/analytic_vs_mc.py --out $@

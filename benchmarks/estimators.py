@@ -1,6 +1,6 @@
 """Which estimator should I train with? The same MNIST VAE trained with each, then log p(x) of each.
 
-    python benchmarks/estimators.py                  # the README's table: MNIST, 10 epochs each (about 10 minutes here)
+    python benchmarks/estimators.py                  # the benchmark page's table: MNIST, 10 epochs each (~10 min)
     python benchmarks/estimators.py --epochs 50 --test-images 10000
     python benchmarks/estimators.py --smoke          # the digits, one epoch, a few seconds
 

@@ -1,6 +1,6 @@
 """How good are the models? The published MNIST log-likelihoods, reproduced with one command.
 
-    python benchmarks/quality.py                                  # every preset at the CPU budget (hours: see README)
+    python benchmarks/quality.py                                  # every preset at the CPU budget (hours)
     python benchmarks/quality.py --jobs 2                         # the same, two presets at a time, one thread each
     python benchmarks/quality.py --presets burda2016-vae --budget full --device cuda
     python benchmarks/quality.py --presets burda2016-vae --train-only --threads 1   # a background job
@@ -157,7 +157,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: epochs than with IWAE's own), as the VAE's ELBO trains with the closed-form KL. IWAE's loss is
 #: compiled (``compile``): ``--step-times`` gives 0.67-0.77 of the eager step (one thread), 0.82
 #: of the eager epoch in training beside the VAE. The VAE's loss stays eager, as in every earlier
-#: pair (compiled, its epoch was 0.93 of the eager one in a trial; see README).
+#: pair (compiled, its epoch was 0.93 of the eager one in a trial; see docs/notes.md).
 #: Tomczak: a KL warm-up of 20 epochs instead of 100, and at most 600 epochs for the standard
 #: prior, 200 for the VampPrior, whose 500 pseudo-inputs go through the encoder at every step
 #: (three times the cost of an epoch).
@@ -179,7 +179,7 @@ CPU_BUDGETS: dict[str, dict[str, Any]] = {
         "epochs": staged_epochs(base=2.25),
     },
     # The two-layer pair: the one-layer pair's recipe (batches of 100, the staged schedule compressed, from 2e-3;
-    # DReG and a compiled loss for IWAE) for about twice its time, with a KL warm-up for the VAE (README).
+    # DReG and a compiled loss for IWAE) for about twice its time, with a KL warm-up for the VAE (see the site).
     "burda2016-vae-2l": {
         "lr": 2e-3,
         "batch_size": 100,

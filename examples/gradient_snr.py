@@ -1,6 +1,6 @@
 """Gradient signal-to-noise ratio of IWAE and DReG against the number of particles K.
 
-    python examples/gradient_snr.py --run runs/mnist-analytic        # a trained run (the README's figure)
+    python examples/gradient_snr.py --run runs/mnist-analytic        # a trained run (the site's figure)
     python examples/gradient_snr.py --dataset mnist --data-root ../shared/data --epochs 5
     python examples/gradient_snr.py --smoke                          # a few seconds
 

@@ -36,6 +36,13 @@ class PyroVAEError(Exception):
         message: the one-line message; ``{p}`` and ``{p=}`` are slots for each parameter ``p`` in ``params``.
         params: the parameters the message names, as the raising function calls them; ``"p=value"``
             fills ``{p=}`` with that assignment (``"overwrite=True"``), plain ``"p"`` with ``p=``.
+
+    Example:
+        >>> e = PyroVAEError("{num_particles} must be >= 1 (got 0); use {num_particles=}1", "num_particles")
+        >>> str(e), e.params
+        ('num_particles must be >= 1 (got 0); use num_particles=1', ('num_particles',))
+        >>> str(e.renamed({"num_particles": ("train.num_particles", "--num-particles ")}))
+        'train.num_particles must be >= 1 (got 0); use --num-particles 1'
     """
 
     def __init__(self, message: str = "", *params: str) -> None:
@@ -60,15 +67,54 @@ class PyroVAEError(Exception):
 
 
 class ConfigError(PyroVAEError, ValueError):
-    """A configuration value (from a file, the command line or a keyword) is invalid."""
+    """A configuration value (from a file, the command line or a keyword) is invalid.
+
+    Args:
+        message: the one-line message, with slots for ``params`` (see :class:`PyroVAEError`).
+        params: the parameters the message names.
+
+    Example:
+        >>> from pyro_vae import Config
+        >>> try:
+        ...     Config.from_dict({"train": {"epochs": 0}})
+        ... except ConfigError as e:
+        ...     print(e)
+        train.epochs must be >= 1 (got 0)
+    """
 
 
 class DataError(PyroVAEError, ValueError):
-    """A data set cannot be found, read, or does not fit the model."""
+    """A data set cannot be found, read, or does not fit the model.
+
+    Args:
+        message: the one-line message, with slots for ``params`` (see :class:`PyroVAEError`).
+        params: the parameters the message names.
+
+    Example:
+        >>> from pyro_vae import load_dataset
+        >>> try:
+        ...     load_dataset("no-such-file.npy")
+        ... except DataError as e:
+        ...     print(type(e).__name__, isinstance(e, ValueError))
+        DataError True
+    """
 
 
 class RunError(PyroVAEError):
-    """A run folder or checkpoint is missing, unreadable or incompatible."""
+    """A run folder or checkpoint is missing, unreadable or incompatible.
+
+    Args:
+        message: the one-line message, with slots for ``params`` (see :class:`PyroVAEError`).
+        params: the parameters the message names.
+
+    Example:
+        >>> from pyro_vae import load
+        >>> try:
+        ...     load("no-such-run")
+        ... except RunError as e:
+        ...     print(e)
+        run folder no-such-run does not exist; give the --out folder of a finished pyro-vae train
+    """
 
 
 @contextlib.contextmanager

@@ -68,13 +68,23 @@ def test_the_base_imports_no_room(path):
     assert not found, f"{path.name} imports {found}"
 
 
+def _code_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """A function's lines without its docstring: the story is the code's (the reference asks docstrings to
+    document every parameter, with an example, however long that makes them)."""
+    lines = node.end_lineno - node.lineno + 1
+    first = node.body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        lines -= first.end_lineno - first.lineno + 1
+    return lines
+
+
 @pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_no_function_is_longer_than_sixty_lines(path):
     tree = ast.parse(path.read_text())
     long = [
-        f"{node.name} ({node.end_lineno - node.lineno + 1} lines, line {node.lineno})"
+        f"{node.name} ({_code_lines(node)} lines without the docstring, line {node.lineno})"
         for node in ast.walk(tree)
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > MAX_LINES
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _code_lines(node) > MAX_LINES
     ]
     assert not long, f"{path.name}: {', '.join(long)}"
 

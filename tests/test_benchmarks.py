@@ -146,7 +146,7 @@ def test_quality_reuses_a_curve_point_only_for_the_snapshot_it_was_computed_from
 
 
 def test_the_committed_quality_table_is_that_of_the_committed_runs():
-    """Each row of results.json (the README table) names a committed run of its preset, and its model."""
+    """Each row of results.json (the quality table) names a committed run of its preset, and its model."""
     from pyro_vae import Config
 
     quality = load_quality()
@@ -166,7 +166,7 @@ def test_the_committed_quality_table_is_that_of_the_committed_runs():
 
 
 def test_the_committed_semisupervised_table_is_that_of_the_committed_runs():
-    """Each row of results.json (the README table) is a committed run of its preset, trained as the preset says,
+    """Each row of results.json (the quality table) is a committed run of its preset, trained as the preset says,
     with the model the repository keeps where it keeps one."""
     from pyro_vae import Config
     from pyro_vae.runs.folders import anchored, located

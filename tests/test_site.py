@@ -39,6 +39,10 @@ def test_site_builds_offline_with_every_public_name_and_the_tutorial(tmp_path):
             target = public.get(id(constructor), f"{constructor.__module__}.{constructor.__qualname__}")
             assert target in ids, f"{attribute} entry {name!r} has no entry {target} in the API reference"
 
+    written = [page.relative_to(ROOT / "docs").with_suffix(".html").as_posix() for page in _pages()]
+    assert [page for page in written if page not in pages] == [], "pages of docs/ the site does not show"
+    assert {"guide/programs.html", "benchmarks/quality.html", "notes.html", "getting-started.html"} <= set(pages)
+
     notebook = json.loads((ROOT / "examples" / "tutorial.ipynb").read_text())
     shown = sum("".join(cell["source"]).count("display(Image(") for cell in notebook["cells"])
     figures = re.findall(r'<img [^>]*src="[^"]*_images/[^"]+"', pages["notebooks/tutorial.html"])
@@ -52,3 +56,8 @@ def test_site_builds_offline_with_every_public_name_and_the_tutorial(tmp_path):
     ]
     assert remote == [], "pages load scripts or styles from the network"
     assert "_static/mathjax/tex-chtml.js" in pages["api.html"] and (html / "_static/mathjax/tex-chtml.js").exists()
+
+
+def _pages() -> list[Path]:
+    """The Markdown pages of docs/ (not the build's)."""
+    return [page for page in sorted((ROOT / "docs").rglob("*.md")) if "_build" not in page.parts]

@@ -582,7 +582,9 @@ def diagnostics(
     The module runs in eval mode without gradients and is left in the mode it was in. Draws come
     from torch's global RNG (``pyro.set_rng_seed`` makes them reproducible). Sampled per-dimension
     KLs, the sampled total KL, the mutual information and the marginal KL share the draws, so per
-    draw ``sum(kl_per_dim) == kl_total == mutual_information + marginal_kl`` when sampled.
+    draw ``sum(kl_per_dim) == kl_total == mutual_information + marginal_kl`` when sampled:
+
+    .. math:: \frac1N\sum_n \mathrm{KL}(q(z\mid x_n)\,\|\,p(z)) = I_q(x; z) + \mathrm{KL}(q(z)\,\|\,p(z)).
 
     Args:
         vae: any program (:mod:`pyro_vae.infer.program`).
@@ -595,13 +597,26 @@ def diagnostics(
 
     Returns:
         ``num_points``, ``num_samples``, ``threshold``, ``latent_site`` (the name of a program's one latent site);
-        ``latent_dim``; ``activity`` (per dimension) and ``active_units`` (how many exceed ``threshold``);
+        ``label`` (whether the site is a categorical label, whose dimensions are its classes); ``latent_dim``;
+        ``activity`` (per dimension) and ``active_units`` (how many exceed ``threshold``);
         ``kl_per_dim`` (per dimension, ``None`` when the prior does not factorise), ``kl_per_dim_se``
         (``None`` unless sampled), ``kl_method`` (``"closed_form"``, ``"sampled"`` or ``"not_factorised"``);
         ``kl_total``, ``kl_total_se``, ``kl_total_method``; ``mutual_information``,
         ``mutual_information_se``, ``marginal_kl``, ``marginal_kl_se`` (``None`` where not defined). KLs and
         information in nats. With several latent sites these combine the sites' and ``sites`` holds each one's
         report, by name in the guide's order (and there is no ``latent_site``).
+
+    References:
+        - Importance Weighted Autoencoders (Burda, Grosse & Salakhutdinov, 2016), section 5.2: active units.
+        - ELBO surgery: yet another way to carve up the variational evidence lower bound (Hoffman & Johnson, 2016).
+
+    Example:
+        >>> import torch
+        >>> from pyro_vae import make_vae
+        >>> vae = make_vae((8, 8), latent_dim=2, network={"type": "mlp", "hidden": [16]})
+        >>> report = diagnostics(vae, torch.rand(20, 8, 8))
+        >>> report["latent_dim"], len(report["activity"]), report["kl_method"], report["kl_per_dim_se"]
+        (2, 2, 'closed_form', None)
     """
     _check(x, num_samples, batch_size, threshold)
     with _evaluating(vae):

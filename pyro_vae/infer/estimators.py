@@ -150,14 +150,32 @@ class _JitTrace_ELBO(JitTrace_ELBO):
 
 
 class Estimator:
-    """An estimator of a lower bound on :math:`\\log p(x)` for a program's model/guide pair.
+    r"""An estimator of a lower bound on :math:`\log p(x)` for a program's model/guide pair.
+
+    Subclasses set ``reference`` and ``jit_reference`` (Pyro's ELBO classes) and may override
+    :meth:`fused_loss` and :meth:`per_example`; the base class implements the ELBO
+
+    .. math:: \mathcal L(x) = \mathbb E_{q(z\mid x)}[\log p(x\mid z)] - \mathrm{KL}(q(z\mid x)\,\|\,p(z))
+        \le \log p(x),
+
+    with the closed-form KL wherever one is registered and exact when ``closed_form_kl`` is true, and
+    sampled otherwise. Each one is registered in :data:`ESTIMATORS` under the name a configuration gives.
 
     Args:
         num_particles: draws of :math:`z` per data point, in one vectorized pass.
 
-    Subclasses set ``reference`` and ``jit_reference`` (Pyro's ELBO classes) and may override
-    :meth:`fused_loss` and :meth:`per_example`; the base class implements the ELBO, with the
-    closed-form KL wherever one is registered when ``closed_form_kl`` is true.
+    Reference:
+        Auto-Encoding Variational Bayes (Kingma & Welling, 2014), estimators A and B.
+
+    Example:
+        >>> import torch
+        >>> from pyro_vae import ESTIMATORS, make_vae
+        >>> vae = make_vae((8, 8), latent_dim=2, network={"type": "mlp", "hidden": [16]})
+        >>> estimator = ESTIMATORS.get("analytic")(num_particles=4)
+        >>> isinstance(estimator, Estimator), estimator.closed_form_kl
+        (True, True)
+        >>> estimator.fused_loss(vae, torch.rand(5, 8, 8)).shape
+        torch.Size([])
     """
 
     reference: ClassVar[type[ELBO]]

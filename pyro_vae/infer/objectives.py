@@ -112,15 +112,39 @@ def _why_not_fused(program: nn.Module) -> str:
 
 
 def make_elbo(estimator: str = "mc", num_particles: int = 1, jit: bool = False, free_bits: float = 0.0) -> ELBO:
-    """Pyro's ELBO for the VAE's model/guide pair: the reference of the estimator registered as ``estimator``.
+    r"""Pyro's ELBO for the VAE's model/guide pair: the reference of the estimator registered as ``estimator``.
+
+    Its ``differentiable_loss(model, guide, x)`` is the negative bound; for ``"mc"`` the sampled ELBO
+
+    .. math:: -\frac1L\sum_{l=1}^{L}\big[\log p(x, z^{(l)}) - \log q(z^{(l)} \mid x)\big], \qquad
+        z^{(l)} \sim q(z \mid x),
+
+    summed over the data points, and for ``"analytic"`` the same with the closed-form KL in place of the
+    sampled :math:`\log q - \log p` where it is exact.
 
     Args:
         estimator: a name in :data:`~pyro_vae.infer.estimators.ESTIMATORS`: ``"mc"`` (Monte Carlo,
-            ``Trace_ELBO``) or ``"analytic"`` (closed-form KL, ``TraceMeanField_ELBO``).
+            ``Trace_ELBO``), ``"analytic"`` (closed-form KL, as ``TraceMeanField_ELBO``), ``"stl"``, or the
+            importance-weighted ``"iwae"`` and ``"dreg"``.
         num_particles: samples of :math:`z` per data point, drawn in one vectorized pass.
-        jit: compile the estimator (Pyro's ``JitTrace_ELBO`` / ``JitTraceMeanField_ELBO``).
+        jit: compile the estimator with Pyro's JIT (``mc`` and ``analytic`` only).
             The batch shape is fixed at the first call, so give it equal-sized batches.
-        free_bits: a floor under each latent dimension's KL term (``TraceFreeBits_ELBO``).
+        free_bits: a floor, in nats, under each latent dimension's KL term
+            (:class:`~pyro_vae.infer.references.TraceFreeBits_ELBO`; ``mc`` and ``analytic`` only).
+
+    Returns:
+        A :class:`pyro.infer.ELBO`, whose ``loss`` and ``differentiable_loss`` take ``(model, guide, x)``.
+
+    Reference:
+        Auto-Encoding Variational Bayes (Kingma & Welling, 2014).
+
+    Example:
+        >>> import torch
+        >>> from pyro_vae import make_vae
+        >>> vae = make_vae((8, 8), latent_dim=2, network={"type": "mlp", "hidden": [16]})
+        >>> elbo = make_elbo("analytic", num_particles=2)
+        >>> elbo.differentiable_loss(vae.model, vae.guide, torch.rand(5, 8, 8)).shape
+        torch.Size([])
     """
     return make_estimator(estimator, num_particles).pyro_elbo(jit, free_bits)
 
@@ -134,16 +158,42 @@ def fused_loss(
     beta: float = 1.0,
     free_bits: float = 0.0,
 ) -> Tensor:
-    """The negative ELBO that Pyro's estimator computes for ``vae.model`` / ``vae.guide``, as plain tensor code.
+    r"""The negative ELBO that Pyro's estimator computes for ``vae.model`` / ``vae.guide``, as plain tensor code.
 
-    From the same random state the value and the gradient equal those of :func:`make_elbo`'s
-    ELBO to float rounding (see :meth:`~pyro_vae.infer.estimators.Estimator.fused_loss`); the tests
-    hold it to that. What it saves is Pyro's per-step bookkeeping (traces, messengers, the param
+    .. math:: \text{loss} = -\frac{N}{B}\sum_{n=1}^{B}\frac1L\sum_{l=1}^{L}\Big(\log p(x_n\mid z_n^{(l)})
+        + \beta\,[\log p(z_n^{(l)}) - \log q(z_n^{(l)}\mid x_n)]\Big), \qquad z_n^{(l)} \sim q(z\mid x_n),
+
+    for ``mc`` (the other estimators: :meth:`~pyro_vae.infer.estimators.Estimator.fused_loss`). From the same
+    random state the value and the gradient equal those of :func:`make_elbo`'s ELBO to float rounding; the
+    tests hold it to that. What it saves is Pyro's per-step bookkeeping (traces, messengers, the param
     store), which costs a few milliseconds a step whatever the batch size.
 
     It is valid for a program that declares a fused form (:class:`~pyro_vae.models.vae.VAE`,
     :class:`~pyro_vae.models.hierarchical.Hierarchical`); a subclass that redefines either method is a different
-    program, and is refused.
+    program, and is refused with a :class:`~pyro_vae.ConfigError`.
+
+    Args:
+        vae: a program that declares a fused form (:func:`~pyro_vae.infer.estimators.has_fused_form`).
+        x: a minibatch, shape ``(B, *event_shape)``.
+        num_data: :math:`N`, the size of the data set ``x`` is drawn from (default ``len(x)``).
+        estimator: a name in :data:`~pyro_vae.infer.estimators.ESTIMATORS`.
+        num_particles: :math:`L`, draws of :math:`z` per data point.
+        beta: :math:`\beta`, the weight of the KL term (1 is the ELBO; 0 drops the latent terms).
+        free_bits: a floor, in nats, under each latent dimension's KL term (0: off).
+
+    Returns:
+        The loss, a scalar tensor that carries the gradient of the program's parameters.
+
+    Reference:
+        Auto-Encoding Variational Bayes (Kingma & Welling, 2014), estimators A and B.
+
+    Example:
+        >>> import torch
+        >>> from pyro_vae import make_vae
+        >>> vae = make_vae((8, 8), latent_dim=2, network={"type": "mlp", "hidden": [16]})
+        >>> loss = fused_loss(vae, torch.rand(5, 8, 8), num_data=100, estimator="analytic")
+        >>> loss.shape, loss.requires_grad
+        (torch.Size([]), True)
     """
     if not has_fused_form(vae):
         raise ConfigError(f"fused_loss: {_why_not_fused(vae)}; use Objective(program, fused=False)")
@@ -159,12 +209,15 @@ class Objective:
         - \beta\,\mathrm{KL}(q(z\mid x_n)\,\|\,p(z))\Big)
 
     an unbiased estimate of the negative ELBO of all ``N = num_data`` points from a minibatch, summed over
-    every site of the program (:mod:`pyro_vae.infer.program`; the scaling by :math:`N/B` and :math:`\\beta`
+    every site of the program (:mod:`pyro_vae.infer.program`; the scaling by :math:`N/B` and :math:`\beta`
     is applied from outside, or passed to a program that declares ``num_data`` and ``beta``).
 
     Args:
         vae: the program, a model/guide pair (:mod:`pyro_vae.infer.program`).
-        estimator, num_particles, jit: see :func:`make_elbo`.
+        estimator: a name in :data:`~pyro_vae.infer.estimators.ESTIMATORS` (see :func:`make_elbo`).
+        num_particles: draws of the latent sites per data point, in one vectorized pass.
+        jit: run Pyro's JIT-compiled ELBO (``mc`` and ``analytic`` only; equal-sized batches); not with
+            ``fused=True``.
         beta: weight of the KL term (1 is the ELBO; 0 drops the KL).
         fused: compute the estimator as plain tensor code (the estimator's
             :meth:`~pyro_vae.infer.estimators.Estimator.fused_loss`), the fastest exact path; not with
@@ -179,6 +232,11 @@ class Objective:
 
     Attributes:
         path: the path taken, one of :data:`PATHS`.
+
+    References:
+        - Auto-Encoding Variational Bayes (Kingma & Welling, 2014).
+        - beta-VAE: Learning Basic Visual Concepts with a Constrained Variational Framework (Higgins et al., 2017).
+        - Improved Variational Inference with Inverse Autoregressive Flow (Kingma et al., 2016): free bits.
 
     Example:
         >>> import torch
@@ -445,12 +503,36 @@ def _total(terms: list[Tensor], shape: torch.Size) -> Tensor:
 def elbo_per_example(
     vae: nn.Module, x: Tensor, estimator: str = "mc", num_particles: int = 1, y: Tensor | None = None
 ) -> Tensor:
-    """The estimate of each data point in ``x`` (with labels ``y``, for a program that takes them) by
-    ``estimator`` with ``num_particles`` draws.
+    r"""The bound that ``estimator`` estimates, for each data point of ``x``, from ``num_particles`` draws.
 
-    For the ELBO's estimators the mean over the draws; for the importance-weighted bound (``iwae``,
-    ``dreg``) the bound of ``num_particles`` samples. ``"analytic"`` samples a site's KL term where its closed
-    form is not exact or not registered (:func:`kl_methods`).
+    With :math:`\log w_l = \log p(x, z_l) - \log q(z_l \mid x)`, :math:`z_l \sim q(z \mid x)`, :math:`l = 1..L`:
+
+    .. math:: \hat{\mathcal L}(x) = \frac1L\sum_{l=1}^{L} \log w_l \quad \text{(the ELBO's estimators)}, \qquad
+        \hat{\mathcal L}_L(x) = \log\frac1L\sum_{l=1}^{L} w_l \quad \text{(iwae, dreg)}.
+
+    ``"analytic"`` takes the closed-form KL in place of the sampled :math:`\log q - \log p` of a latent site
+    where it is exact and registered, and samples it elsewhere (:func:`kl_methods`).
+
+    Args:
+        vae: the program, a model/guide pair (:mod:`pyro_vae.infer.program`).
+        x: data, shape ``(N, *event_shape)``.
+        estimator: a name in :data:`~pyro_vae.infer.estimators.ESTIMATORS`.
+        num_particles: :math:`L`, draws of the latent sites per data point.
+        y: the labels of ``x``, for a program that takes them (``None``: latent).
+
+    Returns:
+        The estimate of each point in nats, shape ``(N,)``.
+
+    References:
+        - Auto-Encoding Variational Bayes (Kingma & Welling, 2014).
+        - Importance Weighted Autoencoders (Burda, Grosse & Salakhutdinov, 2016).
+
+    Example:
+        >>> import torch
+        >>> from pyro_vae import make_vae
+        >>> vae = make_vae((8, 8), latent_dim=2, network={"type": "mlp", "hidden": [16]})
+        >>> elbo_per_example(vae, torch.rand(5, 8, 8), "iwae", num_particles=10).shape
+        torch.Size([5])
     """
     check_summable(vae, x, [estimator], y)
     return make_estimator(estimator, num_particles).per_example(elbo_terms(vae, x, num_particles, y=y))
@@ -482,21 +564,41 @@ def evaluate_elbo(
     reduce: Callable[[Tensor], Tensor] | None = None,
     y: Tensor | None = None,
 ) -> dict[str, float]:
-    """Mean per-example ELBO of ``x`` (with labels ``y``, for a program that takes them) under each estimator,
-    with its standard error.
+    r"""Mean per-example ELBO of ``x`` under each estimator, with its standard error, in nats per data point.
 
-    The standard error is that of a mean over the data points,
-    ``std(per-example ELBO) / sqrt(num_examples)``; it covers both the spread of the data and
-    the Monte Carlo noise of each per-example estimate. All estimators are formed from the same
-    draws of :math:`z`, so their difference is not blurred by independent noise.
+    With :math:`\hat{\mathcal L}(x_n)` the estimate of point :math:`n` (:func:`elbo_per_example`),
 
-    ``reduce`` sums a tensor over the processes of a data-parallel job, each holding its shard
-    of ``x``: the sums, sums of squares and counts are added up before anything is averaged.
+    .. math:: \bar{\mathcal L} = \frac1N\sum_{n=1}^{N}\hat{\mathcal L}(x_n), \qquad
+        \mathrm{se} = \frac{\operatorname{std}_n \hat{\mathcal L}(x_n)}{\sqrt N};
+
+    the standard error covers both the spread of the data and the Monte Carlo noise of each per-example
+    estimate. All estimators are formed from the same draws of :math:`z`, so their difference is not blurred
+    by independent noise. The program is evaluated in eval mode, without gradients, and left as it was.
+
+    Args:
+        vae: the program, a model/guide pair (:mod:`pyro_vae.infer.program`).
+        x: data, shape ``(N, *event_shape)``.
+        num_particles: draws of the latent sites per data point.
+        batch_size: data points per pass.
+        estimators: names in :data:`~pyro_vae.infer.estimators.ESTIMATORS`.
+        reduce: sums a tensor over the processes of a data-parallel job, each holding its shard of ``x``:
+            the sums, sums of squares and counts are added up before anything is averaged (``None``: one process).
+        y: the labels of ``x``, for a program that takes them (``None``: latent).
 
     Returns:
         ``{"elbo_<name>", "elbo_<name>_se", ..., "num_examples"}``, a pair per estimator named in
         ``estimators`` (by default :data:`~pyro_vae.infer.estimators.REPORTED`: ``elbo_mc``,
-        ``elbo_analytic``), in nats per data point.
+        ``elbo_analytic``), in nats per data point; ``num_examples`` is :math:`N` (summed over the processes).
+
+    Example:
+        >>> import torch
+        >>> from pyro_vae import make_vae
+        >>> vae = make_vae((8, 8), latent_dim=2, network={"type": "mlp", "hidden": [16]})
+        >>> result = evaluate_elbo(vae, torch.rand(20, 8, 8), num_particles=2)
+        >>> sorted(result)
+        ['elbo_analytic', 'elbo_analytic_se', 'elbo_mc', 'elbo_mc_se', 'num_examples']
+        >>> result["num_examples"]
+        20
     """
     chosen = {e: make_estimator(e, num_particles) for e in estimators}
     check_methods(vae)

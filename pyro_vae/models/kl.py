@@ -78,8 +78,7 @@ def gaussian_kl(
         + \frac{\sigma_{q,j}^2 + (\mu_{q,j}-\mu_{p,j})^2}{2\sigma_{p,j}^2} - \frac12\Big]
 
     Against the standard normal prior this is the VAE's regulariser
-    :math:`-\tfrac12\sum_j(1 + \log\sigma_j^2 - \mu_j^2 - \sigma_j^2)`, derived in
-    Tutorial: Deriving the Standard Variational Autoencoder (VAE) Loss Function (Odaibo, 2019).
+    :math:`-\tfrac12\sum_j(1 + \log\sigma_j^2 - \mu_j^2 - \sigma_j^2)`.
 
     Args:
         loc_q: means :math:`\mu_q`, shape ``(..., latent_dim)``.
@@ -89,6 +88,11 @@ def gaussian_kl(
 
     Returns:
         The divergence in nats, of the broadcast shape without its last dimension.
+
+    References:
+        - Auto-Encoding Variational Bayes (Kingma & Welling, 2014), appendix B: the term against
+          :math:`\mathcal N(0, I)`.
+        - Tutorial: Deriving the Standard Variational Autoencoder (VAE) Loss Function (Odaibo, 2019).
 
     Example:
         >>> import torch

@@ -61,13 +61,32 @@ def kl_weight(beta: float) -> AbstractContextManager[Any]:
 
 
 class VAE(nn.Module):
-    """A VAE made of an encoder, a decoder, a prior and a likelihood.
+    r"""A VAE made of an encoder, a decoder, a prior and a likelihood.
+
+    The model (:meth:`model`) and the guide (:meth:`guide`) are the Pyro program
+
+    .. math:: p_\theta(x, z) = p(z)\,p_\theta(x \mid z), \qquad
+        q_\phi(z \mid x) = \mathcal N\big(\mu_\phi(x), \operatorname{diag}\sigma_\phi(x)^2\big),
+
+    with sample sites ``"z"`` and ``"x"``; :func:`make_vae` builds one from registry tables.
 
     Args:
         encoder: module mapping ``x`` to the guide's ``(loc, scale)``.
         decoder: module mapping ``z`` to the likelihood's input, shape ``(..., *event_shape)``.
         prior: module whose ``forward()`` returns :math:`p(z)`.
-        likelihood: module mapping decoder output to :math:`p(x \\mid z)`.
+        likelihood: module mapping decoder output to :math:`p(x \mid z)`.
+
+    Reference:
+        Auto-Encoding Variational Bayes (Kingma & Welling, 2014).
+
+    Example:
+        >>> from pyro_vae.models.likelihoods import Bernoulli
+        >>> from pyro_vae.models.networks import mlp
+        >>> from pyro_vae.models.priors import StandardNormal
+        >>> encoder, decoder = mlp((8, 8), latent_dim=2, hidden=[16])
+        >>> vae = VAE(encoder, decoder, StandardNormal(2), Bernoulli((8, 8)))
+        >>> vae.latent_dim, vae.event_shape, vae.sample(3).shape
+        (2, (8, 8), torch.Size([3, 8, 8]))
     """
 
     #: The names of its latent and observed sites.
@@ -172,7 +191,13 @@ def make_vae(
     prior: dict[str, Any] | None = None,
     likelihood: dict[str, Any] | None = None,
 ) -> VAE:
-    """The VAE program: a diagonal-Normal guide q(z | x) and the model p(z) p(x | z), from registry tables.
+    r"""The VAE program: a diagonal-Normal guide q(z | x) and the model p(z) p(x | z), from registry tables.
+
+    Each table is ``{"type": name, **parameters}``, checked against the registered constructor's
+    signature (a :class:`~pyro_vae.ConfigError` names the key), the same tables as a configuration's ``[model]``.
+
+    .. math:: z \sim p(z), \qquad x \mid z \sim p_\theta(x \mid z), \qquad
+        q_\phi(z \mid x) = \mathcal N\big(\mu_\phi(x), \operatorname{diag}\sigma_\phi(x)^2\big)
 
     Args:
         event_shape: shape of one data point, e.g. ``(28, 28)``.
@@ -180,6 +205,20 @@ def make_vae(
         network: encoder/decoder pair from :data:`~pyro_vae.models.networks.NETWORKS` (default ``mlp``).
         prior: from :data:`~pyro_vae.models.priors.PRIORS` (default ``standard_normal``).
         likelihood: from :data:`~pyro_vae.models.likelihoods.LIKELIHOODS` (default ``bernoulli``).
+
+    Returns:
+        The untrained :class:`VAE`.
+
+    Reference:
+        Auto-Encoding Variational Bayes (Kingma & Welling, 2014).
+
+    Example:
+        >>> import torch
+        >>> vae = make_vae((8, 8), latent_dim=2, network={"type": "mlp", "hidden": [16]}, prior={"type": "laplace"})
+        >>> vae.encode(torch.rand(5, 8, 8)).batch_shape, vae.prior().event_shape
+        (torch.Size([5]), torch.Size([2]))
+        >>> vae.reconstruct(torch.rand(5, 8, 8)).shape
+        torch.Size([5, 8, 8])
     """
     event_shape = tuple(event_shape)
     encoder, decoder = NETWORKS.build(

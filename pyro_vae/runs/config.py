@@ -247,8 +247,21 @@ def _section(cls: type, values: Any, path: str) -> Any:
 class Config:
     """A complete, validated run configuration.
 
-    Build it with :meth:`from_dict`, :meth:`from_toml` or :meth:`from_toml_string` (all validate);
-    write it with :meth:`to_dict` or :meth:`to_toml`.
+    Build it with :meth:`from_dict`, :meth:`from_toml`, :meth:`from_toml_string` or :meth:`load` (all validate,
+    and fill in every default); write it with :meth:`to_dict` or :meth:`to_toml`, which round-trip.
+
+    Args:
+        data: the ``[data]`` table (:class:`~pyro_vae.runs.config.DataConfig`): where the data come from and how
+            they are prepared.
+        model: the ``[model]`` table (:class:`~pyro_vae.runs.config.ModelConfig`): the program and its components.
+        train: the ``[train]`` table (:class:`~pyro_vae.runs.config.TrainConfig`): the settings of training.
+
+    Example:
+        >>> config = Config.from_dict({"train": {"epochs": 5}, "model": {"prior": {"type": "standard_normal"}}})
+        >>> config.train.epochs, config.model.network["type"], config.data.dataset
+        (5, 'mlp', 'digits')
+        >>> Config.from_toml_string(config.to_toml()) == config
+        True
     """
 
     data: DataConfig = field(default_factory=DataConfig)

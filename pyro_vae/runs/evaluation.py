@@ -94,8 +94,41 @@ def evaluate_run(
     the split's labels (:func:`~pyro_vae.infer.diagnostics.accuracy`). It reports whether the latent code is
     used, the keys of :func:`~pyro_vae.infer.diagnostics.diagnostics`
     (``active_units``, ``kl_per_dim``, ``mutual_information``, ``marginal_kl``, ...) on the first
-    :data:`DIAGNOSTIC_POINTS` points (``diagnostic_points``). ``data``: where the run's data are now
-    (see :func:`open_run`).
+    :data:`DIAGNOSTIC_POINTS` points (``diagnostic_points``).
+
+    .. math:: \bar{\mathcal L} = \frac1N\sum_{n=1}^{N}\hat{\mathcal L}(x_n), \qquad
+        \mathrm{se} = \frac{\operatorname{std}_n \hat{\mathcal L}(x_n)}{\sqrt N}
+
+    Args:
+        run_dir: a finished run folder (:func:`~pyro_vae.runs.folders.train_run`).
+        split: ``"test"`` or ``"train"``.
+        num_particles: draws of the latent code per point for the ELBO's estimates.
+        batch_size: points per pass.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        num_samples: :math:`K`, importance samples per point for ``log_likelihood`` (0: not estimated).
+        data: where the run's data are now, replacing keys of its ``[data]`` table for this reading only:
+            ``{"data_root": ...}`` or ``{"dataset": ...}``.
+
+    Returns:
+        ``{"run", "split", "num_particles", "train_particles", "elbo_<estimator>", "elbo_<estimator>_se",
+        "num_examples", ...}`` with the diagnostics' keys, and ``log_likelihood``, ``log_likelihood_se``
+        where ``num_samples`` > 0; nats per data point.
+
+    Example:
+        >>> import tempfile
+        >>> import torch
+        >>> from pyro_vae import Config, train_run
+        >>> folder = tempfile.mkdtemp()
+        >>> torch.save((torch.rand(40, 6) > 0.5).float(), f"{folder}/points.pt")  # 40 binary points
+        >>> config = Config.from_dict({
+        ...     "data": {"dataset": f"{folder}/points.pt"},
+        ...     "model": {"latent_dim": 2, "network": {"type": "mlp", "hidden": [8]}},
+        ...     "train": {"epochs": 1, "batch_size": 16},
+        ... })
+        >>> summary = train_run(config, f"{folder}/run", progress=False)
+        >>> result = evaluate_run(f"{folder}/run", num_samples=10)
+        >>> result["num_examples"], result["log_likelihood_of"], [key for key in result if key.startswith("elbo_")]
+        (8, 'log p(x)', ['elbo_mc', 'elbo_mc_se', 'elbo_analytic', 'elbo_analytic_se'])
     """
     _check_split(split)
     if num_particles < 1:
@@ -150,9 +183,39 @@ def compare_run(
 ) -> dict[str, Any]:
     """Compare estimators on a fixed batch of a run's data (:func:`pyro_vae.infer.compare.compare_estimators`).
 
-    ``estimators`` defaults to every registered one. Writes ``compare.json``, ``compare.png``
-    (gradient variance against particles) and ``snr.png`` (the gradient's signal-to-noise ratio)
-    into the run folder.
+    Writes ``compare.json``, ``compare.png`` (gradient variance against particles) and ``snr.png`` (the
+    gradient's signal-to-noise ratio) into the run folder.
+
+    Args:
+        run_dir: a finished run folder (:func:`~pyro_vae.runs.folders.train_run`).
+        split: ``"test"`` or ``"train"``.
+        particles: numbers of particles :math:`L` to compare.
+        repeats: independent estimates per estimator and :math:`L`, at least 2.
+        batch_size: the batch: the split's first ``batch_size`` points.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        estimators: names from :data:`~pyro_vae.infer.estimators.ESTIMATORS` (default: every one that can
+            treat the program).
+        data: where the run's data are now (see :func:`evaluate_run`).
+
+    Returns:
+        What :func:`~pyro_vae.infer.compare.compare_estimators` returns, with ``run``, ``split`` and ``note``
+        (the contents of ``compare.json``).
+
+    Example:
+        >>> import tempfile
+        >>> import torch
+        >>> from pyro_vae import Config, train_run
+        >>> folder = tempfile.mkdtemp()
+        >>> torch.save((torch.rand(40, 6) > 0.5).float(), f"{folder}/points.pt")  # 40 binary points
+        >>> config = Config.from_dict({
+        ...     "data": {"dataset": f"{folder}/points.pt"},
+        ...     "model": {"latent_dim": 2, "network": {"type": "mlp", "hidden": [8]}},
+        ...     "train": {"epochs": 1, "batch_size": 16},
+        ... })
+        >>> summary = train_run(config, f"{folder}/run", progress=False)
+        >>> result = compare_run(f"{folder}/run", particles=(1, 2), repeats=2, estimators=["mc", "analytic"])
+        >>> [(row["estimator"], row["num_particles"]) for row in result["rows"]]
+        [('mc', 1), ('analytic', 1), ('mc', 2), ('analytic', 2)]
     """
     _check_split(split)
     if repeats < 2:
@@ -177,7 +240,34 @@ def compare_run(
 
 
 def plot_run(run_dir: str | Path, device: str = "auto", data: dict | None = None) -> list[str]:
-    """Draw (again) every picture of a finished run from its checkpoint and metrics; returns their paths."""
+    """Draw (again) every picture of a finished run from its checkpoint and metrics; returns their paths.
+
+    The pictures' draws are seeded with the run's seed: drawn again, they are the pictures the run drew.
+
+    Args:
+        run_dir: a finished run folder (:func:`~pyro_vae.runs.folders.train_run`).
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        data: where the run's data are now (see :func:`evaluate_run`).
+
+    Returns:
+        The paths of the pictures drawn (those that do not apply to the program or the data are skipped).
+
+    Example:
+        >>> import tempfile
+        >>> import torch
+        >>> from pyro_vae import Config, train_run
+        >>> folder = tempfile.mkdtemp()
+        >>> torch.save((torch.rand(40, 6) > 0.5).float(), f"{folder}/points.pt")  # 40 binary points
+        >>> config = Config.from_dict({
+        ...     "data": {"dataset": f"{folder}/points.pt"},
+        ...     "model": {"latent_dim": 2, "network": {"type": "mlp", "hidden": [8]}},
+        ...     "train": {"epochs": 1, "batch_size": 16},
+        ... })
+        >>> summary = train_run(config, f"{folder}/run", progress=False)
+        >>> from pathlib import Path
+        >>> [Path(path).name for path in plot_run(f"{folder}/run")]  # points, not images: no samples.png
+        ['latent.png', 'curves.png', 'collapse.png']
+    """
     run_dir = Path(run_dir)
     vae, config, data = open_run(run_dir, device, data)
     history = read_metrics(run_dir / "metrics.jsonl")

@@ -185,12 +185,41 @@ def train_run(
 ) -> dict[str, Any]:
     """Train the program of ``config`` into the run folder ``out`` and return the summary.
 
-    ``stop`` is polled after every step (see :func:`~pyro_vae.training.loop.fit`); when it asks, the
-    run writes a checkpoint that :func:`resume_run` continues, and raises
-    :class:`~pyro_vae.training.loop.TrainingInterrupted`.
+    The folder receives the files listed in :mod:`pyro_vae.runs.folders`: the resolved ``config.toml``,
+    ``metrics.jsonl``, ``checkpoint.pt``, the pictures and ``summary.json``. Under ``torchrun`` the processes
+    train one data-parallel job and process 0 writes.
+
+    Args:
+        config: the run's configuration.
+        out: the run folder, created; one that is not empty is refused unless ``overwrite``.
+        overwrite: replace the pyro-vae run in ``out`` (a folder that holds anything else is never deleted).
+        progress: show what trains on what, a bar and a line per epoch on stderr.
+        stop: polled after every step (see :func:`~pyro_vae.training.loop.fit`); when it answers other than
+            ``None``, the run writes a checkpoint that :func:`resume_run` continues, and raises
+            :class:`~pyro_vae.training.loop.TrainingInterrupted`.
+
+    Returns:
+        The summary that ``summary.json`` holds, with the data set and its sizes, ``epochs``, ``seconds``, the
+        last ``train_elbo``, the test set's ``test_elbo_<estimator>`` with standard errors (nats per point),
+        and the ``files`` written.
 
     Raises:
         PyroVAEError: for a bad config, data set or output folder, before anything is written.
+
+    Example:
+        >>> import tempfile
+        >>> import torch
+        >>> from pyro_vae import Config
+        >>> folder = tempfile.mkdtemp()
+        >>> torch.save((torch.rand(40, 6) > 0.5).float(), f"{folder}/points.pt")  # 40 binary points
+        >>> config = Config.from_dict({
+        ...     "data": {"dataset": f"{folder}/points.pt"},
+        ...     "model": {"latent_dim": 2, "network": {"type": "mlp", "hidden": [8]}},
+        ...     "train": {"epochs": 1, "batch_size": 16},
+        ... })
+        >>> summary = train_run(config, f"{folder}/run", progress=False)
+        >>> summary["epochs"], summary["num_train"], summary["num_test"], "checkpoint.pt" in summary["files"]
+        (1, 32, 8, True)
     """
     out = Path(out)
     config = anchored(config)
@@ -322,6 +351,30 @@ def resume_run(
     continues from its saved state; one drawn over the run's length (``cosine``, see
     :func:`~pyro_vae.training.optim.shaped_by_length`) cannot be extended. A finished run is refused
     without ``epochs``: there is nothing left to train.
+
+    Args:
+        run_dir: a run folder written by :func:`train_run`.
+        progress: show a first line, a bar and a line per epoch on stderr.
+        stop: polled after every step, as by :func:`train_run`.
+        epochs: the run's new length in epochs (``None``: the length in its ``config.toml``).
+
+    Returns:
+        The summary, as :func:`train_run` returns it.
+
+    Example:
+        >>> import tempfile
+        >>> import torch
+        >>> from pyro_vae import Config, train_run
+        >>> folder = tempfile.mkdtemp()
+        >>> torch.save((torch.rand(40, 6) > 0.5).float(), f"{folder}/points.pt")  # 40 binary points
+        >>> config = Config.from_dict({
+        ...     "data": {"dataset": f"{folder}/points.pt"},
+        ...     "model": {"latent_dim": 2, "network": {"type": "mlp", "hidden": [8]}},
+        ...     "train": {"epochs": 1, "batch_size": 16},
+        ... })
+        >>> summary = train_run(config, f"{folder}/run", progress=False)
+        >>> resume_run(f"{folder}/run", epochs=2, progress=False)["epochs"]
+        2
     """
     run_dir = Path(run_dir)
     config, state = _resumable(run_dir)
@@ -659,10 +712,29 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Mo
     with the best validation ELBO), else the last checkpoint's. A folder holding ``config.toml`` and
     ``best.pt`` alone (a published run) loads too.
 
-    Example::
+    Args:
+        run_dir: a run folder written by :func:`train_run`.
+        device: where the program's parameters are put (``"cpu"``, ``"cuda"``, a :class:`torch.device`).
 
-        vae, config = load("runs/demo")
-        images = vae.sample(16)  # shape (16, 8, 8)
+    Returns:
+        The pair ``(program, config)``, the trained program (a :class:`~pyro_vae.VAE` for
+        ``model.type = "vae"``) in eval mode and the run's :class:`~pyro_vae.Config`.
+
+    Example:
+        >>> import tempfile
+        >>> import torch
+        >>> from pyro_vae import Config, train_run
+        >>> folder = tempfile.mkdtemp()
+        >>> torch.save((torch.rand(40, 6) > 0.5).float(), f"{folder}/points.pt")  # 40 binary points
+        >>> config = Config.from_dict({
+        ...     "data": {"dataset": f"{folder}/points.pt"},
+        ...     "model": {"latent_dim": 2, "network": {"type": "mlp", "hidden": [8]}},
+        ...     "train": {"epochs": 1, "batch_size": 16},
+        ... })
+        >>> summary = train_run(config, f"{folder}/run", progress=False)
+        >>> vae, config = load(f"{folder}/run")
+        >>> type(vae).__name__, vae.training, config.model.latent_dim, vae.sample(3).shape
+        ('VAE', False, 2, torch.Size([3, 6]))
     """
     program, config, _ = loaded(run_dir, device)
     return program, config

@@ -87,13 +87,34 @@ class _Arrays(NamedTuple):
 class Dataset:
     """A train/test pair of tensors of shape ``(N, *event_shape)`` with optional integer labels.
 
-    ``train_labels`` holds :data:`~pyro_vae.training.labels.UNLABELLED` (-1) where a label is not kept
-    (``data.labels``); ``num_classes`` is the number of classes (``None`` without labels).
-
+    :func:`load_dataset` makes one from a named data set or a file; any pair of tensors makes one too.
     ``binarize = "dynamic"`` draws a fresh binary image from the grey values of each training
     minibatch (:meth:`batches`); the test and validation sets are then binarized once, with the
-    fixed seed :data:`BINARIZATION_SEED`, so that evaluations are comparable. ``validation`` is
-    ``None`` unless points were held out of the training set for it.
+    fixed seed :data:`BINARIZATION_SEED`, so that evaluations are comparable.
+
+    Args:
+        name: what messages and summaries call the data set (``"digits"``, a file's name).
+        train: the training points, shape ``(N, *event_shape)``.
+        test: the test points, of the same event shape.
+        train_labels: integer labels of ``train``, shape ``(N,)``, holding
+            :data:`~pyro_vae.training.labels.UNLABELLED` (-1) where a label is not kept (``data.labels``);
+            ``None`` without labels.
+        test_labels: integer labels of ``test`` (``None`` without labels).
+        binarize: ``"none"``, ``"static"`` (the tensors hold binary images drawn once) or ``"dynamic"``
+            (``train`` holds grey values, drawn anew for each minibatch).
+        validation: points held out of the training set for validation; ``None`` unless some were.
+        num_classes: the number of classes of the labels (``None`` without labels).
+        validation_labels: integer labels of ``validation`` (``None`` without labels or validation set).
+        label_batches: how :meth:`labelled_batches` forms a step of labelled and unlabelled points:
+            ``"mixed"``, ``"balanced"`` or ``"ratio"`` (see :class:`~pyro_vae.runs.config.DataConfig`).
+
+    Example:
+        >>> import torch
+        >>> data = Dataset("points", train=torch.rand(40, 6), test=torch.rand(10, 6))
+        >>> data.event_shape, data.num_labelled
+        ((6,), 0)
+        >>> [batch.shape for batch in data.batches(batch_size=16)]
+        [torch.Size([16, 6]), torch.Size([16, 6])]
     """
 
     name: str
@@ -466,7 +487,9 @@ def load_dataset(
         download: let torchvision download MNIST when it is missing.
         binarize: ``"none"``, ``"static"`` (each pixel drawn once from Bernoulli(grey value)) or
             ``"dynamic"`` (drawn anew for every training minibatch).
-        support, support_text: the likelihood's support; every value must lie in it.
+        support: the likelihood's support, a ``torch.distributions.constraints`` constraint; every value must be
+            finite and lie in it, else a :class:`~pyro_vae.DataError` names the first that does not.
+        support_text: ``support`` in words, for that message (``"[0, 1]"``).
         device: where the tensors live.
         seed: seed of static binarization (the test and validation sets are drawn with
             :data:`BINARIZATION_SEED`, whatever the seed).
@@ -474,8 +497,19 @@ def load_dataset(
             :data:`SPLIT_SEED`; 0: none).
         labels: keep this many training labels, balanced across classes and chosen with ``label_seed``
             (:func:`~pyro_vae.training.labels.keep_labels`); the rest are unlabelled (0: keep them all).
+        label_seed: the seed of that choice.
         num_classes: the number of classes (0: 10 for the built-in data sets, else one more than the largest).
         label_batches: how labelled and unlabelled points form a step (:data:`~.labels.LABEL_BATCHES`).
+
+    Returns:
+        The :class:`Dataset`, its tensors on ``device``.
+
+    Example:
+        >>> data = load_dataset("digits", binarize="static", validation=100)
+        >>> data.train.shape, data.validation.shape, data.test.shape
+        (torch.Size([1338, 8, 8]), torch.Size([100, 8, 8]), torch.Size([359, 8, 8]))
+        >>> data.train.unique().tolist(), data.num_classes
+        ([0.0, 1.0], 10)
     """
     _check_choices(binarize, label_batches)
     arrays = _load_arrays(dataset, data_root, download)

@@ -837,15 +837,63 @@ def fit(
     stop: Callable[[], int | None] | None = None,
     distributed: Distributed | None = None,
 ) -> list[dict]:
-    """Train ``vae`` on ``data.train`` by SVI; returns one dict of metrics per epoch (:data:`METRICS`).
+    r"""Train ``vae`` on ``data.train`` by SVI; returns one dict of metrics per epoch (:data:`METRICS`).
+
+    Each step is an optimiser step on the loss of :class:`~pyro_vae.infer.objectives.Objective` for a minibatch,
+    an estimate of the negative beta-weighted ELBO of the whole training set, so that training maximises
+
+    .. math:: \max_{\theta,\phi}\ \sum_{n=1}^{N} \mathbb E_{q_\phi(z\mid x_n)}[\log p_\theta(x_n\mid z)]
+        - \beta\,\mathrm{KL}(q_\phi(z\mid x_n)\,\|\,p(z)).
 
     ``epochs`` to ``seed`` are the settings of ``[train]`` (:class:`~pyro_vae.runs.config.TrainConfig` documents
-    them): same names, meanings and defaults; a component may be named alone (``optimizer="sgd"``).
-    ``progress`` shows a bar; after each epoch ``on_epoch(metrics, optimizer)``, then ``on_checkpoint(state)``
-    is called, and ``resume`` continues such a :class:`TrainState` (``vae`` holding its parameters). ``stop``
-    is polled after every step: an answer other than ``None`` ends training with :class:`TrainingInterrupted`.
-    ``distributed`` places this process in a data-parallel job (see the module). A loss or gradient that is
-    not finite raises :class:`TrainingDiverged` before the parameters move.
+    them): same names, meanings and defaults; a component may be named alone (``optimizer="sgd"``). A loss or
+    gradient that is not finite raises :class:`TrainingDiverged` before the parameters move.
+
+    Args:
+        vae: the program (:mod:`pyro_vae.infer.program`), trained in place; on the device of ``data``'s tensors.
+        data: ``data.train`` is trained on; ``data.test`` (and ``data.validation``) evaluated after each epoch.
+        epochs: passes over the training set.
+        batch_size: points per step (per process, in a data-parallel job).
+        lr: the learning rate, which ``lr_schedule`` multiplies.
+        elbo: the estimator, a name in :data:`~pyro_vae.infer.estimators.ESTIMATORS`.
+        num_particles: draws of the latent code per point and step.
+        jit: compute the loss with Pyro's JIT-compiled ELBO.
+        beta: :math:`\beta`, the weight of the KL term (1: the ELBO; 0: no KL).
+        fused: compute the estimator as plain tensor code; ``"auto"``: wherever it is exact and ``jit`` is off.
+        compile: compile the fused estimator with :func:`torch.compile`.
+        optimizer: an entry of :data:`~pyro_vae.training.optim.OPTIMIZERS`, ``{"type": name, ...}`` or a name.
+        lr_schedule: an entry of :data:`~pyro_vae.training.optim.LR_SCHEDULES`, stepped after each epoch.
+        kl_warmup: an entry of :data:`~pyro_vae.training.annealing.KL_SCHEDULES`; a step's KL weight is
+            ``beta`` times the schedule's.
+        free_bits: a floor in nats under each latent dimension's KL term (0: off).
+        early_stopping: stop after this many epochs without a better validation ELBO (0: off; needs
+            ``data.validation``); with a validation set ``vae`` ends with its best epoch's parameters.
+        clip_grad_norm: the largest total gradient norm of a step (0: no clipping).
+        seed: the seed of Pyro, torch, NumPy and the data order.
+        progress: show a bar and a line per epoch on stderr.
+        on_epoch: called after each epoch as ``on_epoch(metrics, optimizer)``.
+        on_checkpoint: called after ``on_epoch`` with the :class:`TrainState` that continues the run.
+        resume: such a :class:`TrainState` to continue from (``vae`` holding its parameters).
+        stop: polled after every step; an answer other than ``None`` (a signal number) ends training with
+            :class:`TrainingInterrupted`, whose ``state`` continues it.
+        distributed: this process's place in a data-parallel job (:mod:`pyro_vae.training.distributed`;
+            ``None``: alone).
+
+    Returns:
+        The metrics of each epoch, ``[{"epoch": 1, "train_elbo": ..., "test_elbo": ..., ...}, ...]``, keys
+        as :data:`METRICS` says, ELBOs in nats per data point.
+
+    Reference:
+        Auto-Encoding Variational Bayes (Kingma & Welling, 2014), algorithm 1.
+
+    Example:
+        >>> import torch
+        >>> from pyro_vae import Dataset, make_vae
+        >>> data = Dataset("points", train=torch.rand(64, 8, 8), test=torch.rand(16, 8, 8))
+        >>> vae = make_vae((8, 8), latent_dim=2, network={"type": "mlp", "hidden": [16]})
+        >>> history = fit(vae, data, epochs=2, batch_size=16, elbo="analytic", progress=False)
+        >>> [metrics["epoch"] for metrics in history], history[-1]["path"], history[-1]["kl"]
+        ([1, 2], 'fused', {'z': 'closed_form'})
     """
     run = _build(
         vae,
