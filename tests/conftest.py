@@ -12,9 +12,11 @@ settings.register_profile("pyro_vae", derandomize=True, deadline=None, max_examp
 settings.load_profile("pyro_vae")
 
 # Under pytest-xdist (make test runs two workers) each worker takes one thread: two workers of two
-# threads each on two cores slow each other down several times over.
+# threads each on two cores slow each other down several times over. The processes a test starts (an example
+# script, the notebook's kernel, the site's build) take one too.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -8,6 +8,7 @@ from the repository, installed into a folder of its own, imports and finds its p
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 import zipfile
@@ -15,8 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from pyro_vae.cli.main import main
+
 ROOT = Path(__file__).resolve().parents[1]
 slow = pytest.mark.slow
+#: What the site's build copies into docs/ (docs/conf.py): a link to the copy reaches the original.
+COPIES = {ROOT / "docs" / "notebooks" / "tutorial.ipynb": ROOT / "examples" / "tutorial.ipynb"}
 _FENCE = re.compile(r"^```(\w+)[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
@@ -71,11 +76,12 @@ def test_every_page_with_code_has_been_found():
 
 @slow
 @pytest.mark.parametrize("page", ["README.md", "docs/getting-started.md"])
-def test_the_command_lines_run_as_written_in_an_empty_folder(page, tmp_path):
+def test_the_command_lines_run_as_written_in_an_empty_folder(page, tmp_path, monkeypatch):
     lines = commands(ROOT / page)
     assert len(lines) >= 3, lines
-    for line in lines:
-        _ran(line, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for line in lines:  # in this process: the command's own entry point, without a new interpreter each time
+        assert main(shlex.split(line, comments=True)[1:]) == 0, line
 
 
 @slow
@@ -113,4 +119,6 @@ def test_the_readme_is_a_front_door_that_starts_with_the_two_commands():
 def test_every_relative_link_of_a_page_reaches_a_file(page):
     for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
         if not re.match(r"[a-z]+:", target):
-            assert (page.parent / target).exists(), f"{page.name}: {target}"
+            path = (page.parent / target).resolve()
+            path = COPIES.get(path, path)
+            assert path.exists(), f"{page.name}: {target}"

@@ -12,9 +12,10 @@ import pyro
 import pytest
 import torch
 
-from pyro_vae import make_vae
+from pyro_vae import ConfigError, compare_estimators, make_vae
 from pyro_vae.infer.marginal import iwae_bound, log_likelihood, log_weights
 from pyro_vae.infer.objectives import elbo_per_example
+from pyro_vae.training.optim import make_optimizer
 
 SIGMA = 0.5
 
@@ -140,3 +141,21 @@ def test_chunks_do_not_change_the_estimate(monkeypatch):
     torch.testing.assert_close(
         log_likelihood(vae, x, num_samples=64, batch_size=2), marginal.log_prob(x), rtol=0, atol=1e-10
     )
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda vae, x: log_likelihood(vae, x, num_samples=0), r"^num_samples must be >= 1 \(got 0\)$"),
+        (
+            lambda vae, x: compare_estimators(vae, x, repeats=1),
+            r"^repeats must be >= 2 to estimate a variance \(got 1\)$",
+        ),
+        (lambda vae, x: make_optimizer(vae.parameters(), lr=0.0), r"^lr must be > 0 \(got 0\.0\)$"),
+    ],
+    ids=["log_likelihood-num_samples", "compare_estimators-repeats", "make_optimizer-lr"],
+)
+def test_a_library_call_with_a_bad_value_raises_the_librarys_error_naming_its_parameter(call, message):
+    vae = make_vae((2, 2), latent_dim=2, network={"type": "mlp", "hidden": [4]})
+    with pytest.raises(ConfigError, match=message):
+        call(vae, torch.rand(3, 2, 2))

@@ -185,7 +185,7 @@ def compare_estimators(
         ({'z': 'closed_form'}, ['decoder', 'encoder', 'likelihood', 'prior'], ['mc', 'analytic'])
     """
     if repeats < 2:
-        raise ValueError(f"repeats must be >= 2 to estimate a variance (got {repeats})")
+        raise ConfigError(f"{{repeats}} must be >= 2 to estimate a variance (got {repeats})", "repeats")
     skipped: dict[str, str] = {}
     if estimators:
         names = list(estimators)

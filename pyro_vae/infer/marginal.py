@@ -143,7 +143,7 @@ def log_likelihood(
         torch.Size([5])
     """
     if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1 (got {num_samples})")
+        raise ConfigError(f"{{num_samples}} must be >= 1 (got {num_samples})", "num_samples")
     check_methods(vae)
     was_training = vae.training
     vae.eval()

@@ -32,6 +32,7 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from pyro_vae.errors import ConfigError
 from pyro_vae.registry import AtLeast, AtMost, Registry
 
 __all__ = [
@@ -221,7 +222,7 @@ def shaped_by_length(spec: dict[str, Any]) -> bool:
 def make_optimizer(params: Iterable[torch.Tensor], lr: float, spec: dict[str, Any] | None = None) -> Optimizer:
     """The optimiser ``spec`` names (default Adam with torch's defaults) over ``params`` at rate ``lr``."""
     if not lr > 0:
-        raise ValueError(f"lr must be > 0 (got {lr})")
+        raise ConfigError(f"{{lr}} must be > 0 (got {lr})", "lr")
     return OPTIMIZERS.build(spec or {"type": "adam"}, "optimizer", params=params, lr=lr)
 
 
