@@ -86,8 +86,8 @@ def choose_path(
     """The path (one of :data:`PATHS`) an :class:`Objective` for ``program`` takes.
 
     A program is fused only where it declares a fused form (:func:`~pyro_vae.infer.estimators.has_fused_form`:
-    :class:`~pyro_vae.models.vae.VAE` and :class:`~pyro_vae.models.hierarchical.Hierarchical` do, held to Pyro's
-    reference by the tests); any other takes Pyro's path.
+    the classes in :data:`~pyro_vae.infer.estimators.FUSED_PROGRAMS` do, held to Pyro's reference by the tests);
+    any other takes Pyro's path.
     ``fused="auto"`` fuses wherever that is declared and ``jit`` does not ask for Pyro's JIT. ``compile``
     compiles the fused path, whatever ``fused`` says.
     """
@@ -168,8 +168,8 @@ def fused_loss(
     tests hold it to that. What it saves is Pyro's per-step bookkeeping (traces, messengers, the param
     store), which costs a few milliseconds a step whatever the batch size.
 
-    It is valid for a program that declares a fused form (:class:`~pyro_vae.models.vae.VAE`,
-    :class:`~pyro_vae.models.hierarchical.Hierarchical`); a subclass that redefines either method is a different
+    It is valid for a program that declares a fused form (the classes in
+    :data:`~pyro_vae.infer.estimators.FUSED_PROGRAMS`); a subclass that redefines either method is a different
     program, and is refused with a :class:`~pyro_vae.ConfigError`.
 
     Args:

@@ -22,12 +22,12 @@ import json
 import math
 import os
 import sys
+import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-import tomllib
 import torch
 from torch import nn
 

@@ -29,12 +29,12 @@ import json
 import os
 import shutil
 import sys
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pyro
-import tomllib
 import torch
 from torch import Tensor, nn
 
