@@ -318,7 +318,8 @@ def located(config: Config, run_dir: str | Path) -> Config:
 
 @contextlib.contextmanager
 def _job(device_name: str) -> Iterator[tuple[torch.device, Distributed | None]]:
-    """The device, and this process's place in a torchrun job (``None`` alone); leaves the job at the end."""
+    """The device, and this process's place in a torchrun job (``None`` alone); leaves the job at the end, with the
+    other processes where they all end or stop together, at once after an error."""
     device = resolve_device(device_name)
     distributed = from_env(device)
     if distributed is None:
@@ -326,6 +327,9 @@ def _job(device_name: str) -> Iterator[tuple[torch.device, Distributed | None]]:
         return
     try:
         yield distributed.device, distributed
+    except TrainingInterrupted:  # every process stops at the same step (Distributed.agree); process 0 writes
+        distributed.close(wait=True)
+        raise
     except BaseException:
         distributed.close()
         raise
