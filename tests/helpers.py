@@ -1,6 +1,7 @@
 """Small models and data shared by the tests."""
 
 import functools
+from pathlib import Path
 
 import torch
 
@@ -10,6 +11,12 @@ from pyro_vae.models.ssvae import SSVAE
 from pyro_vae.models.stacked import M1M2
 
 EVENT_SHAPE = (4, 4)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def site_pages() -> list[Path]:
+    """The Markdown pages of the documentation site, docs/**/*.md (not those of a build under docs/_build)."""
+    return [page for page in sorted((ROOT / "docs").rglob("*.md")) if "_build" not in page.parts]
 
 
 def tiny_vae(latent_dim: int = 2, hidden=(8,), double: bool = True, prior=None, likelihood=None):

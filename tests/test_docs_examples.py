@@ -18,6 +18,8 @@ import pytest
 
 from pyro_vae.cli.main import main
 
+from helpers import site_pages
+
 ROOT = Path(__file__).resolve().parents[1]
 slow = pytest.mark.slow
 #: What the site's build copies into docs/ (docs/conf.py): a link to the copy reaches the original.
@@ -31,9 +33,8 @@ def blocks(page: Path, language: str) -> list[str]:
 
 
 def pages() -> list[Path]:
-    """README.md and the site's Markdown pages (not the build, not the notebook's copy)."""
-    site = [p for p in sorted((ROOT / "docs").rglob("*.md")) if "_build" not in p.parts]
-    return [ROOT / "README.md", *site]
+    """README.md and the site's Markdown pages."""
+    return [ROOT / "README.md", *site_pages()]
 
 
 def commands(page: Path) -> list[str]:

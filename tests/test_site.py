@@ -13,6 +13,8 @@ import pytest
 import pyro_vae
 from pyro_vae.cli.main import _LISTINGS
 
+from helpers import site_pages
+
 ROOT = Path(__file__).resolve().parents[1]
 _MISSING = [name for name in ("sphinx", "furo", "myst_nb", "sphinxarg") if importlib.util.find_spec(name) is None]
 
@@ -41,7 +43,7 @@ def test_site_builds_offline_with_every_public_name_and_the_tutorial(tmp_path):
             target = public.get(id(constructor), f"{constructor.__module__}.{constructor.__qualname__}")
             assert target in ids, f"{attribute} entry {name!r} has no entry {target} in the API reference"
 
-    written = [page.relative_to(ROOT / "docs").with_suffix(".html").as_posix() for page in _pages()]
+    written = [page.relative_to(ROOT / "docs").with_suffix(".html").as_posix() for page in site_pages()]
     assert [page for page in written if page not in pages] == [], "pages of docs/ the site does not show"
     assert {"guide/programs.html", "benchmarks/quality.html", "notes.html", "getting-started.html"} <= set(pages)
 
@@ -58,8 +60,3 @@ def test_site_builds_offline_with_every_public_name_and_the_tutorial(tmp_path):
     ]
     assert remote == [], "pages load scripts or styles from the network"
     assert "_static/mathjax/tex-chtml.js" in pages["api.html"] and (html / "_static/mathjax/tex-chtml.js").exists()
-
-
-def _pages() -> list[Path]:
-    """The Markdown pages of docs/ (not the build's)."""
-    return [page for page in sorted((ROOT / "docs").rglob("*.md")) if "_build" not in page.parts]
